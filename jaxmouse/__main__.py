@@ -1,0 +1,3 @@
+from jaxmouse.cli import main
+
+raise SystemExit(main())

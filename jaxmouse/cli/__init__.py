@@ -1,0 +1,69 @@
+"""The ``jaxmouse`` command: parses flags and hands over to library functions.
+
+Each subcommand lives in its own module here with a ``register(subparsers)`` function that adds
+its parser and sets ``func`` to a callable taking the parsed ``argparse.Namespace``. Modules are
+imported lazily only as far as argparse needs them, so a broken optional dependency of one
+subcommand does not break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module, summary) in the order of the data flow.
+SUBCOMMANDS = {
+    "weights": ("jaxmouse.cli.weights", "convert, fetch or draw CNN weights into orbax checkpoints"),
+    "extract": ("jaxmouse.cli.extract", "extract named layer features of images"),
+    "data": ("jaxmouse.cli.data", "inspect or simulate neural data sets"),
+    "sweep": ("jaxmouse.cli.sweep", "fit readouts over feature spaces x areas x readouts"),
+    "report": ("jaxmouse.cli.report", "tables and figures from a sweep's results"),
+    "run": ("jaxmouse.cli.run", "run a study end to end (fetch, simulate, extract, sweep, report)"),
+    "compare": ("jaxmouse.cli.compare", "representational comparison of areas with DNN layers"),
+    "bench": ("jaxmouse.cli.bench", "benchmarks that print figures"),
+}
+
+EPILOG = """examples:
+  jaxmouse weights fetch hed --out weights/hed
+  jaxmouse weights random --arch vgg16 --seed 0 --out weights/random0
+  jaxmouse extract --weights weights/hed --images images.npy --layers conv2_2,conv3_3 --out feats.npz
+  jaxmouse run cadena2019 --config quick --out runs/quick
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="jaxmouse",
+      description="How well does a feature space predict mouse visual cortex? Fit, score, report.",
+      epilog=EPILOG,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  from jaxmouse import __version__
+
+  parser.add_argument("--version", action="version", version=f"jaxmouse {__version__}")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+  for name, (module, summary) in SUBCOMMANDS.items():
+    try:
+      mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      if e.name == module:  # subcommand not part of this build
+        continue
+      raise
+    mod.register(sub, name=name, help=summary)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if not getattr(args, "func", None):
+    parser.print_help()
+    return 2
+  try:
+    result = args.func(args)
+  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"jaxmouse {args.command}: error: {msg}", file=sys.stderr)
+    return 1
+  return int(result or 0)
