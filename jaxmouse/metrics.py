@@ -1,0 +1,139 @@
+"""Scores of predicted against recorded responses on repeated test images.
+
+Pure NumPy functions of arrays. Throughout:
+
+- ``responses``: ``(n_trials, n_neurons)`` recorded single-trial responses;
+- ``predictions``: ``(n_trials, n_neurons)`` model predictions for the same trials (the prediction of
+  a trial is the prediction of its image, so it repeats across repeats);
+- ``image_ids``: ``(n_trials,)`` which image each trial showed; trials with the same id are repeats.
+
+Conventions follow neuralpredictors' measures: variances over repeats and over all trials use
+``ddof=1``; the noise variance is the mean over images of the across-repeat variance; images with a
+single trial contribute nothing to it. Results are float64 ``(n_neurons,)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "noise_variance",
+    "total_variance",
+    "explainable_variance_fraction",
+    "feve",
+    "corr",
+    "corr_to_average",
+    "oracle_corr",
+    "image_means",
+]
+
+
+def _check(responses, image_ids, predictions=None):
+  responses = np.asarray(responses, dtype=np.float64)
+  image_ids = np.asarray(image_ids)
+  if responses.ndim != 2:
+    raise ValueError(f"responses must be (n_trials, n_neurons), got shape {responses.shape}")
+  if image_ids.shape != (responses.shape[0],):
+    raise ValueError(
+        f"image_ids must be (n_trials,) = ({responses.shape[0]},), got shape {image_ids.shape}")
+  if predictions is not None:
+    predictions = np.asarray(predictions, dtype=np.float64)
+    if predictions.shape != responses.shape:
+      raise ValueError(
+          f"predictions shape {predictions.shape} != responses shape {responses.shape}")
+  return responses, image_ids, predictions
+
+
+def _groups(image_ids):
+  """(inverse (n_trials,), counts (n_images,)) of the distinct images."""
+  _, inverse, counts = np.unique(image_ids, return_inverse=True, return_counts=True)
+  return inverse.ravel(), counts
+
+
+def image_means(responses, image_ids):
+  """Mean response per distinct image. Returns (ids (m,), means (m, n_neurons), counts (m,))."""
+  responses, image_ids, _ = _check(responses, image_ids)
+  ids, inverse, counts = np.unique(image_ids, return_inverse=True, return_counts=True)
+  sums = np.zeros((len(ids), responses.shape[1]))
+  np.add.at(sums, inverse.ravel(), responses)
+  return ids, sums / counts[:, None], counts
+
+
+def noise_variance(responses, image_ids):
+  """Mean over repeated images of the across-repeat variance (ddof=1). Returns (n_neurons,)."""
+  responses, image_ids, _ = _check(responses, image_ids)
+  inverse, counts = _groups(image_ids)
+  repeated = counts >= 2
+  if not repeated.any():
+    raise ValueError("noise variance needs repeated images: every image has a single trial")
+  means = np.zeros((len(counts), responses.shape[1]))
+  np.add.at(means, inverse, responses)
+  means /= counts[:, None]
+  sq = np.zeros_like(means)
+  np.add.at(sq, inverse, (responses - means[inverse]) ** 2)
+  var = sq[repeated] / (counts[repeated, None] - 1)  # (images with repeats, n)
+  return var.mean(axis=0)
+
+
+def total_variance(responses):
+  """Variance over all trials (ddof=1). Returns (n_neurons,)."""
+  return np.asarray(responses, dtype=np.float64).var(axis=0, ddof=1)
+
+
+def explainable_variance_fraction(responses, image_ids):
+  """Fraction of the trial variance that is stimulus driven: 1 - noise_var / total_var."""
+  responses, image_ids, _ = _check(responses, image_ids)
+  total = total_variance(responses)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return (total - noise_variance(responses, image_ids)) / total
+
+
+def feve(predictions, responses, image_ids):
+  """Fraction of explainable variance explained, per neuron.
+
+  FEVE = 1 - (MSE - noise_var) / (total_var - noise_var), MSE over all trials. Neurons with no
+  explainable variance get NaN; filter them with ``explainable_variance_fraction`` first.
+  """
+  responses, image_ids, predictions = _check(responses, image_ids, predictions)
+  noise = noise_variance(responses, image_ids)
+  total = total_variance(responses)
+  mse = ((predictions - responses) ** 2).mean(axis=0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return 1.0 - (mse - noise) / (total - noise)
+
+
+def corr(x, y, *, eps: float = 1e-12):
+  """Pearson correlation per column of two (n_samples, n) arrays; 0 where either is constant."""
+  x = np.asarray(x, dtype=np.float64)
+  y = np.asarray(y, dtype=np.float64)
+  if x.shape != y.shape or x.ndim != 2:
+    raise ValueError(f"corr needs two (n_samples, n) arrays of one shape, got {x.shape} and {y.shape}")
+  xc = x - x.mean(axis=0)
+  yc = y - y.mean(axis=0)
+  num = (xc * yc).sum(axis=0)
+  den = np.sqrt((xc**2).sum(axis=0) * (yc**2).sum(axis=0))
+  return np.where(den > eps, num / np.maximum(den, eps), 0.0)
+
+
+def corr_to_average(predictions, responses, image_ids):
+  """Correlation of predictions with the mean response over repeats, across images."""
+  responses, image_ids, predictions = _check(responses, image_ids, predictions)
+  _, mean_resp, _ = image_means(responses, image_ids)
+  _, mean_pred, _ = image_means(predictions, image_ids)
+  return corr(mean_pred, mean_resp)
+
+
+def oracle_corr(responses, image_ids):
+  """Leave-one-out oracle: correlation of each trial with the mean of its image's other repeats.
+
+  Only images with at least two repeats take part.
+  """
+  responses, image_ids, _ = _check(responses, image_ids)
+  inverse, counts = _groups(image_ids)
+  keep = counts[inverse] >= 2
+  if not keep.any():
+    raise ValueError("oracle correlation needs repeated images: every image has a single trial")
+  sums = np.zeros((len(counts), responses.shape[1]))
+  np.add.at(sums, inverse, responses)
+  loo = (sums[inverse] - responses) / np.maximum(counts[inverse] - 1, 1)[:, None]
+  return corr(responses[keep], loo[keep])

@@ -1,0 +1,88 @@
+"""jaxmouse.metrics against loop-by-loop NumPy references and a planted-truth population."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxmouse import metrics
+
+
+def _repeated(rng, n_images=30, repeats=(2, 10), n_neurons=7, noise=1.0):
+  """Trials of images with unequal repeat counts; returns rates per trial and noisy responses."""
+  counts = rng.integers(repeats[0], repeats[1] + 1, size=n_images)
+  image_ids = np.repeat(np.arange(n_images) * 3 + 5, counts)  # ids need not be 0..n-1
+  rng.shuffle(image_ids)
+  signal = rng.gamma(2.0, 1.0, size=(n_images * 3 + 5, n_neurons))
+  rates = signal[image_ids]
+  responses = rates + noise * rng.standard_normal(rates.shape)
+  return image_ids, rates, responses
+
+
+def _reference(pred, resp, ids):
+  """Straight loops over images, as the formulas in the study read."""
+  uniq = np.unique(ids)
+  per_image = [resp[ids == i] for i in uniq]
+  noise = np.mean([r.var(axis=0, ddof=1) for r in per_image if len(r) > 1], axis=0)
+  total = resp.var(axis=0, ddof=1)
+  mse = ((pred - resp) ** 2).mean(axis=0)
+  feve = 1 - (mse - noise) / (total - noise)
+  avg_r = np.stack([r.mean(0) for r in per_image])
+  avg_p = np.stack([pred[ids == i].mean(0) for i in uniq])
+  c_avg = np.array([stats.pearsonr(avg_p[:, j], avg_r[:, j])[0] for j in range(resp.shape[1])])
+  c_single = np.array([stats.pearsonr(pred[:, j], resp[:, j])[0] for j in range(resp.shape[1])])
+  xs, loos = [], []
+  for r in per_image:
+    if len(r) < 2:
+      continue
+    for t in range(len(r)):
+      xs.append(r[t])
+      loos.append(np.delete(r, t, axis=0).mean(0))
+  xs, loos = np.array(xs), np.array(loos)
+  oracle = np.array([stats.pearsonr(xs[:, j], loos[:, j])[0] for j in range(resp.shape[1])])
+  return noise, total, feve, c_avg, c_single, oracle
+
+
+def test_against_loop_reference():
+  rng = np.random.default_rng(0)
+  ids, rates, resp = _repeated(rng)
+  pred = rates + 0.3 * rng.standard_normal(rates.shape)
+  pred = pred - pred.mean(0) + rates.mean(0)
+  # Predictions are per image: average the noisy prediction within each image.
+  _, means, _ = metrics.image_means(pred, ids)
+  pred = means[np.unique(ids, return_inverse=True)[1].ravel()]
+  noise, total, feve, c_avg, c_single, oracle = _reference(pred, resp, ids)
+  np.testing.assert_allclose(metrics.noise_variance(resp, ids), noise, rtol=1e-10)
+  np.testing.assert_allclose(metrics.total_variance(resp), total, rtol=1e-10)
+  np.testing.assert_allclose(metrics.feve(pred, resp, ids), feve, rtol=1e-9)
+  np.testing.assert_allclose(metrics.corr_to_average(pred, resp, ids), c_avg, rtol=1e-9)
+  np.testing.assert_allclose(metrics.corr(pred, resp), c_single, rtol=1e-9)
+  np.testing.assert_allclose(metrics.oracle_corr(resp, ids), oracle, rtol=1e-9)
+  np.testing.assert_allclose(
+      metrics.explainable_variance_fraction(resp, ids), (total - noise) / total, rtol=1e-10)
+
+
+def test_planted_truth_feve():
+  """True rates score FEVE ~ 1, a constant prediction <= 0, and the noise level is recovered."""
+  rng = np.random.default_rng(1)
+  ids, rates, resp = _repeated(rng, n_images=400, repeats=(10, 10), n_neurons=5, noise=0.7)
+  np.testing.assert_allclose(metrics.noise_variance(resp, ids), 0.49, rtol=0.08)
+  f_true = metrics.feve(rates, resp, ids)
+  assert np.all(np.abs(f_true - 1) < 0.05), f_true
+  const = np.broadcast_to(resp.mean(0), resp.shape)
+  assert np.all(metrics.feve(const, resp, ids) < 0.01)
+  # A prediction with half the signal amplitude explains less.
+  half = 0.5 * (rates - rates.mean(0)) + rates.mean(0)
+  assert np.all(metrics.feve(half, resp, ids) < f_true - 0.1)
+
+
+def test_constant_columns_and_errors():
+  ids = np.array([0, 0, 1, 1])
+  resp = np.array([[1.0, 2.0], [1.0, 3.0], [1.0, 5.0], [1.0, 4.0]])
+  assert metrics.corr(resp, resp)[0] == 0.0
+  assert metrics.corr(resp, resp)[1] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="image_ids"):
+    metrics.noise_variance(resp, ids[:3])
+  with pytest.raises(ValueError, match=r"predictions shape \(4, 3\)"):
+    metrics.feve(np.zeros((4, 3)), resp, ids)
+  with pytest.raises(ValueError, match="repeated images"):
+    metrics.noise_variance(resp, np.arange(4))
