@@ -86,3 +86,14 @@ def test_bad_tables(tmp_path):
   pd.DataFrame({"weights": ["a"], "layer": ["conv1_1"]}).to_csv(tmp_path / "results.csv")
   with pytest.raises(ValueError, match=r"missing columns \['readout', 'area', 'neuron', 'feve'\]"):
     reports.read_results(tmp_path)
+
+
+def test_cli_report(tmp_path, capsys):
+  from jaxmouse.cli import main
+
+  _table(np.random.default_rng(4), peaks={"V1": 2, "LM": 5}).to_csv(tmp_path / "results.csv")
+  assert main(["report", str(tmp_path), "--n-boot", "50", "--n-perm", "50",
+               "--area-ranks", "V1=0,LM=1"]) == 0
+  assert "report written to" in capsys.readouterr().out
+  assert main(["report", str(tmp_path / "missing")]) == 1
+  assert "no results table" in capsys.readouterr().err
