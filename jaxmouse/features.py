@@ -1,0 +1,265 @@
+"""Batched, jitted extraction of named CNN layers, and a disk cache of one layer per file.
+
+``extract`` returns features in memory. ``extract_to_dir`` streams them batch by batch into one
+memory-mapped ``.npy`` per layer, so ``n`` is bounded by disk, not memory. ``FeatureCache`` keeps
+such files keyed by the weights' and the images' hashes: a sweep over 13 layers computes all
+missing layers in one pass over the images and then reads one layer at a time, memory-mapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmouse import _io
+from jaxmouse.models import vgg
+from jaxmouse.weights import Weights, load as load_weights
+
+# Images may overshoot 0-255 a little after interpolation; beyond this margin the scale is wrong.
+IMAGE_RANGE = (-25.5, 280.5)
+_CHECK_CHUNK = 1024
+
+
+def check_images(images, *, name: str = "images"):
+  """Validates images ``(n, H, W)`` or ``(n, H, W, 3)`` on a 0-255 scale; returns them unchanged.
+
+  Reads memory-mapped arrays in chunks, so a large file is never loaded whole.
+  """
+  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+    images = np.asarray(images)
+  shape = tuple(images.shape)
+  if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] == 3)):
+    raise ValueError(f"{name} must be (n, H, W) grayscale or (n, H, W, 3) RGB on a 0-255 scale, "
+                     f"got shape {shape}")
+  if shape[0] == 0:
+    raise ValueError(f"{name} is empty: shape {shape}")
+  if not (np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_) or \
+      np.issubdtype(images.dtype, np.complexfloating):
+    raise ValueError(f"{name} must be real numbers, got dtype {images.dtype}")
+  lo, hi = np.inf, -np.inf
+  for start in range(0, shape[0], _CHECK_CHUNK):
+    chunk = np.asarray(images[start:start + _CHECK_CHUNK], np.float32)
+    if not np.isfinite(chunk).all():
+      bad = start + np.flatnonzero(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1))
+      raise ValueError(f"{name} contains NaN or inf in {len(bad)} image(s), first indices "
+                       f"{bad[:10].tolist()}")
+    lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+  if lo < IMAGE_RANGE[0] or hi > IMAGE_RANGE[1]:
+    raise ValueError(f"{name} values span [{lo:g}, {hi:g}], far outside the expected 0-255 scale")
+  return images
+
+
+def _check_sizes(arch: str, layers: Sequence[str], shape: tuple[int, ...]) -> None:
+  h, w = shape[1], shape[2]
+  deepest = layers[-1]
+  oh, ow, _ = vgg.output_shape(arch, deepest, h, w)
+  if oh < 1 or ow < 1:
+    n_pool = sum(1 for s in vgg.LAYERS[arch][:vgg.LAYERS[arch].index(deepest) + 1]
+                 if s.startswith("pool"))
+    raise ValueError(f"images of {h}x{w} pixels are too small for layer {deepest} of {arch}: "
+                     f"it needs at least {2 ** n_pool}x{2 ** n_pool}")
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_forward(arch: str, layers: tuple[str, ...], normalization: str):
+  """``jit(apply)`` for one (arch, layers, normalization); jax caches one compile per shape."""
+  return jax.jit(functools.partial(vgg.apply, arch=arch, layers=layers,
+                                   normalization=normalization))
+
+
+@functools.lru_cache(maxsize=2)
+def _device_params(weights: Weights):
+  # Weights hash by identity (eq=False), so repeated extracts reuse the transferred params.
+  return jax.device_put(weights.params)
+
+
+def iter_features(weights: Weights, images, *, layers: Sequence[str], batch_size: int = 32,
+                  progress: bool = False) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+  """Yields ``(start, {layer: (b, h, w, c) float32})`` for consecutive batches of ``images``.
+
+  Every batch has the same shape (the last is zero-padded, then cut), so the forward compiles
+  once per image shape. The next batch is dispatched before the current one is copied to host.
+  """
+  layers = vgg.check_layers(weights.arch, layers)
+  images = check_images(images)
+  _check_sizes(weights.arch, layers, tuple(images.shape))
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  n = images.shape[0]
+  b = min(batch_size, n)
+  forward = compiled_forward(weights.arch, layers, weights.normalization)
+  params = _device_params(weights)
+
+  def dispatch(start):
+    x = np.asarray(images[start:start + b], np.float32)
+    if len(x) < b:
+      x = np.concatenate([x, np.zeros((b - len(x),) + x.shape[1:], np.float32)])
+    return start, forward(params, x)
+
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=n, unit="img", desc=f"{weights.arch} {','.join(layers)}")
+  try:
+    pending = dispatch(0)
+    for nxt in range(b, n + b, b):
+      start, out = pending
+      pending = dispatch(nxt) if nxt < n else None
+      m = min(b, n - start)
+      yield start, {k: np.asarray(v)[:m] for k, v in out.items()}
+      if bar is not None:
+        bar.update(m)
+  finally:
+    if bar is not None:
+      bar.close()
+
+
+def feature_shapes(weights: Weights, image_shape: Sequence[int], layers: Sequence[str]
+                   ) -> dict[str, tuple[int, ...]]:
+  """``{layer: (n, h, w, c)}`` for images of ``image_shape`` ``(n, H, W[, 3])``."""
+  n, h, w = image_shape[:3]
+  return {l: (n,) + vgg.output_shape(weights.arch, l, h, w)
+          for l in vgg.check_layers(weights.arch, layers)}
+
+
+def extract(weights: Weights, images, *, layers: Sequence[str], batch_size: int = 32,
+            progress: bool = False) -> dict[str, np.ndarray]:
+  """Features of ``images`` at the named layers, in memory.
+
+  Args:
+    weights: a ``Weights`` (``jaxmouse.weights.load``, ``random_init``, ...).
+    images: ``(n, H, W)`` or ``(n, H, W, 3)`` on a 0-255 scale (any real dtype; memmaps welcome).
+    layers: names from ``jaxmouse.models.vgg.LAYERS[arch]`` (or a comma-separated string).
+    batch_size: images per jitted call.
+    progress: show a tqdm bar.
+
+  Returns:
+    ``{layer: (n, h, w, c) float32}``.
+  """
+  if not isinstance(weights, Weights):
+    raise ValueError(f"weights must be a jaxmouse.weights.Weights, got {type(weights).__name__}; "
+                     "load a checkpoint folder with jaxmouse.weights.load(dir)")
+  layers = vgg.check_layers(weights.arch, layers)
+  images = check_images(images)
+  _check_sizes(weights.arch, layers, tuple(images.shape))
+  out = {l: np.empty(s, np.float32) for l, s in feature_shapes(weights, images.shape, layers).items()}
+  for start, feats in iter_features(weights, images, layers=layers, batch_size=batch_size,
+                                    progress=progress):
+    for l, f in feats.items():
+      out[l][start:start + len(f)] = f
+  return out
+
+
+def extract_to_dir(weights: Weights, images, out_dir: str | os.PathLike, *,
+                   layers: Sequence[str], batch_size: int = 32, progress: bool = False
+                   ) -> dict[str, Path]:
+  """Streams the features into ``out_dir/<layer>.npy`` (one pass, bounded memory).
+
+  Each file is written to a temporary memmap and renamed into place only when complete; layers
+  already present in ``out_dir`` are overwritten. Returns ``{layer: path}``.
+  """
+  layers = vgg.check_layers(weights.arch, layers)
+  images = check_images(images)
+  _check_sizes(weights.arch, layers, tuple(images.shape))
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  shapes = feature_shapes(weights, images.shape, layers)
+  with contextlib.ExitStack() as stack:
+    tmp = {l: stack.enter_context(_io.atomic_path(out_dir / f"{l}.npy")) for l in layers}
+    maps = {l: np.lib.format.open_memmap(tmp[l], mode="w+", dtype=np.float32, shape=shapes[l])
+            for l in layers}
+    for start, feats in iter_features(weights, images, layers=layers, batch_size=batch_size,
+                                      progress=progress):
+      for l, f in feats.items():
+        maps[l][start:start + len(f)] = f
+    for m in maps.values():
+      m.flush()
+    del maps
+  return {l: out_dir / f"{l}.npy" for l in layers}
+
+
+def images_fingerprint(images) -> str:
+  """sha256 of the images' shape and float32 values (chunked; memmaps are not loaded whole)."""
+  images = np.asarray(images) if not hasattr(images, "shape") else images
+  h = hashlib.sha256(f"{tuple(images.shape)}".encode())
+  for start in range(0, images.shape[0], _CHECK_CHUNK):
+    h.update(np.ascontiguousarray(images[start:start + _CHECK_CHUNK], np.float32).tobytes())
+  return h.hexdigest()
+
+
+class FeatureCache:
+  """Layer features on disk: ``root/<weights hash>-<images hash>/<layer>.npy``, memory-mapped.
+
+  ``cache.layer(weights, images, "conv3_1")`` returns an ``(n, h, w, c)`` float32 memmap; a miss
+  computes it. ``cache.ensure(weights, images, layers)`` computes all missing ``layers`` in one
+  streaming pass over the images, so a sweep calls it once and then reads layer by layer.
+  ``weights`` is a ``Weights`` or a checkpoint folder.
+  """
+
+  def __init__(self, root: str | os.PathLike, *, batch_size: int = 32, progress: bool = False):
+    self.root = Path(root)
+    self.batch_size = batch_size
+    self.progress = progress
+    self._images_keys: dict[int, tuple[object, str]] = {}
+
+  def _weights(self, weights) -> Weights:
+    if isinstance(weights, Weights):
+      return weights
+    if isinstance(weights, (str, os.PathLike)):
+      meta = Path(weights) / "metadata.json"
+      stamp = meta.stat().st_mtime_ns if meta.exists() else None
+      return _load_cached(str(Path(weights).resolve()), stamp)
+    raise ValueError(f"weights must be a Weights or a checkpoint folder, got {type(weights).__name__}")
+
+  def _images_key(self, images) -> str:
+    # Hashing n images costs a pass over them; remember the key for the same array object.
+    hit = self._images_keys.get(id(images))
+    if hit is not None and hit[0] is images:
+      return hit[1]
+    key = images_fingerprint(images)
+    self._images_keys[id(images)] = (images, key)
+    return key
+
+  def folder(self, weights, images) -> Path:
+    """The folder holding this (weights, images) pair's layers."""
+    w = self._weights(weights)
+    return self.root / f"{w.arch}-{w.fingerprint[:16]}-{self._images_key(images)[:16]}"
+
+  def ensure(self, weights, images, layers: Sequence[str]) -> dict[str, Path]:
+    """Computes and stores every missing layer of ``layers`` in one pass; returns their paths."""
+    w = self._weights(weights)
+    layers = vgg.check_layers(w.arch, layers)
+    images = check_images(images)
+    folder = self.folder(w, images)
+    missing = [l for l in layers if not (folder / f"{l}.npy").is_file()]
+    if missing:
+      extract_to_dir(w, images, folder, layers=missing, batch_size=self.batch_size,
+                     progress=self.progress)
+      info = folder / "info.json"
+      if not info.exists():
+        with _io.atomic_path(info) as tmp:
+          Path(tmp).write_text(json.dumps({
+              "arch": w.arch, "normalization": w.normalization, "weights_sha256": w.fingerprint,
+              "weights_metadata": w.metadata, "images_shape": list(images.shape),
+              "images_sha256": self._images_key(images)}, indent=2) + "\n")
+    return {l: folder / f"{l}.npy" for l in layers}
+
+  def layer(self, weights, images, layer: str) -> np.ndarray:
+    """``(n, h, w, c)`` float32 features of one layer, memory-mapped read-only."""
+    path = self.ensure(weights, images, [layer])[layer]
+    return np.load(path, mmap_mode="r")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, stamp) -> Weights:
+  del stamp  # part of the cache key: a rewritten checkpoint is loaded again
+  return load_weights(path)

@@ -1,0 +1,232 @@
+"""VGG16 and VGG19 feature stacks (no classifier) that return named layer outputs.
+
+Two equivalent entry points share one forward:
+
+- ``apply(params, images, *, arch, layers, normalization)``: pure function of a params pytree
+  ``{"conv1_1": {"kernel": (3, 3, c_in, c_out), "bias": (c_out,)}, ...}``; jit through it freely.
+- ``VGG``: the same network as a ``flax.nnx`` module (one ``nnx.Conv`` per named layer).
+
+Images arrive on a 0-255 scale, ``(n, H, W)`` grayscale (tiled to 3 channels, as the studies do)
+or ``(n, H, W, 3)`` RGB; the input normalization of the weight source is applied inside.
+Layer names follow the papers: ``conv3_3`` is the output of the third conv of block 3 after its
+ReLU, ``pool3`` the max-pool that ends block 3 (2x2, stride 2, floor like torchvision). Only the
+layers up to the deepest requested one are computed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# Output channels per conv of each block.
+CFG: dict[str, tuple[tuple[int, ...], ...]] = {
+    "vgg16": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
+    "vgg19": ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4),
+}
+ARCHS = tuple(CFG)
+
+
+def _layer_names(arch: str) -> tuple[str, ...]:
+  names = []
+  for b, block in enumerate(CFG[arch], start=1):
+    names += [f"conv{b}_{i}" for i in range(1, len(block) + 1)] + [f"pool{b}"]
+  return tuple(names)
+
+
+LAYERS: dict[str, tuple[str, ...]] = {arch: _layer_names(arch) for arch in CFG}
+CONV_LAYERS: dict[str, tuple[str, ...]] = {
+    arch: tuple(n for n in names if n.startswith("conv")) for arch, names in LAYERS.items()
+}
+
+# Input normalization of each weight source; images arrive on a 0-255 scale.
+NORMALIZATIONS = ("torchvision", "caffe")
+IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)  # torchvision, on [0, 1]
+IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], np.float32)
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)  # Keras "caffe" mode, on 0-255
+
+
+def check_arch(arch: str) -> str:
+  if arch not in CFG:
+    raise ValueError(f"unknown architecture {arch!r}; expected one of {list(CFG)}")
+  return arch
+
+
+def param_shapes(arch: str) -> dict[str, dict[str, tuple[int, ...]]]:
+  """``{layer: {"kernel": (3, 3, c_in, c_out), "bias": (c_out,)}}`` for every conv of ``arch``."""
+  shapes, c_in = {}, 3
+  for b, block in enumerate(CFG[check_arch(arch)], start=1):
+    for i, c_out in enumerate(block, start=1):
+      shapes[f"conv{b}_{i}"] = {"kernel": (3, 3, c_in, c_out), "bias": (c_out,)}
+      c_in = c_out
+  return shapes
+
+
+def torchvision_indices(arch: str) -> dict[str, int]:
+  """Index of each conv in torchvision's ``vgg.features`` Sequential (conv, ReLU, ..., MaxPool)."""
+  idx, out = 0, {}
+  for b, block in enumerate(CFG[check_arch(arch)], start=1):
+    for i in range(1, len(block) + 1):
+      out[f"conv{b}_{i}"] = idx
+      idx += 2  # conv + ReLU
+    idx += 1  # MaxPool
+  return out
+
+
+def check_layers(arch: str, layers: str | Iterable[str]) -> tuple[str, ...]:
+  """Validates layer names; returns them in network order without duplicates."""
+  if isinstance(layers, str):
+    layers = [s for s in layers.split(",") if s.strip()]
+  layers = [s.strip() for s in layers]
+  valid = LAYERS[check_arch(arch)]
+  unknown = [s for s in layers if s not in valid]
+  if unknown:
+    raise ValueError(f"unknown layer(s) {unknown} for {arch}; valid layers: {', '.join(valid)}")
+  if not layers:
+    raise ValueError(f"no layers requested; valid layers for {arch}: {', '.join(valid)}")
+  return tuple(s for s in valid if s in set(layers))
+
+
+def output_shape(arch: str, layer: str, height: int, width: int) -> tuple[int, int, int]:
+  """``(h, w, c)`` of ``layer`` for an ``height x width`` input."""
+  h, w, c = height, width, 3
+  for name in LAYERS[check_arch(arch)]:
+    if name.startswith("pool"):
+      h, w = h // 2, w // 2
+    else:
+      c = param_shapes(arch)[name]["bias"][0]
+    if name == layer:
+      return h, w, c
+  raise ValueError(f"unknown layer {layer!r} for {arch}; valid layers: {', '.join(LAYERS[arch])}")
+
+
+def normalize(images: jax.Array, normalization: str) -> jax.Array:
+  """0-255 images ``(n, H, W)`` or ``(n, H, W, 3)`` RGB -> network input ``(n, H, W, 3)``."""
+  x = jnp.asarray(images, jnp.float32)
+  if x.ndim == 3:
+    x = jnp.repeat(x[..., None], 3, axis=-1)  # grayscale tiled to RGB
+  if normalization == "torchvision":
+    return (x / 255.0 - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB
+  if normalization == "caffe":
+    return x[..., ::-1] - CAFFE_MEAN_BGR
+  raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
+
+
+def max_pool(x: jax.Array) -> jax.Array:
+  """2x2 max-pool, stride 2, floor for odd sizes (torchvision). ``(n, h, w, c) -> (n, h//2, w//2, c)``."""
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+def conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """3x3 conv, stride 1, zero padding 1, then ReLU. ``(n, h, w, c_in) -> (n, h, w, c_out)``."""
+  y = jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.nn.relu(y + bias)
+
+
+def _forward(conv: Callable[[str, jax.Array], jax.Array], x: jax.Array, *, arch: str,
+             layers: Sequence[str]) -> dict[str, jax.Array]:
+  """Runs the stack up to the deepest of ``layers`` with ``conv(name, x)`` for each conv."""
+  wanted = set(layers)
+  out = {}
+  for name in LAYERS[arch]:
+    if not wanted:
+      break
+    x = max_pool(x) if name.startswith("pool") else conv(name, x)
+    if name in wanted:
+      out[name] = x
+      wanted.discard(name)
+  return out
+
+
+def apply(params: Mapping[str, Mapping[str, jax.Array]], images: jax.Array, *, arch: str,
+          layers: Sequence[str], normalization: str) -> dict[str, jax.Array]:
+  """Pure VGG forward.
+
+  Args:
+    params: ``{layer: {"kernel": (3, 3, c_in, c_out), "bias": (c_out,)}}``; only the convs up to
+      the deepest requested layer are read.
+    images: ``(n, H, W)`` grayscale or ``(n, H, W, 3)`` RGB on a 0-255 scale.
+    arch: ``"vgg16"`` or ``"vgg19"``.
+    layers: names from ``LAYERS[arch]``.
+    normalization: ``"torchvision"`` or ``"caffe"`` (the weight source's input convention).
+
+  Returns:
+    ``{layer: (n, h, w, c) float32}`` for the requested layers only.
+  """
+  layers = check_layers(arch, layers)
+  x = normalize(images, normalization)
+  conv = lambda name, x: conv3x3(x, params[name]["kernel"], params[name]["bias"])
+  return _forward(conv, x, arch=arch, layers=layers)
+
+
+def kaiming_normal_fan_out(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+  """torchvision's VGG conv init: N(0, 2 / fan_out), fan_out = c_out * kh * kw. shape: HWIO."""
+  kh, kw, _, c_out = shape
+  std = np.sqrt(2.0 / (c_out * kh * kw))
+  return std * jax.random.normal(key, shape, dtype)
+
+
+def init_params(key: jax.Array, arch: str) -> dict[str, dict[str, jax.Array]]:
+  """Random params drawn as torchvision initializes VGG (Kaiming normal, fan_out, ReLU; zero bias).
+
+  One normal draw of all kernels at once (one compile), then cut and scaled per layer.
+  """
+  shapes = param_shapes(arch)
+  sizes = [int(np.prod(s["kernel"])) for s in shapes.values()]
+  z = jax.random.normal(key, (sum(sizes),), jnp.float32)
+  params, start = {}, 0
+  for size, (name, s) in zip(sizes, shapes.items()):
+    kh, kw, _, c_out = s["kernel"]
+    std = np.float32(np.sqrt(2.0 / (c_out * kh * kw)))
+    params[name] = {"kernel": std * z[start:start + size].reshape(s["kernel"]),
+                    "bias": jnp.zeros(s["bias"], jnp.float32)}
+    start += size
+  return params
+
+
+class VGG(nnx.Module):
+  """VGG16/VGG19 feature stack as an ``nnx.Module``: one ``nnx.Conv`` attribute per conv layer.
+
+  ``model(images, layers=("conv3_3",))`` returns ``{"conv3_3": (n, h, w, 256)}`` for 0-255 images.
+  """
+
+  def __init__(self, arch: str = "vgg16", *, normalization: str = "torchvision", rngs: nnx.Rngs):
+    check_arch(arch)
+    if normalization not in NORMALIZATIONS:
+      raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
+    self.arch = arch
+    self.normalization = normalization
+    for name, s in param_shapes(arch).items():
+      _, _, c_in, c_out = s["kernel"]
+      setattr(self, name, nnx.Conv(
+          c_in, c_out, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+          kernel_init=lambda key, shape, dtype=jnp.float32: kaiming_normal_fan_out(key, shape, dtype),
+          bias_init=nnx.initializers.zeros, rngs=rngs))
+
+  def __call__(self, images: jax.Array, *, layers: Sequence[str]) -> dict[str, jax.Array]:
+    """images: ``(n, H, W)`` or ``(n, H, W, 3)`` on 0-255 -> ``{layer: (n, h, w, c)}``."""
+    layers = check_layers(self.arch, layers)
+    x = normalize(images, self.normalization)
+    conv = lambda name, x: jax.nn.relu(getattr(self, name)(x))
+    return _forward(conv, x, arch=self.arch, layers=layers)
+
+  def params(self) -> dict[str, dict[str, jax.Array]]:
+    """The plain pytree ``apply`` takes."""
+    return {name: {"kernel": getattr(self, name).kernel[...], "bias": getattr(self, name).bias[...]}
+            for name in param_shapes(self.arch)}
+
+  @classmethod
+  def from_params(cls, params: Mapping[str, Mapping[str, jax.Array]], *, arch: str,
+                  normalization: str) -> "VGG":
+    """A module holding ``params`` (shapes as ``param_shapes(arch)``)."""
+    model = cls(arch, normalization=normalization, rngs=nnx.Rngs(0))
+    for name, s in param_shapes(arch).items():
+      conv = getattr(model, name)
+      conv.kernel[...] = jnp.asarray(params[name]["kernel"], jnp.float32).reshape(s["kernel"])
+      conv.bias[...] = jnp.asarray(params[name]["bias"], jnp.float32).reshape(s["bias"])
+    return model

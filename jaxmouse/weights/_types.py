@@ -1,0 +1,93 @@
+"""The ``Weights`` value: an architecture, its params pytree and the input normalization."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from typing import Any, Mapping
+
+import numpy as np
+
+from jaxmouse.models import vgg
+
+
+def check_params(arch: str, params: Mapping[str, Any], *, source: str = "params") -> dict:
+  """Validates a params pytree against ``arch``; names every missing, extra and misshaped tensor.
+
+  Returns ``{layer: {"kernel": float32 ndarray, "bias": float32 ndarray}}``.
+  """
+  expected = vgg.param_shapes(arch)
+  flat_expected = {f"{layer}/{k}": s for layer, d in expected.items() for k, s in d.items()}
+  flat_got = {}
+  for layer, d in params.items():
+    if isinstance(d, Mapping):
+      for k, v in d.items():
+        flat_got[f"{layer}/{k}"] = v
+    else:
+      flat_got[str(layer)] = d
+  missing = [n for n in flat_expected if n not in flat_got]
+  extra = [n for n in flat_got if n not in flat_expected]
+  wrong = [f"{n}: expected {flat_expected[n]}, got {tuple(np.shape(v))}"
+           for n, v in flat_got.items() if n in flat_expected and tuple(np.shape(v)) != flat_expected[n]]
+  if missing or extra or wrong:
+    parts = []
+    if missing:
+      parts.append(f"missing {len(missing)}: {', '.join(missing)}")
+    if extra:
+      parts.append(f"unexpected {len(extra)}: {', '.join(extra)}")
+    if wrong:
+      parts.append(f"wrong shape {len(wrong)}: {'; '.join(wrong)}")
+    raise ValueError(f"{source} does not hold {arch} weights: " + " | ".join(parts))
+  return {layer: {k: np.asarray(flat_got[f"{layer}/{k}"], np.float32) for k in d}
+          for layer, d in expected.items()}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class Weights:
+  """A CNN's weights and how its inputs are normalized.
+
+  Attributes:
+    arch: ``"vgg16"`` or ``"vgg19"``.
+    params: ``{layer: {"kernel": (3, 3, c_in, c_out), "bias": (c_out,)}}`` float32 (NHWC/HWIO).
+    normalization: ``"torchvision"`` (0-1, ImageNet mean/std) or ``"caffe"`` (BGR minus means, 0-255).
+    metadata: provenance, e.g. ``source``, ``source_sha256``, ``seed``; saved as JSON.
+  """
+
+  arch: str
+  params: Mapping[str, Mapping[str, np.ndarray]]
+  normalization: str
+  metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    vgg.check_arch(self.arch)
+    if self.normalization not in vgg.NORMALIZATIONS:
+      raise ValueError(
+          f"unknown normalization {self.normalization!r}; expected one of {vgg.NORMALIZATIONS}")
+    object.__setattr__(self, "params", check_params(self.arch, self.params))
+    try:
+      json.dumps(dict(self.metadata))
+    except TypeError as e:
+      raise ValueError(f"Weights.metadata must be JSON-serializable: {e}") from None
+    object.__setattr__(self, "metadata", dict(self.metadata))
+
+  @property
+  def layers(self) -> tuple[str, ...]:
+    return vgg.LAYERS[self.arch]
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """sha256 of the architecture, normalization and every parameter's bytes (a cache key)."""
+    h = hashlib.sha256(f"{self.arch}|{self.normalization}".encode())
+    for layer in sorted(self.params):
+      for k in sorted(self.params[layer]):
+        a = np.ascontiguousarray(self.params[layer][k], np.float32)
+        h.update(f"|{layer}/{k}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+  def __repr__(self) -> str:
+    n = sum(a.size for d in self.params.values() for a in d.values())
+    return (f"Weights(arch={self.arch!r}, normalization={self.normalization!r}, "
+            f"{n:,} params, metadata={self.metadata!r})")
