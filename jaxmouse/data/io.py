@@ -1,0 +1,113 @@
+"""``load`` and ``save`` for every data set format, with the format detected from the path.
+
+Formats:
+  npz       one ``.npz`` file in the plain layout (``jaxmouse.data.plain``)
+  hdf5      one ``.h5``/``.hdf5`` file in the same plain layout
+  filetree  the Sensorium / neuralpredictors "static" folder (``jaxmouse.data.filetree``)
+  allen     Allen Brain Observatory Visual Coding NWB 1 files, natural scenes (read only;
+            ``jaxmouse.data.allen``); a folder of ``.nwb`` files or a list of them combine
+  tfds      a tensorflow-datasets ArrayRecord folder (``jaxmouse.data.tfds``)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from jaxmouse._io import check_output_path
+from jaxmouse.data.dataset import NeuralDataset
+
+FORMATS = ("npz", "hdf5", "filetree", "allen", "tfds")
+WRITABLE = ("npz", "hdf5", "filetree", "tfds")
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def detect_format(path: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
+  """The format of a data set path (see the module docstring); raises if none fits."""
+  if isinstance(path, (list, tuple)):
+    return "allen"
+  path = Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: no such data set file or folder")
+  if path.is_dir():
+    from jaxmouse.data import filetree, tfds
+
+    if filetree.is_filetree(path):
+      return "filetree"
+    if tfds.is_tfds(path):
+      return "tfds"
+    if any(path.glob("*.nwb")):
+      return "allen"
+    raise ValueError(f"{path}: folder is neither a Sensorium file tree (data/, meta/trials/), a "
+                     f"TFDS ArrayRecord folder (dataset_info.json) nor a folder of .nwb files")
+  with open(path, "rb") as f:
+    head = f.read(8)
+  if head.startswith(_ZIP_MAGIC):
+    return "npz"
+  if head == _HDF5_MAGIC:
+    from jaxmouse.data import plain
+
+    if path.suffix == ".nwb" or not plain.is_plain_hdf5(path):
+      return "allen"
+    return "hdf5"
+  if path.suffix == ".npz":
+    return "npz"
+  raise ValueError(f"{path}: unrecognised data set file (neither .npz/zip nor HDF5; first bytes "
+                   f"{head!r}); formats: {list(FORMATS)}")
+
+
+def load(path: str | os.PathLike | Sequence[str | os.PathLike], *, format: str | None = None,
+         **options) -> NeuralDataset:
+  """Reads a data set in any supported format.
+
+  ``options`` go to the format's loader, e.g. ``final_test="test"`` (filetree) or
+  ``response="dff"``, ``n_test_images=...`` (allen); see each module.
+  """
+  format = format or detect_format(path)
+  if format == "npz":
+    from jaxmouse.data import plain
+    return plain.load_npz(path, **options)
+  if format == "hdf5":
+    from jaxmouse.data import plain
+    return plain.load_hdf5(path, **options)
+  if format == "filetree":
+    from jaxmouse.data import filetree
+    return filetree.load(path, **options)
+  if format == "allen":
+    from jaxmouse.data import allen
+    return allen.load(path, **options)
+  if format == "tfds":
+    from jaxmouse.data import tfds
+    return tfds.load(path, **options)
+  raise ValueError(f"unknown data set format {format!r}; formats: {list(FORMATS)}")
+
+
+def format_from_suffix(path: str | os.PathLike) -> str:
+  """The write format implied by a file name: .npz -> npz, .h5/.hdf5 -> hdf5, else filetree."""
+  suffix = Path(path).suffix.lower()
+  return {".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5"}.get(suffix, "filetree")
+
+
+def save(ds: NeuralDataset, path: str | os.PathLike, *, format: str | None = None,
+         overwrite: bool = False, **options) -> Path:
+  """Writes a data set atomically; ``format`` defaults to the one the suffix implies."""
+  if not isinstance(ds, NeuralDataset):
+    raise ValueError(f"save expects a NeuralDataset, got {type(ds).__name__}")
+  format = format or format_from_suffix(path)
+  if format not in WRITABLE:
+    raise ValueError(f"cannot write format {format!r}; writable formats: {list(WRITABLE)}")
+  path = check_output_path(path, overwrite=overwrite)
+  if format == "npz":
+    from jaxmouse.data import plain
+    return plain.save_npz(ds, path, **options)
+  if format == "hdf5":
+    from jaxmouse.data import plain
+    return plain.save_hdf5(ds, path, **options)
+  if format == "filetree":
+    from jaxmouse.data import filetree
+    return filetree.save(ds, path, **options)
+  from jaxmouse.data import tfds
+  return tfds.save(ds, path, **options)
