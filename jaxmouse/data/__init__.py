@@ -12,14 +12,19 @@ import importlib
 
 from jaxmouse.data.dataset import TIERS, NeuralDataset
 
+# Modules are named apart from the functions they export (`simulation` holds `simulate`), so that
+# importing a submodule never shadows a function on this package.
+
 # Heavier parts load on first use, so `from jaxmouse.data import NeuralDataset` stays light.
 _LAZY = {
     "load": "jaxmouse.data.io",
     "save": "jaxmouse.data.io",
     "FORMATS": "jaxmouse.data.io",
-    "simulate": "jaxmouse.data.simulate",
-    "SimulationConfig": "jaxmouse.data.simulate",
-    "Truth": "jaxmouse.data.simulate",
+    "simulate": "jaxmouse.data.simulation",
+    "SimulationConfig": "jaxmouse.data.simulation",
+    "Truth": "jaxmouse.data.simulation",
+    "load_truth": "jaxmouse.data.simulation",
+    "save_truth": "jaxmouse.data.simulation",
 }
 
 __all__ = ["TIERS", "NeuralDataset", *_LAZY]
