@@ -4,7 +4,7 @@ Two equivalent entry points share one forward:
 
 - ``apply(params, images, *, arch, layers, normalization)``: pure function of a params pytree
   ``{"conv1_1": {"kernel": (3, 3, c_in, c_out), "bias": (c_out,)}, ...}``; jit through it freely.
-- ``VGG``: the same network as a ``flax.nnx`` module (one ``nnx.Conv`` per named layer).
+- ``VGG``: the same network as a ``flax.nnx`` module (one ``Conv3x3`` per named conv layer).
 
 Images arrive on a 0-255 scale, ``(n, H, W)`` grayscale (tiled to 3 channels, as the studies do)
 or ``(n, H, W, 3)`` RGB; the input normalization of the weight source is applied inside.
@@ -189,31 +189,53 @@ def init_params(key: jax.Array, arch: str) -> dict[str, dict[str, jax.Array]]:
   return params
 
 
-class VGG(nnx.Module):
-  """VGG16/VGG19 feature stack as an ``nnx.Module``: one ``nnx.Conv`` attribute per conv layer.
+_init_params_jit = jax.jit(init_params, static_argnums=1)
 
-  ``model(images, layers=("conv3_3",))`` returns ``{"conv3_3": (n, h, w, 256)}`` for 0-255 images.
+
+class Conv3x3(nnx.Module):
+  """A 3x3 conv (padding 1) + ReLU holding HWIO ``kernel`` and ``bias`` as ``nnx.Param``."""
+
+  def __init__(self, kernel: jax.Array, bias: jax.Array):
+    self.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))
+    self.bias = nnx.Param(jnp.asarray(bias, jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """``(n, h, w, c_in) -> (n, h, w, c_out)``."""
+    return conv3x3(x, self.kernel[...], self.bias[...])
+
+
+class VGG(nnx.Module):
+  """VGG16/VGG19 feature stack as an ``nnx.Module``: one ``Conv3x3`` attribute per conv layer.
+
+  ``VGG("vgg16", rngs=nnx.Rngs(0))`` draws torchvision's init; ``VGG.from_params(params, ...)``
+  wraps converted weights. ``model(images, layers=("conv3_3",))`` returns
+  ``{"conv3_3": (n, h, w, 256)}`` for 0-255 images.
   """
 
-  def __init__(self, arch: str = "vgg16", *, normalization: str = "torchvision", rngs: nnx.Rngs):
+  def __init__(self, arch: str = "vgg16", *, normalization: str = "torchvision",
+               rngs: nnx.Rngs | None = None,
+               params: Mapping[str, Mapping[str, jax.Array]] | None = None):
     check_arch(arch)
     if normalization not in NORMALIZATIONS:
       raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
+    if (rngs is None) == (params is None):
+      raise ValueError("pass exactly one of rngs (random init) or params (given weights)")
     self.arch = arch
     self.normalization = normalization
+    if params is None:
+      params = _init_params_jit(rngs.params(), arch)  # one compiled draw for all layers
     for name, s in param_shapes(arch).items():
-      _, _, c_in, c_out = s["kernel"]
-      setattr(self, name, nnx.Conv(
-          c_in, c_out, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
-          kernel_init=lambda key, shape, dtype=jnp.float32: kaiming_normal_fan_out(key, shape, dtype),
-          bias_init=nnx.initializers.zeros, rngs=rngs))
+      kernel, bias = params[name]["kernel"], params[name]["bias"]
+      if tuple(np.shape(kernel)) != s["kernel"] or tuple(np.shape(bias)) != s["bias"]:
+        raise ValueError(f"{name}: expected kernel {s['kernel']} and bias {s['bias']}, got "
+                         f"{tuple(np.shape(kernel))} and {tuple(np.shape(bias))}")
+      setattr(self, name, Conv3x3(kernel, bias))
 
   def __call__(self, images: jax.Array, *, layers: Sequence[str]) -> dict[str, jax.Array]:
     """images: ``(n, H, W)`` or ``(n, H, W, 3)`` on 0-255 -> ``{layer: (n, h, w, c)}``."""
     layers = check_layers(self.arch, layers)
     x = normalize(images, self.normalization)
-    conv = lambda name, x: jax.nn.relu(getattr(self, name)(x))
-    return _forward(conv, x, arch=self.arch, layers=layers)
+    return _forward(lambda name, x: getattr(self, name)(x), x, arch=self.arch, layers=layers)
 
   def params(self) -> dict[str, dict[str, jax.Array]]:
     """The plain pytree ``apply`` takes."""
@@ -224,9 +246,4 @@ class VGG(nnx.Module):
   def from_params(cls, params: Mapping[str, Mapping[str, jax.Array]], *, arch: str,
                   normalization: str) -> "VGG":
     """A module holding ``params`` (shapes as ``param_shapes(arch)``)."""
-    model = cls(arch, normalization=normalization, rngs=nnx.Rngs(0))
-    for name, s in param_shapes(arch).items():
-      conv = getattr(model, name)
-      conv.kernel[...] = jnp.asarray(params[name]["kernel"], jnp.float32).reshape(s["kernel"])
-      conv.bias[...] = jnp.asarray(params[name]["bias"], jnp.float32).reshape(s["bias"])
-    return model
+    return cls(arch, normalization=normalization, params=params)
