@@ -1,0 +1,615 @@
+"""Fitting readouts on frozen features: every neuron and every hyperparameter config at once.
+
+The parameters of a readout carry leading axes ``(g, k)`` = (configs, neurons). Each (config,
+neuron) pair is an independent model, so the total loss is the sum of the pairs' losses and its
+gradient with respect to one pair's parameters is that pair's own gradient; Adam is elementwise,
+so one optimizer over the whole pytree is exactly one Adam per pair. A step is therefore one
+jitted function of the whole grid, compiled once per feature shape (penalty strengths are data).
+
+Per pair, as in the studies' training loops (Cadena et al. 2019; neuralpredictors):
+  - Poisson loss ``mean_b (pred - r log(pred + 1e-9))`` plus the readout's penalties;
+  - output nonlinearity ELU(x - 1) + 1 (or softplus), bias initialised from the mean response;
+  - validation correlation every ``eval_every`` steps; after ``patience`` checks without
+    improvement the pair's best parameters are restored and its learning rate divided by
+    ``lr_decay``; after ``max_decays`` such decays the pair stops (its updates become zero);
+  - the returned parameters are each pair's best on validation.
+
+Model selection picks one config per neuron (or one per area) by validation correlation; test
+scores come from ``jaxmouse.metrics``.
+
+Sharding: pass ``mesh=make_mesh()`` to split the neuron (and config) axes of parameters,
+optimizer state and responses over devices with ``NamedSharding``; the code is the same on one
+CPU or many accelerators and the numbers agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxmouse import metrics
+from jaxmouse import readouts as readouts_lib
+from jaxmouse.readouts import ridge as ridge_lib
+
+OUTPUTS = ("elu", "softplus")
+_LOG_EPS = 1e-9
+
+
+# ---- configuration and inputs ---------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FitConfig:
+  """How readouts are trained. Every field has the studies' convention or a tested default.
+
+  Attributes:
+    output: ``"elu"`` (ELU(x - 1) + 1) or ``"softplus"``.
+    lr: Adam learning rate (per pair; divided by ``lr_decay`` on each plateau).
+    batch_size: trials per step.
+    max_steps: upper bound on steps (early stopping usually ends sooner).
+    eval_every: steps between validation checks (one jitted chunk of steps).
+    patience: checks without improvement before a pair's learning rate decays.
+    lr_decay: divisor of the learning rate on a plateau.
+    max_decays: decays before a pair stops.
+    tolerance: minimal improvement of validation correlation that counts.
+    batch_norm: standardize each channel on the training images and apply ReLU before the
+      readout (the studies' batch norm + ReLU, with the affine part left to the readout);
+      otherwise the features are only divided by one global scale so that penalty strengths
+      mean the same for every layer.
+    init_scale: scale of the initial feature weights (None: the readout's default).
+    memory_mb: bound for the step's largest intermediate; larger batches are split into
+      micro-batches whose gradients are summed (the same result, less memory).
+    seed: initialisation and minibatch order.
+  """
+  output: str = "elu"
+  lr: float = 5e-3
+  batch_size: int = 256
+  max_steps: int = 5000
+  eval_every: int = 100
+  patience: int = 10
+  lr_decay: float = 3.0
+  max_decays: int = 3
+  tolerance: float = 1e-5
+  batch_norm: bool = False
+  init_scale: float | None = None
+  memory_mb: float = 1024.0
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.output not in OUTPUTS:
+      raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+    for name in ("batch_size", "max_steps", "eval_every", "patience"):
+      v = getattr(self, name)
+      if not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"FitConfig.{name} must be a positive integer, got {v!r}")
+    if not isinstance(self.max_decays, (int, np.integer)) or self.max_decays < 0:
+      raise ValueError(f"FitConfig.max_decays must be an integer >= 0, got {self.max_decays!r}")
+    if not (self.lr > 0 and math.isfinite(self.lr)):
+      raise ValueError(f"FitConfig.lr must be positive, got {self.lr!r}")
+    if not self.lr_decay > 1:
+      raise ValueError(f"FitConfig.lr_decay must be > 1, got {self.lr_decay!r}")
+    if self.tolerance < 0 or self.memory_mb <= 0:
+      raise ValueError("FitConfig.tolerance must be >= 0 and memory_mb > 0, got "
+                       f"{self.tolerance!r}, {self.memory_mb!r}")
+    if self.init_scale is not None and not self.init_scale > 0:
+      raise ValueError(f"FitConfig.init_scale must be positive or None, got {self.init_scale!r}")
+
+
+class Trials(NamedTuple):
+  """Trials of one tier: ``image (t,)`` indexes the feature array's first axis; ``responses (t, k)``."""
+  image: np.ndarray
+  responses: np.ndarray
+
+
+def check_inputs(features, tiers: Mapping[str, Trials]) -> tuple[int, int]:
+  """Validates features ``(n, h, w, c)`` and the tiers' trials; returns ``(n_images, k)``.
+
+  Raises ValueError naming the tier and shapes for disagreeing neuron counts, image indices
+  beyond the feature array, or non-finite responses; NaN features are checked by
+  ``prepare_features``.
+  """
+  shape = tuple(getattr(features, "shape", ()))
+  if len(shape) != 4:
+    raise ValueError(f"features must be (n_images, h, w, c), got shape {shape}")
+  n = shape[0]
+  k = None
+  for name, t in tiers.items():
+    image = np.asarray(t.image)
+    resp = np.asarray(t.responses)
+    if resp.ndim != 2 or image.shape != (resp.shape[0],):
+      raise ValueError(f"{name} trials: image must be (t,) and responses (t, k) with one t, got "
+                       f"{image.shape} and {resp.shape}")
+    if resp.shape[0] == 0:
+      raise ValueError(f"{name} tier has no trials")
+    if not np.issubdtype(image.dtype, np.integer):
+      raise ValueError(f"{name} trials: image indices must be integers, got {image.dtype}")
+    if image.min() < 0 or image.max() >= n:
+      raise ValueError(f"{name} trials refer to images {image.min()}..{image.max()} but the "
+                       f"features {shape} hold {n} images (features and responses disagree on "
+                       "the image count)")
+    if k is None:
+      k = resp.shape[1]
+    elif resp.shape[1] != k:
+      raise ValueError(f"{name} responses have {resp.shape[1]} neurons, other tiers {k}")
+    if not np.isfinite(resp).all():
+      raise ValueError(f"{name} responses {resp.shape} contain NaN or infinite values")
+  if not k:
+    raise ValueError("no neurons to fit (responses have 0 columns)")
+  return n, k
+
+
+def prepare_features(features, *, train_images, batch_norm: bool = False) -> np.ndarray:
+  """Float32 features, normalized with statistics of the training images.
+
+  ``batch_norm``: per channel ``relu((x - mean_c) / std_c)``; else ``x / std`` with one global std.
+  Raises ValueError if any value is NaN or infinite.
+  """
+  x = np.asarray(features, np.float32)
+  bad = ~np.isfinite(x)
+  if bad.any():
+    rows = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
+    raise ValueError(f"features {x.shape} contain NaN or infinite values in {len(rows)} image(s), "
+                     f"first indices {rows[:10].tolist()}")
+  ref = x[np.unique(np.asarray(train_images))]
+  if batch_norm:
+    mean = ref.mean(axis=(0, 1, 2), dtype=np.float64)
+    std = ref.std(axis=(0, 1, 2), dtype=np.float64)
+    std = np.where(std > 1e-8, std, 1.0)
+    return np.maximum((x - mean.astype(np.float32)) / std.astype(np.float32), 0.0)
+  std = float(ref.std(dtype=np.float64))
+  return x / np.float32(std if std > 1e-8 else 1.0)
+
+
+# ---- outputs and loss ------------------------------------------------------------------------
+
+def output_fn(name: str):
+  """The output nonlinearity: ``elu`` is ELU(x - 1) + 1, ``softplus`` log(1 + e^x)."""
+  if name == "elu":
+    return lambda z: jax.nn.elu(z - 1.0) + 1.0
+  if name == "softplus":
+    return jax.nn.softplus
+  raise ValueError(f"output must be one of {OUTPUTS}, got {name!r}")
+
+
+def initial_bias(mean_response, output: str):
+  """The bias whose output equals the mean response: ``(k,)`` -> ``(k,)``."""
+  m = np.maximum(np.asarray(mean_response, np.float64), 1e-3)
+  if output == "elu":
+    b = np.where(m >= 1.0, m, 1.0 + np.log(m))
+  elif output == "softplus":
+    b = np.where(m > 20, m, np.log(np.expm1(np.minimum(m, 20))))
+  else:
+    raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+  return b.astype(np.float32)
+
+
+def poisson_loss(pred, y):
+  """Per (config, neuron) summed over the batch: ``pred (b, g, k)``, ``y (b, k)`` -> ``(g, k)``."""
+  return jnp.sum(pred - y[:, None, :] * jnp.log(pred + _LOG_EPS), axis=0)
+
+
+def loss_per_pair(params, x, y, reg, *, readout: str, output: str, key=None, n_total=None):
+  """Poisson loss (mean over the batch) plus penalties, ``(g, k)``.
+
+  ``n_total`` divides the summed Poisson loss (a micro-batch passes the full batch size).
+  """
+  r = readouts_lib.get(readout)
+  pred = output_fn(output)(r.predict(params, x, key=key))  # (b, g, k)
+  n = x.shape[0] if n_total is None else n_total
+  return poisson_loss(pred, y) / n + r.penalty(params, reg)
+
+
+def reference_loss_one(p, x, y, reg, *, readout: str, output: str):
+  """One (config, neuron): the readable per-neuron loss the batched step is tested against.
+
+  ``p``: one pair's parameters; ``x (b, h, w, c)``; ``y (b,)``; ``reg``: ``{name: ()}``.
+  """
+  r = readouts_lib.get(readout)
+  pred = output_fn(output)(r.predict_one(p, x))  # (b,)
+  return jnp.mean(pred - y * jnp.log(pred + _LOG_EPS)) + r.penalty_one(p, reg)
+
+
+# ---- the state of a fit ----------------------------------------------------------------------
+
+class FitState(NamedTuple):
+  params: Any          # pytree, leaves (g, k, ...)
+  opt_state: Any       # Adam moments, leaves (g, k, ...), and a step count
+  best_params: Any     # each pair's parameters at its best validation correlation
+  best_corr: jax.Array   # (g, k)
+  wait: jax.Array        # (g, k) checks since the last improvement
+  lr: jax.Array          # (g, k) current learning rate
+  n_decays: jax.Array    # (g, k)
+  active: jax.Array      # (g, k) False once a pair has stopped
+  stop_step: jax.Array   # (g, k) step at which a pair stopped (max_steps if it never did)
+  step: jax.Array        # ()
+  key: jax.Array         # for stochastic readouts
+
+
+class _Spec(NamedTuple):
+  """Static (hashable) part of a step: changing it recompiles, changing the grid does not."""
+  readout: str
+  output: str
+  microbatch: int
+  patience: int
+  lr_decay: float
+  max_decays: int
+  tolerance: float
+  eval_batch: int
+  mesh: Mesh | None
+
+
+_ADAM = optax.scale_by_adam()
+
+
+def _pair_spec(x, mesh):
+  """Leaves with (g, k, ...) leading axes are split over (config, neuron); the rest replicated."""
+  if getattr(x, "ndim", 0) >= 2:
+    return NamedSharding(mesh, P("config", "neuron"))
+  return NamedSharding(mesh, P())
+
+
+def _constrain(tree, mesh):
+  if mesh is None:
+    return tree
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, _pair_spec(x, mesh)), tree)
+
+
+def _train_chunk(state: FitState, batches, features, train_image, train_resp, reg, spec: _Spec):
+  """``len(batches)`` Adam steps on every (config, neuron) pair.
+
+  Args:
+    state: the FitState (donated).
+    batches: ``(s, b)`` trial indices into the training trials, one row per step.
+    features: ``(n_images, h, w, c)``; train_image ``(t,)``; train_resp ``(t, k)``.
+    reg: ``{penalty: (g,)}``.
+  """
+  r = readouts_lib.get(spec.readout)
+  b = batches.shape[1]
+  n_micro = b // spec.microbatch
+
+  def grads_of(params, idx, key):
+    def micro(acc, i):
+      sub = jax.lax.dynamic_slice_in_dim(idx, i * spec.microbatch, spec.microbatch)
+      x = features[train_image[sub]]  # (m, h, w, c)
+      y = train_resp[sub]  # (m, k)
+      total = lambda p: jnp.sum(loss_per_pair(p, x, y, reg, readout=spec.readout,
+                                              output=spec.output, key=key, n_total=b))
+      value, g = jax.value_and_grad(total)(params)
+      return jax.tree.map(jnp.add, acc, (value, g)), None
+
+    zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    if n_micro == 1:
+      return micro(zero, 0)[0]
+    return jax.lax.scan(micro, zero, jnp.arange(n_micro))[0]
+
+  def step(state, idx):
+    key = jax.random.fold_in(state.key, state.step) if r.stochastic else None
+    value, grads = grads_of(state.params, idx, key)
+    direction, opt_state = _ADAM.update(grads, state.opt_state, state.params)
+    rate = state.lr * state.active  # (g, k); stopped pairs get no update
+
+    def apply(p, d):
+      return p - rate.reshape(rate.shape + (1,) * (p.ndim - 2)) * d
+
+    params = jax.tree.map(apply, state.params, direction)
+    state = state._replace(params=params, opt_state=opt_state, step=state.step + 1)
+    return _constrain(state, spec.mesh), value
+
+  state, values = jax.lax.scan(step, state, batches)
+  return _constrain(state, spec.mesh), values
+
+
+def _predict_images(params, features, images, spec: _Spec):
+  """Outputs for ``images (m,)`` (m a multiple of ``spec.eval_batch``): ``(m, g, k)``."""
+  r = readouts_lib.get(spec.readout)
+  out = output_fn(spec.output)
+  chunks = images.reshape(-1, spec.eval_batch)
+  pred = jax.lax.map(lambda i: out(r.predict(params, features[i])), chunks)  # (n, e, g, k)
+  return pred.reshape((-1,) + pred.shape[2:])
+
+
+def pair_corr(pred, y):
+  """Pearson correlation over trials per pair: ``pred (t, g, k)``, ``y (t, k)`` -> ``(g, k)``."""
+  pc = pred - pred.mean(axis=0)
+  yc = y - y.mean(axis=0)
+  num = jnp.einsum("tgk,tk->gk", pc, yc)  # (g, k)
+  den = jnp.sqrt(jnp.sum(pc**2, axis=0) * jnp.sum(yc**2, axis=0))
+  return jnp.where(den > 1e-12, num / jnp.maximum(den, 1e-12), 0.0)
+
+
+def _evaluate(state: FitState, features, val_images, val_inverse, val_resp, spec: _Spec):
+  """Validation correlation of every pair; best-parameter bookkeeping, LR decay and stopping."""
+  pred = _predict_images(state.params, features, val_images, spec)[val_inverse]  # (t, g, k)
+  corr = pair_corr(pred, val_resp)
+  improved = state.active & (corr > state.best_corr + spec.tolerance)
+  pick = lambda mask, a, b: jax.tree.map(
+      lambda x, y: jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 2)), x, y), a, b)
+  best_params = pick(improved, state.params, state.best_params)
+  best_corr = jnp.where(improved, corr, state.best_corr)
+  wait = jnp.where(improved, 0, state.wait + state.active)
+  plateau = state.active & (wait >= spec.patience)
+  n_decays = state.n_decays + plateau
+  stop = plateau & (n_decays > spec.max_decays)
+  active = state.active & ~stop
+  # On a plateau the pair restarts from its best parameters with a smaller learning rate.
+  params = pick(plateau, best_params, state.params)
+  state = state._replace(
+      params=params, best_params=best_params, best_corr=best_corr,
+      wait=jnp.where(plateau, 0, wait), lr=jnp.where(plateau, state.lr / spec.lr_decay, state.lr),
+      n_decays=n_decays, active=active,
+      stop_step=jnp.where(stop, state.step, state.stop_step))
+  return _constrain(state, spec.mesh), corr
+
+
+# Built on first use and looked up through module globals at trace time, so that a test can wrap
+# ``_train_chunk`` with ``chex.assert_max_traces`` and count compilations.
+@functools.cache
+def _jitted():
+  train = jax.jit(lambda *a, spec: _train_chunk(*a, spec=spec), static_argnames="spec",
+                  donate_argnums=0)
+  evaluate = jax.jit(lambda *a, spec: _evaluate(*a, spec=spec), static_argnames="spec",
+                     donate_argnums=0)
+  return train, evaluate
+
+
+# ---- sharding ---------------------------------------------------------------------------------
+
+def make_mesh(devices: Sequence[jax.Device] | None = None, *, config_shards: int = 1) -> Mesh:
+  """A ``(config, neuron)`` device mesh: ``config_shards`` x (devices / config_shards)."""
+  devices = list(jax.devices() if devices is None else devices)
+  if config_shards < 1 or len(devices) % config_shards:
+    raise ValueError(f"config_shards={config_shards} must divide the {len(devices)} devices")
+  grid = np.array(devices, dtype=object).reshape(config_shards, -1)
+  return Mesh(grid, ("config", "neuron"))
+
+
+def _put(tree, mesh):
+  if mesh is None:
+    return jax.device_put(tree)
+  return jax.tree.map(lambda x: jax.device_put(x, _pair_spec(x, mesh)), tree)
+
+
+def _pad_to(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+# ---- the fit ----------------------------------------------------------------------------------
+
+class FitResult(NamedTuple):
+  """Each (config, neuron) pair's best parameters and validation correlation (NumPy arrays).
+
+  ``params`` leaves ``(g, k, ...)``; ``val_corr (g, k)``; ``stop_step (g, k)``; ``steps`` the
+  number of steps run; ``val_history (checks, g, k)`` validation correlation at every check.
+  """
+  readout: str
+  params: Any
+  val_corr: np.ndarray
+  stop_step: np.ndarray
+  steps: int
+  val_history: np.ndarray
+
+
+def _microbatch(batch: int, n_pairs: int, feature_shape, memory_mb: float) -> int:
+  h, w, c = feature_shape
+  per_image = 4.0 * n_pairs * max(c, 1) + 4.0 * h * w * c  # the (m, g*k, c) intermediate
+  for m in range(batch, 0, -1):
+    if batch % m == 0 and m * per_image <= memory_mb * 2**20:
+      return m
+  return 1
+
+
+def batch_order(n_trials: int, batch: int, steps: int, *, seed: int, start: int = 0) -> np.ndarray:
+  """Trial indices ``(steps, batch)`` for steps ``start .. start+steps-1``: consecutive windows of
+  a stream of random permutations (one per epoch), reproducible from ``seed`` alone."""
+  rng = np.random.default_rng(seed)
+  first, last = start * batch, (start + steps) * batch
+  n_epochs = -(-last // n_trials)
+  stream = np.concatenate([rng.permutation(n_trials) for _ in range(n_epochs)])
+  return stream[first:last].reshape(steps, batch).astype(np.int32)
+
+
+def fit(features, *, train: Trials, validation: Trials, readout: str = "factorized",
+        grid: Mapping[str, Sequence[float]] | None = None, config: FitConfig = FitConfig(),
+        mesh: Mesh | None = None, prepared: bool = False) -> FitResult:
+  """Trains one readout for every (config, neuron) pair of a penalty grid.
+
+  Args:
+    features: ``(n_images, h, w, c)`` frozen features (NumPy or memmap).
+    train, validation: ``Trials`` whose ``image`` indexes ``features``.
+    readout: ``factorized``, ``full`` or ``gaussian``.
+    grid: ``{penalty: (g,)}`` strengths (see ``jaxmouse.readouts.make_grid``); missing
+      penalties are 0.
+    config: FitConfig.
+    mesh: a ``make_mesh()`` to shard pairs over devices; None runs on the default device.
+    prepared: the features are already normalized (``prepare_features``); skip it.
+
+  Returns:
+    FitResult with every pair's best parameters (chosen on validation).
+  """
+  r = readouts_lib.get(readout)
+  _, k = check_inputs(features, {"train": train, "validation": validation})
+  reg = readouts_lib.check_grid(grid or {}, r.penalties, readout=readout)
+  g = readouts_lib.grid_size(reg)
+  if not prepared:
+    features = prepare_features(features, train_images=train.image, batch_norm=config.batch_norm)
+  features = np.asarray(features, np.float32)
+  h, w, c = features.shape[1:]
+
+  # Padding: neurons and configs to multiples of the mesh axes (padded pairs are discarded).
+  kp, gp = k, g
+  if mesh is not None:
+    kp = _pad_to(k, mesh.shape["neuron"])
+    gp = _pad_to(g, mesh.shape["config"])
+  pad_k = lambda a: np.pad(a, [(0, 0), (0, kp - k)]) if kp > k else a
+  reg_p = {n: np.concatenate([v, np.repeat(v[-1:], gp - g)]) for n, v in reg.items()}
+
+  train_resp = pad_k(np.asarray(train.responses, np.float32))
+  val_resp = pad_k(np.asarray(validation.responses, np.float32))
+  bias = initial_bias(np.asarray(train.responses, np.float64).mean(axis=0), config.output)
+  bias = np.pad(bias, (0, kp - k))
+  init_kw = {} if config.init_scale is None else {"init_scale": config.init_scale}
+  key = jax.random.key(config.seed)
+  params = r.init(jax.random.fold_in(key, 0), n_configs=gp, n_neurons=kp, feature_shape=(h, w, c),
+                  bias=bias, **init_kw)
+  state = FitState(
+      params=params, opt_state=_ADAM.init(params), best_params=jax.tree.map(jnp.copy, params),
+      best_corr=np.full((gp, kp), -np.inf, np.float32), wait=np.zeros((gp, kp), np.int32),
+      lr=np.full((gp, kp), config.lr, np.float32), n_decays=np.zeros((gp, kp), np.int32),
+      active=np.ones((gp, kp), bool), stop_step=np.full((gp, kp), config.max_steps, np.int32),
+      step=np.zeros((), np.int32), key=jax.random.fold_in(key, 1))
+  state = _put(state, mesh)
+
+  batch = min(config.batch_size, len(train.image))
+  val_images, val_inverse = np.unique(np.asarray(validation.image), return_inverse=True)
+  eval_batch = min(batch, len(val_images))
+  val_images = np.pad(val_images, (0, _pad_to(len(val_images), eval_batch) - len(val_images)))
+  spec = _Spec(readout=readout, output=config.output,
+               microbatch=_microbatch(batch, gp * kp, (h, w, c), config.memory_mb),
+               patience=config.patience, lr_decay=float(config.lr_decay),
+               max_decays=config.max_decays, tolerance=float(config.tolerance),
+               eval_batch=eval_batch, mesh=mesh)
+
+  replicated = (lambda a: jax.device_put(a)) if mesh is None else \
+      (lambda a: jax.device_put(a, NamedSharding(mesh, P())))
+  by_neuron = (lambda a: jax.device_put(a)) if mesh is None else \
+      (lambda a: jax.device_put(a, NamedSharding(mesh, P(None, "neuron"))))
+  feats_d = replicated(features)
+  train_image_d = replicated(np.asarray(train.image, np.int32))
+  train_resp_d = by_neuron(train_resp)
+  val_images_d = replicated(val_images.astype(np.int32))
+  val_inverse_d = replicated(val_inverse.reshape(-1).astype(np.int32))
+  val_resp_d = by_neuron(val_resp)
+  reg_d = {n: (jax.device_put(v) if mesh is None else
+               jax.device_put(v, NamedSharding(mesh, P("config")))) for n, v in reg_p.items()}
+
+  train_fn, eval_fn = _jitted()
+  state, corr = eval_fn(state, feats_d, val_images_d, val_inverse_d, val_resp_d, spec=spec)
+  history = [corr]
+  steps = 0
+  n_train = len(train.image)
+  while steps < config.max_steps:
+    s = min(config.eval_every, config.max_steps - steps)
+    order = batch_order(n_train, batch, s, seed=config.seed, start=steps)
+    state, _ = train_fn(state, replicated(order), feats_d, train_image_d, train_resp_d, reg_d,
+                        spec=spec)
+    steps += s
+    state, corr = eval_fn(state, feats_d, val_images_d, val_inverse_d, val_resp_d, spec=spec)
+    history.append(corr)
+    if not bool(jnp.any(state.active)):
+      break
+
+  cut = lambda a: np.asarray(a)[:g, :k]
+  return FitResult(readout=readout, params=jax.tree.map(cut, state.best_params),
+                   val_corr=cut(state.best_corr), stop_step=cut(state.stop_step), steps=steps,
+                   val_history=np.stack([cut(h) for h in history]))
+
+
+# ---- selection, prediction, scores --------------------------------------------------------------
+
+def select_configs(val_corr, *, groups=None) -> np.ndarray:
+  """The best config per neuron, ``(k,)``, from ``val_corr (g, k)``.
+
+  ``groups (k,)`` (e.g. areas) picks one config per group instead: the config with the highest
+  mean validation correlation over the group's neurons.
+  """
+  val_corr = np.nan_to_num(np.asarray(val_corr, np.float64), nan=-np.inf)
+  if val_corr.ndim != 2:
+    raise ValueError(f"val_corr must be (g, k), got shape {val_corr.shape}")
+  if groups is None:
+    return np.argmax(val_corr, axis=0)
+  groups = np.asarray(groups)
+  if groups.shape != (val_corr.shape[1],):
+    raise ValueError(f"groups must be (k,) = ({val_corr.shape[1]},), got shape {groups.shape}")
+  choice = np.empty(val_corr.shape[1], np.int64)
+  finite = np.where(np.isfinite(val_corr), val_corr, -1.0)
+  for label in np.unique(groups):
+    members = groups == label
+    choice[members] = np.argmax(finite[:, members].mean(axis=1))
+  return choice
+
+
+def take_configs(params, choice):
+  """Per neuron the parameters of its chosen config: leaves ``(g, k, ...)`` -> ``(k, ...)``."""
+  choice = np.asarray(choice)
+  return jax.tree.map(lambda a: np.asarray(a)[choice, np.arange(len(choice))], params)
+
+
+@functools.partial(jax.jit, static_argnames=("readout", "output"))
+def _predict_chunk(params, x, *, readout, output):
+  return output_fn(output)(readouts_lib.get(readout).predict(params, x))[:, 0]  # (b, k)
+
+
+def predict(params, features, images=None, *, readout: str, output: str = "elu",
+            batch_size: int = 256) -> np.ndarray:
+  """Predicted responses of the chosen readouts: leaves ``(k, ...)`` -> ``(m, k)``.
+
+  ``features`` must be prepared like the training features; ``images (m,)`` selects rows
+  (default: all).
+  """
+  one = jax.tree.map(lambda a: jnp.asarray(a)[None], params)  # (1, k, ...)
+  images = np.arange(len(features)) if images is None else np.asarray(images)
+  out = []
+  for s in range(0, len(images), batch_size):
+    idx = images[s:s + batch_size]
+    x = np.asarray(features[idx], np.float32)
+    pad = batch_size - len(idx) if len(images) > batch_size else 0
+    if pad:  # one compiled shape for every chunk
+      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], np.float32)])
+    out.append(np.asarray(_predict_chunk(one, x, readout=readout, output=output))[:len(idx)])
+  return np.concatenate(out)
+
+
+def scores(predictions, test: Trials) -> dict[str, np.ndarray]:
+  """Test scores per neuron, ``(k,)`` each: ``feve``, ``corr`` (single trial), ``corr_avg``
+  (to the repeat average), ``oracle`` (leave-one-out over repeats), ``fev`` (explainable
+  variance fraction of the data). ``predictions (t, k)`` per test trial."""
+  y, ids = np.asarray(test.responses), np.asarray(test.image)
+  return {
+      "feve": metrics.feve(predictions, y, ids),
+      "corr": metrics.corr(predictions, y),
+      "corr_avg": metrics.corr_to_average(predictions, y, ids),
+      "oracle": metrics.oracle_corr(y, ids),
+      "fev": metrics.explainable_variance_fraction(y, ids),
+  }
+
+
+# ---- ridge --------------------------------------------------------------------------------------
+
+class RidgeResult(NamedTuple):
+  solution: ridge_lib.RidgeSolution
+  alphas: np.ndarray    # (a,)
+  val_corr: np.ndarray  # (a, k)
+
+
+def image_means(trials: Trials):
+  """Distinct images, mean responses and repeat counts: ``(m,)``, ``(m, k)``, ``(m,)``."""
+  ids, inverse, counts = np.unique(np.asarray(trials.image), return_inverse=True,
+                                   return_counts=True)
+  sums = np.zeros((len(ids), trials.responses.shape[1]))
+  np.add.at(sums, inverse.reshape(-1), np.asarray(trials.responses, np.float64))
+  return ids, (sums / counts[:, None]).astype(np.float32), counts
+
+
+def fit_ridge(features, *, train: Trials, validation: Trials, alphas, batch_norm: bool = False,
+              prepared: bool = False) -> RidgeResult:
+  """Closed-form ridge for every neuron and penalty; validation correlation per (alpha, neuron).
+
+  Training images are fitted through their repeat means weighted by repeat counts, which
+  equals fitting every trial.
+  """
+  check_inputs(features, {"train": train, "validation": validation})
+  alphas = ridge_lib.check_alphas(alphas)
+  if not prepared:
+    features = prepare_features(features, train_images=train.image, batch_norm=batch_norm)
+  flat = np.asarray(features, np.float32).reshape(len(features), -1)
+  ids, means, counts = image_means(train)
+  sol = ridge_lib.solve(flat[ids], means, weights=counts)
+  pred = ridge_lib.predict(sol, flat[validation.image], alphas)  # (a, t, k)
+  return RidgeResult(sol, alphas, ridge_lib.correlations(pred, validation.responses))

@@ -1,0 +1,79 @@
+"""Pieces every readout shares: per-neuron random keys, the Laplacian, grids of penalties."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# The discrete Laplacian of Cadena et al. 2019: [[0,-1,0],[-1,4,-1],[0,-1,0]], zero padded ("SAME").
+LAPLACE_KERNEL = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32)
+
+
+def laplacian(x):
+  """Laplacian over the axes ``(-2, -1)`` with zero padding; same shape as ``x``."""
+  pad = [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)]
+  p = jnp.pad(x, pad)
+  return (4 * x - p[..., :-2, 1:-1] - p[..., 2:, 1:-1] - p[..., 1:-1, :-2] - p[..., 1:-1, 2:])
+
+
+def neuron_keys(key, n_neurons: int):
+  """One key per neuron, ``fold_in(key, i)``: the draw of neuron ``i`` does not depend on how
+  many neurons are fitted together, how they are padded or how they are sharded."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_neurons))
+
+
+def make_grid(**values: Sequence[float] | float) -> dict[str, np.ndarray]:
+  """Cartesian product of penalty values: ``make_grid(l1=[0, .01], smooth=[.1, 1])`` -> 4 configs.
+
+  Returns ``{name: (g,) float32}``, the last name varying fastest.
+  """
+  names = list(values)
+  lists = [np.atleast_1d(np.asarray(values[n], np.float64)) for n in names]
+  rows = list(itertools.product(*lists)) or [()]
+  return {n: np.array([r[i] for r in rows], np.float32) for i, n in enumerate(names)}
+
+
+def check_grid(grid: Mapping[str, object], penalties: Sequence[str], *, readout: str
+               ) -> dict[str, np.ndarray]:
+  """Validates a grid ``{penalty: (g,)}`` for a readout; fills penalties it omits with zeros.
+
+  Raises ValueError for an unknown penalty name, unequal lengths, an empty grid, or values that
+  are negative or not finite.
+  """
+  if not isinstance(grid, Mapping):
+    raise ValueError(f"grid must be a mapping {{penalty: (g,) values}}, got {type(grid).__name__}")
+  unknown = sorted(set(grid) - set(penalties))
+  if unknown:
+    raise ValueError(f"grid has penalties {unknown} that the {readout} readout does not know; "
+                     f"it takes {list(penalties)}")
+  arrays = {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in grid.items()}
+  for k, v in arrays.items():
+    if v.ndim != 1:
+      raise ValueError(f"grid[{k!r}] must be 1-D (g,), got shape {v.shape}")
+  lengths = {k: len(v) for k, v in arrays.items()}
+  if len(set(lengths.values())) > 1:
+    raise ValueError(f"grid entries must have one length g, got {lengths}")
+  g = next(iter(lengths.values()), 1)
+  if g == 0:
+    raise ValueError("grid is empty: every penalty has 0 values")
+  for k, v in arrays.items():
+    if not np.isfinite(v).all():
+      raise ValueError(f"grid[{k!r}] has NaN or infinite values: {v.tolist()}")
+    if (v < 0).any():
+      raise ValueError(f"grid[{k!r}] has negative penalties {v[v < 0].tolist()}; "
+                       "penalty strengths must be >= 0")
+  return {p: arrays[p].astype(np.float32) if p in arrays else np.zeros(g, np.float32)
+          for p in penalties}
+
+
+def grid_size(grid: Mapping[str, np.ndarray]) -> int:
+  return len(next(iter(grid.values()))) if grid else 1
+
+
+def describe_config(grid: Mapping[str, np.ndarray], index: int) -> str:
+  """``"l1=0.01 smooth=0.1"`` for config ``index`` of a grid (the results table's ``config``)."""
+  return " ".join(f"{k}={float(v[index]):g}" for k, v in grid.items())

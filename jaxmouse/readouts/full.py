@@ -1,0 +1,70 @@
+"""Full linear readout with the penalties of Cadena et al. 2019 (PLoS CB).
+
+Parameters with leading axes ``(g, k)`` = (configs, neurons): ``weight (g, k, h, w, c)``,
+``bias (g, k)``. Penalties (per (config, neuron), summed over the weight's axes):
+  ``smooth``  sum_{x,y,c} (Laplace * w[..., c])^2, the 3x3 Laplacian over (x, y), zero padded
+  ``group``   sum_c sqrt(sum_{x,y} w^2)           (whole channels in or out)
+  ``l1``      sum |w|
+The paper's figures average these over neurons; per neuron they are the terms above.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxmouse.readouts._common import laplacian, neuron_keys
+
+PENALTIES = ("smooth", "group", "l1")
+_GROUP_EPS = 1e-12  # keeps the gradient of sqrt finite at an all-zero channel
+
+
+def init(key, *, n_configs: int, n_neurons: int, feature_shape, bias=None,
+         init_scale: float = 1e-3):
+  """Small random weights, the same for every config; neuron ``i`` draws from ``fold_in(key, i)``."""
+  h, w, c = feature_shape
+  weight = jax.vmap(lambda k: init_scale * jax.random.normal(k, (h, w, c)))(
+      neuron_keys(key, n_neurons))
+  bias = jnp.zeros(n_neurons) if bias is None else jnp.asarray(bias, jnp.float32)
+  tile = lambda a: jnp.broadcast_to(a, (n_configs,) + a.shape).astype(jnp.float32)
+  return {"weight": tile(weight), "bias": tile(bias)}
+
+
+def predict(params, x, *, key=None):
+  """``x (b, h, w, c)`` -> linear prediction ``(b, g, k)`` (before the output nonlinearity)."""
+  del key
+  b = x.shape[0]
+  g, k = params["bias"].shape
+  y = jnp.einsum("bq,nq->bn", x.reshape(b, -1), params["weight"].reshape(g * k, -1))  # (b, g*k)
+  return y.reshape(b, g, k) + params["bias"]
+
+
+def _terms(weight):
+  """``weight (..., h, w, c)`` -> (smooth, group, l1), each ``(...)``."""
+  per_channel = jnp.moveaxis(weight, -1, -3)  # (..., c, h, w)
+  smooth = jnp.sum(laplacian(per_channel)**2, axis=(-3, -2, -1))
+  group = jnp.sum(jnp.sqrt(jnp.sum(per_channel**2, axis=(-2, -1)) + _GROUP_EPS), axis=-1)
+  l1 = jnp.sum(jnp.abs(weight), axis=(-3, -2, -1))
+  return smooth, group, l1
+
+
+def penalty(params, reg):
+  """``(g, k)`` penalty; ``reg``: ``{name: (g,)}``."""
+  smooth, group, l1 = _terms(params["weight"])
+  return (reg["smooth"][:, None] * smooth + reg["group"][:, None] * group
+          + reg["l1"][:, None] * l1)
+
+
+def predict_one(p, x):
+  """``p``: ``weight (h, w, c)``, ``bias ()``; ``x (b, h, w, c)`` -> ``(b,)``."""
+  return jnp.einsum("bhwc,hwc->b", x, p["weight"]) + p["bias"]  # (b,)
+
+
+def penalty_one(p, reg):
+  smooth, group, l1 = _terms(p["weight"])
+  return reg["smooth"] * smooth + reg["group"] * group + reg["l1"] * l1
+
+
+def weights(params):
+  """The weight tensor ``(..., h, w, c)``."""
+  return params["weight"]

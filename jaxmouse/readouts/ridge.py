@@ -1,0 +1,141 @@
+"""Ridge regression in closed form for every neuron and every penalty at once.
+
+One symmetric eigendecomposition per feature space: of the ``(d, d)`` covariance ``X^T X`` when
+there are fewer features than images, else of the ``(n, n)`` kernel ``X X^T`` (the dual form).
+Either way the solution for penalty ``alpha`` is
+
+    coef(alpha) = B diag(1 / (lam + alpha)) Q,          B (d, r), lam (r,), Q (r, k),
+
+so predictions for all penalties and neurons cost one ``(m, d) x (d, r)`` product plus a rescale.
+Images may carry weights (their number of repeats): fitting image means with weights equals
+fitting every trial. The intercept is not penalized (X and Y are centred), as in scikit-learn's
+``Ridge(fit_intercept=True)``; the objective is ``sum_i w_i (y_i - x_i coef - b)^2 + alpha |coef|^2``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class RidgeSolution(NamedTuple):
+  """Everything needed to predict with any penalty. Shapes: d features, r rank, k neurons."""
+  x_mean: np.ndarray   # (d,)
+  y_mean: np.ndarray   # (k,)
+  basis: np.ndarray    # (d, r)
+  eigvals: np.ndarray  # (r,) eigenvalues of the weighted, centred X^T X (or X X^T)
+  proj: np.ndarray     # (r, k)
+
+
+def check_alphas(alphas) -> np.ndarray:
+  alphas = np.atleast_1d(np.asarray(alphas, np.float64))
+  if alphas.ndim != 1 or alphas.size == 0:
+    raise ValueError(f"alphas must be a non-empty 1-D array, got shape {alphas.shape}")
+  if not np.isfinite(alphas).all() or (alphas < 0).any():
+    raise ValueError(f"ridge penalties must be finite and >= 0, got {alphas.tolist()}")
+  return alphas
+
+
+@jax.jit
+def _gram(xs):
+  return xs.T @ xs  # (d, d)
+
+
+@jax.jit
+def _kernel(xs):
+  return xs @ xs.T  # (n, n)
+
+
+def solve(x, y, *, weights=None) -> RidgeSolution:
+  """Decomposes once; the returned solution predicts for any penalty.
+
+  Args:
+    x: ``(n, d)`` features (one row per image).
+    y: ``(n, k)`` responses (image means when ``weights`` counts the repeats).
+    weights: ``(n,)`` non-negative sample weights, or None for ones.
+  """
+  x = np.asarray(x, np.float32)
+  y = np.asarray(y, np.float32)
+  if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+    raise ValueError(f"ridge needs x (n, d) and y (n, k) with one n, got {x.shape} and {y.shape}")
+  if not np.isfinite(x).all():
+    raise ValueError(f"ridge features x {x.shape} contain NaN or infinite values")
+  if not np.isfinite(y).all():
+    raise ValueError(f"ridge responses y {y.shape} contain NaN or infinite values")
+  n, d = x.shape
+  w = np.ones(n, np.float64) if weights is None else np.asarray(weights, np.float64)
+  if w.shape != (n,) or (w < 0).any() or w.sum() <= 0:
+    raise ValueError(f"weights must be (n,) = ({n},) non-negative with a positive sum, "
+                     f"got shape {w.shape}")
+  x_mean = (w @ x.astype(np.float64)) / w.sum()
+  y_mean = (w @ y.astype(np.float64)) / w.sum()
+  sw = np.sqrt(w)[:, None]
+  xs = jnp.asarray(((x - x_mean) * sw).astype(np.float32))  # (n, d)
+  ys = jnp.asarray(((y - y_mean) * sw).astype(np.float32))  # (n, k)
+  if d <= n:
+    lam, v = np.linalg.eigh(np.asarray(_gram(xs), np.float64))
+    basis = v.astype(np.float32)  # (d, d)
+    proj = np.asarray(jnp.asarray(basis).T @ (xs.T @ ys))  # (d, k)
+  else:
+    lam, u = np.linalg.eigh(np.asarray(_kernel(xs), np.float64))
+    u32 = jnp.asarray(u.astype(np.float32))
+    basis = np.asarray(xs.T @ u32)  # (d, n)
+    proj = np.asarray(u32.T @ ys)  # (n, k)
+  lam = np.clip(lam, 0.0, None)  # round-off can make the smallest eigenvalues slightly negative
+  return RidgeSolution(x_mean.astype(np.float32), y_mean.astype(np.float32), basis,
+                       lam.astype(np.float32), proj)
+
+
+@jax.jit
+def _predict(x_mean, y_mean, basis, eigvals, proj, x, alphas):
+  z = (x - x_mean) @ basis  # (m, r)
+  scale = 1.0 / (eigvals[None, :] + alphas[:, None])  # (a, r)
+  return jnp.einsum("mr,ar,rk->amk", z, scale, proj) + y_mean  # (a, m, k)
+
+
+def predict(sol: RidgeSolution, x, alphas):
+  """Predictions for every penalty: ``x (m, d)``, ``alphas (a,)`` -> ``(a, m, k)``."""
+  alphas = check_alphas(alphas)
+  return np.asarray(_predict(*sol, jnp.asarray(x, jnp.float32), jnp.asarray(alphas, jnp.float32)))
+
+
+@jax.jit
+def _predict_chosen(x_mean, y_mean, basis, eigvals, proj, x, alpha):
+  z = (x - x_mean) @ basis  # (m, r)
+  scale = 1.0 / (eigvals[:, None] + alpha[None, :])  # (r, k)
+  return z @ (scale * proj) + y_mean  # (m, k)
+
+
+def predict_chosen(sol: RidgeSolution, x, alpha):
+  """Predictions with one penalty per neuron: ``x (m, d)``, ``alpha (k,)`` -> ``(m, k)``."""
+  alpha = check_alphas(alpha)
+  k = sol.proj.shape[1]
+  alpha = np.broadcast_to(alpha, (k,)) if alpha.size == 1 else alpha
+  if alpha.shape != (k,):
+    raise ValueError(f"alpha must be a scalar or (k,) = ({k},), got shape {alpha.shape}")
+  return np.asarray(_predict_chosen(*sol, jnp.asarray(x, jnp.float32),
+                                    jnp.asarray(alpha, jnp.float32)))
+
+
+def coef(sol: RidgeSolution, alpha):
+  """Weights ``(d, k)`` and intercepts ``(k,)`` with one penalty per neuron (or a scalar)."""
+  alpha = np.broadcast_to(check_alphas(alpha), (sol.proj.shape[1],))
+  w = sol.basis.astype(np.float64) @ (sol.proj / (sol.eigvals[:, None] + alpha[None, :]))
+  return w.astype(np.float32), (sol.y_mean - sol.x_mean @ w).astype(np.float32)
+
+
+def correlations(pred, y):
+  """Pearson correlation of ``pred (a, m, k)`` with ``y (m, k)`` per (penalty, neuron): ``(a, k)``.
+
+  Constant columns give 0 (as ``jaxmouse.metrics.corr``).
+  """
+  pred = np.asarray(pred, np.float64)
+  y = np.asarray(y, np.float64)
+  pc = pred - pred.mean(axis=1, keepdims=True)
+  yc = y - y.mean(axis=0)
+  num = np.einsum("amk,mk->ak", pc, yc)  # (a, k)
+  den = np.sqrt((pc**2).sum(axis=1) * (yc**2).sum(axis=0))
+  return np.where(den > 1e-12, num / np.maximum(den, 1e-12), 0.0)
