@@ -134,11 +134,7 @@ def read_experiment(path: str | os.PathLike, *, stimulus: str = "natural_scenes"
       frames = np.asarray(f[f"{pres}/data"][()]).reshape(-1)
       duration = np.asarray(f[f"{pres}/frame_duration"][()])
       session_id = _text(_first(f, SESSION)) if _first(f, SESSION) is not None else ""
-      if response == "dff":
-        trace = np.asarray(f[DFF][()], np.float32)
-        source = DFF
-      else:
-        trace, source = _load_events(path, session_id, events)
+      trace = np.asarray(f[DFF][()], np.float32) if response == "dff" else None
       timestamps = f[DFF_TIMESTAMPS][()] if DFF_TIMESTAMPS in f else None
       area = _text(_first(f, LOCATION)) if _first(f, LOCATION) is not None else "unknown"
       depth = _depth(_first(f, DEPTH))
@@ -148,6 +144,9 @@ def read_experiment(path: str | os.PathLike, *, stimulus: str = "natural_scenes"
       template_shape = tuple(f[tpath].shape) if tpath in f else None
     except (OSError, KeyError) as e:
       raise ValueError(f"{path}: unreadable NWB content (truncated or corrupt?): {e}") from None
+  source = DFF
+  if response == "events":
+    trace, source = _load_events(path, session_id, events)
 
   n_cells = cell_ids.size
   if trace.ndim != 2 or n_cells not in trace.shape:
