@@ -151,3 +151,20 @@ def _params_from_torch(model: TorchVGG) -> dict:
       params[name] = {"kernel": m.weight.detach().numpy().transpose(2, 3, 1, 0).copy(),
                       "bias": m.bias.detach().numpy().copy()}
   return params
+
+
+@pytest.mark.parametrize("h,w", [(1, 5), (2, 4), (2, 2), (3, 3), (5, 7)])
+def test_conv3x3_small_maps_against_scipy(h, w):
+  # Maps of at most 2 pixels take the im2col path; larger ones XLA's convolution.
+  import scipy.signal
+  rng = np.random.default_rng(h * 10 + w)
+  x = rng.standard_normal((2, h, w, 6))
+  k = rng.standard_normal((3, 3, 6, 4))
+  b = rng.standard_normal(4)
+  ref = np.zeros((2, h, w, 4))
+  for n in range(2):
+    for o in range(4):
+      ref[n, :, :, o] = sum(scipy.signal.correlate2d(x[n, :, :, c], k[:, :, c, o], mode="same")
+                            for c in range(6)) + b[o]
+  got = vgg.conv3x3(x.astype(np.float32), k.astype(np.float32), b.astype(np.float32))
+  np.testing.assert_allclose(got, np.maximum(ref, 0), rtol=1e-4, atol=1e-4)
