@@ -13,6 +13,8 @@ Penalties (each ``(g,)`` strengths times a ``(g, k)`` value):
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -31,6 +33,14 @@ def init(key, *, n_configs: int, n_neurons: int, feature_shape, bias=None,
     feature_shape: ``(h, w, c)``.
     bias: ``(k,)`` initial bias (from the mean response), or zeros.
   """
+  bias = jnp.zeros(n_neurons) if bias is None else jnp.asarray(bias, jnp.float32)
+  return _init(key, bias, n_configs=int(n_configs), n_neurons=int(n_neurons),
+               feature_shape=tuple(int(s) for s in feature_shape), init_scale=init_scale)
+
+
+@functools.partial(jax.jit, static_argnames=("n_configs", "n_neurons", "feature_shape"))
+def _init(key, bias, *, n_configs: int, n_neurons: int, feature_shape,
+          init_scale: float = 1e-2):
   h, w, c = feature_shape
 
   def one(k):
@@ -39,7 +49,6 @@ def init(key, *, n_configs: int, n_neurons: int, feature_shape, bias=None,
             init_scale * jax.random.normal(kf, (c,)))
 
   spatial, features = jax.vmap(one)(neuron_keys(key, n_neurons))
-  bias = jnp.zeros(n_neurons) if bias is None else jnp.asarray(bias, jnp.float32)
   tile = lambda a: jnp.broadcast_to(a, (n_configs,) + a.shape).astype(jnp.float32)
   return {"spatial": tile(spatial), "features": tile(features), "bias": tile(bias)}
 

@@ -15,6 +15,8 @@ Penalty: ``l1`` sum_c |features|.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -24,8 +26,18 @@ PENALTIES = ("l1",)
 
 
 def init(key, *, n_configs: int, n_neurons: int, feature_shape, bias=None,
-         init_scale: float = 1e-2, init_mu_range: float = 0.5, init_sigma: float = 0.5):
+         init_scale: float = 1e-2, init_mu_range: float = 0.5,
+         init_sigma: float = 0.5):
   """Positions uniform in ``[-init_mu_range, init_mu_range]``; small random feature weights."""
+  bias = jnp.zeros(n_neurons) if bias is None else jnp.asarray(bias, jnp.float32)
+  return _init(key, bias, n_configs=int(n_configs), n_neurons=int(n_neurons),
+               feature_shape=tuple(int(s) for s in feature_shape), init_scale=init_scale,
+               init_mu_range=init_mu_range, init_sigma=init_sigma)
+
+
+@functools.partial(jax.jit, static_argnames=("n_configs", "n_neurons", "feature_shape"))
+def _init(key, bias, *, n_configs: int, n_neurons: int, feature_shape,
+          init_scale: float = 1e-2, init_mu_range: float = 0.5, init_sigma: float = 0.5):
   h, w, c = feature_shape
 
   def one(k):
@@ -34,7 +46,6 @@ def init(key, *, n_configs: int, n_neurons: int, feature_shape, bias=None,
             init_scale * jax.random.normal(kf, (c,)))
 
   mu, features = jax.vmap(one)(neuron_keys(key, n_neurons))
-  bias = jnp.zeros(n_neurons) if bias is None else jnp.asarray(bias, jnp.float32)
   tile = lambda a: jnp.broadcast_to(a, (n_configs,) + a.shape).astype(jnp.float32)
   return {"mu": tile(mu), "sigma": jnp.full((n_configs, n_neurons), init_sigma, jnp.float32),
           "features": tile(features), "bias": tile(bias)}

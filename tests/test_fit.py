@@ -1,0 +1,200 @@
+"""The fit engine on planted-truth problems: recovery, early stopping, one compile per grid,
+selection, scores and bad input."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from jaxmouse import fit as fitlib
+from jaxmouse.readouts import factorized
+
+H, W, C, K = 8, 8, 12, 12
+
+
+def planted_factorized(seed=0, *, n=900, n_test=60, repeats=4, scale=4.0, base=6.0):
+  """Random features, neurons with Gaussian-blob masks x sparse feature weights, ELU+1 output and
+  Poisson noise; returns features, tiers, the true masks/weights and the true test rates."""
+  rng = np.random.default_rng(seed)
+  feats = rng.standard_normal((n, H, W, C)).astype(np.float32)
+  yy, xx = np.mgrid[:H, :W]
+  cy, cx = rng.uniform(2, H - 3, K), rng.uniform(2, W - 3, K)
+  masks = np.exp(-((yy - cy[:, None, None])**2 + (xx - cx[:, None, None])**2) / 2.0)
+  masks /= np.linalg.norm(masks.reshape(K, -1), axis=1)[:, None, None]
+  weights = rng.standard_normal((K, C)) * (rng.random((K, C)) < 0.4)
+  weights[:, 0] += 1.0  # no all-zero neuron
+  lin = np.einsum("nhwc,khw,kc->nk", feats, masks, weights)  # (n, k)
+  weights *= scale / lin.std(axis=0)[:, None]
+  lin *= scale / lin.std(axis=0)
+  rate = np.asarray(fitlib.output_fn("elu")(lin + base))  # the model family being fitted
+  n_train = n - n_test - 150
+  tr = np.arange(n_train)
+  va = np.arange(n_train, n - n_test)
+  te = np.repeat(np.arange(n - n_test, n), repeats)
+  draw = lambda ix: rng.poisson(rate[ix]).astype(np.float32)
+  tiers = {"train": fitlib.Trials(tr, draw(tr)), "validation": fitlib.Trials(va, draw(va)),
+           "test": fitlib.Trials(te, draw(te))}
+  return feats, tiers, masks, weights, rate
+
+
+@pytest.fixture(scope="module")
+def planted():
+  return planted_factorized()
+
+
+CONFIG = fitlib.FitConfig(max_steps=1500, eval_every=50, batch_size=64, lr=2e-2, patience=5)
+
+
+@pytest.fixture(scope="module")
+def fitted(planted):
+  feats, tiers, *_ = planted
+  grid = {"l1": [0.0, 1e-3, 1e-1], "smooth": [1e-3, 1e-2, 1e-2]}
+  return fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"],
+                    readout="factorized", grid=grid, config=CONFIG)
+
+
+def test_planted_factorized_readouts_are_recovered(planted, fitted):
+  feats, tiers, masks, weights, rate = planted
+  choice = fitlib.select_configs(fitted.val_corr)
+  params = fitlib.take_configs(fitted.params, choice)
+  mask = np.asarray(factorized.normalized_mask(params["spatial"])).reshape(K, -1)
+  feat = np.asarray(params["features"])
+  # mask x features is identified only up to a joint sign flip.
+  mask_corr = [abs(np.corrcoef(mask[i], masks[i].ravel())[0, 1]) for i in range(K)]
+  feat_corr = [abs(np.corrcoef(feat[i], weights[i])[0, 1]) for i in range(K)]
+  assert np.min(mask_corr) > 0.9, mask_corr
+  assert np.min(feat_corr) > 0.9, feat_corr
+
+  prepared = fitlib.prepare_features(feats, train_images=tiers["train"].image)
+  test = tiers["test"]
+  pred = fitlib.predict(params, prepared, test.image, readout="factorized")
+  got = fitlib.scores(pred, test)
+  true = fitlib.scores(rate[test.image], test)
+  assert np.nanmean(got["feve"]) > np.nanmean(true["feve"]) - 0.1, (got["feve"], true["feve"])
+  assert np.nanmean(got["corr"]) > 0.9 * np.nanmean(true["corr"])
+
+
+def test_best_parameters_are_kept_per_pair(fitted):
+  hist = fitted.val_history  # (checks, g, k)
+  assert hist.shape[1:] == fitted.val_corr.shape
+  # The kept correlation is the best check up to the tolerance, never the last one by default.
+  best = hist.max(axis=0)
+  assert np.all(fitted.val_corr >= best - CONFIG.tolerance - 1e-6)
+  assert np.all(fitted.val_corr <= best + 1e-6)
+  # The strongest L1 config is worse on validation than the light ones for most neurons.
+  assert np.mean(fitted.val_corr[2] < fitted.val_corr[:2].max(axis=0)) > 0.5
+
+
+def test_plateau_decays_the_learning_rate_then_stops(planted):
+  feats, tiers, *_ = planted
+  # A tolerance no correlation can beat: after the first check nothing improves, so each pair
+  # decays after `patience` checks and stops after (max_decays + 1) plateaus, keeping its
+  # initial parameters.
+  cfg = fitlib.FitConfig(max_steps=1000, eval_every=10, batch_size=32, patience=3,
+                         max_decays=2, tolerance=5.0)
+  res = fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"],
+                   readout="factorized", grid={"l1": [0.0, 0.1]}, config=cfg)
+  assert np.all(res.stop_step == cfg.eval_every * cfg.patience * (cfg.max_decays + 1))
+  assert res.steps == cfg.eval_every * cfg.patience * (cfg.max_decays + 1)
+  init = factorized.init(jax.random.fold_in(jax.random.key(cfg.seed), 0), n_configs=2,
+                         n_neurons=K, feature_shape=(H, W, C))
+  np.testing.assert_allclose(res.params["spatial"], init["spatial"], rtol=1e-6)
+  np.testing.assert_allclose(res.val_corr, res.val_history[0], rtol=1e-6)
+
+
+def test_one_compile_for_a_whole_grid(planted, monkeypatch):
+  feats, tiers, *_ = planted
+  counted = chex.assert_max_traces(fitlib._train_chunk, n=1)
+  monkeypatch.setattr(fitlib, "_train_chunk", counted)
+  fitlib._jitted.cache_clear()
+  try:
+    cfg = fitlib.FitConfig(max_steps=40, eval_every=20, batch_size=48)
+    small = {t: fitlib.Trials(v.image, v.responses[:, :7]) for t, v in tiers.items()}
+    for grid in ({"l1": [0.0, 0.01, 0.1], "smooth": [0.0, 1.0, 2.0]},
+                 {"l1": [1.0, 2.0, 3.0], "smooth": [0.5, 0.5, 0.5], "l1_mask": [0, 0.1, 1]}):
+      fitlib.fit(feats, train=small["train"], validation=small["validation"],
+                 readout="factorized", grid=grid, config=cfg)
+    # A different feature shape is a new program: the counter notices.
+    with pytest.raises(AssertionError, match="traced > 1"):
+      fitlib.fit(feats[:, :4], train=small["train"], validation=small["validation"],
+                 readout="factorized", grid={"l1": [0.0, 0.01, 0.1]}, config=cfg)
+  finally:
+    fitlib._jitted.cache_clear()
+
+
+def test_select_configs_per_neuron_and_per_area():
+  val = np.array([[0.1, 0.5, 0.3, np.nan],
+                  [0.2, 0.3, 0.9, 0.1],
+                  [0.3, 0.1, 0.1, 0.0]])
+  assert fitlib.select_configs(val).tolist() == [2, 0, 1, 1]
+  areas = np.array(["V1", "V1", "LM", "LM"])
+  # V1: means per config 0.3, 0.25, 0.2 -> 0; LM: 0.3 (nan counted as -1), 0.5, 0.05.
+  assert fitlib.select_configs(val, groups=areas).tolist() == [0, 0, 1, 1]
+  params = {"w": np.arange(3 * 4 * 2).reshape(3, 4, 2)}
+  taken = fitlib.take_configs(params, [2, 0, 1, 1])
+  np.testing.assert_array_equal(taken["w"], params["w"][[2, 0, 1, 1], np.arange(4)])
+
+
+def test_scores_match_an_independent_numpy_computation():
+  rng = np.random.default_rng(5)
+  ids = np.repeat(np.arange(20), 5)
+  signal = rng.gamma(2.0, 1.0, (20, 3))
+  y = rng.poisson(signal[ids]).astype(np.float64)
+  pred = signal[ids] * 0.8 + 0.2
+  got = fitlib.scores(pred, fitlib.Trials(ids, y))
+  for n in range(3):
+    per_image = [y[ids == i, n] for i in range(20)]
+    noise = np.mean([np.var(r, ddof=1) for r in per_image])
+    total = np.var(y[:, n], ddof=1)
+    mse = np.mean((pred[:, n] - y[:, n])**2)
+    np.testing.assert_allclose(got["feve"][n], 1 - (mse - noise) / (total - noise), rtol=1e-10)
+    np.testing.assert_allclose(got["fev"][n], (total - noise) / total, rtol=1e-10)
+    np.testing.assert_allclose(got["corr"][n], np.corrcoef(pred[:, n], y[:, n])[0, 1], rtol=1e-10)
+    avg = np.array([r.mean() for r in per_image])
+    np.testing.assert_allclose(got["corr_avg"][n], np.corrcoef(signal[:, n] * 0.8, avg)[0, 1],
+                               rtol=1e-10)
+    loo = np.concatenate([[(r.sum() - v) / (len(r) - 1) for v in r] for r in per_image])
+    trials = np.concatenate(per_image)
+    np.testing.assert_allclose(got["oracle"][n], np.corrcoef(trials, loo)[0, 1], rtol=1e-10)
+
+
+def test_ridge_selects_a_penalty_per_neuron_on_validation(planted):
+  feats, tiers, *_ = planted
+  alphas = np.array([1e-2, 1e1, 1e3, 1e5, 1e7])
+  res = fitlib.fit_ridge(feats, train=tiers["train"], validation=tiers["validation"], alphas=alphas)
+  assert res.val_corr.shape == (len(alphas), K)
+  chosen = fitlib.select_configs(res.val_corr)
+  # Neither end of the grid: almost no penalty overfits 768 features on 690 images; a huge one
+  # shrinks towards X^T y.
+  assert np.all((chosen > 0) & (chosen < len(alphas) - 1)), chosen
+  assert np.all(res.val_corr.max(axis=0) > res.val_corr[0] + 0.1)
+
+
+def test_full_and_gaussian_readouts_learn(planted):
+  feats, tiers, *_ = planted
+  cfg = fitlib.FitConfig(max_steps=300, eval_every=50, batch_size=64, lr=2e-2)
+  for readout, grid in (("full", {"smooth": [0.01], "group": [0.001], "l1": [0.0]}),
+                        ("gaussian", {"l1": [0.0]})):
+    res = fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"],
+                     readout=readout, grid=grid, config=cfg)
+    assert res.val_corr.shape == (1, K)
+    assert np.mean(res.val_corr) > np.mean(res.val_history[0]) + 0.2, readout
+
+
+def test_bad_input_is_named(planted):
+  feats, tiers, *_ = planted
+  train, val = tiers["train"], tiers["validation"]
+  with pytest.raises(ValueError, match="disagree on the image count"):
+    fitlib.fit(feats[:500], train=train, validation=val)
+  nan = feats.copy()
+  nan[3, 0, 0, 0] = np.nan
+  with pytest.raises(ValueError, match=r"NaN or infinite values in 1 image\(s\), first indices \[3\]"):
+    fitlib.fit(nan, train=train, validation=val)
+  with pytest.raises(ValueError, match="negative penalties"):
+    fitlib.fit(feats, train=train, validation=val, grid={"l1": [0.1, -0.1]})
+  with pytest.raises(ValueError, match="neurons"):
+    fitlib.fit(feats, train=train, validation=fitlib.Trials(val.image, val.responses[:, :3]))
+  with pytest.raises(ValueError, match=r"features must be \(n_images, h, w, c\)"):
+    fitlib.fit(feats[..., 0], train=train, validation=val)
+  with pytest.raises(ValueError, match="batch_size"):
+    fitlib.FitConfig(batch_size=0)
