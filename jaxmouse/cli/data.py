@@ -140,7 +140,7 @@ def register(sub, *, name, help):
   sim.add_argument("--weights", default=None,
                    help="weights checkpoint folder (jaxmouse weights ...); default random VGG16")
   sim.add_argument("--weights-seed", type=int, default=0, help="seed of the default random weights")
-  sim.add_argument("--batch-size", type=int, default=64)
+  sim.add_argument("--batch-size", type=int, default=128, help="images per CNN call")
   sim.add_argument("--quiet", action="store_true", help="no progress bars")
   sim.set_defaults(func=_simulate)
 

