@@ -79,8 +79,10 @@ def test_default_hierarchy_or_none():
   assert len(set(flat.gabor_fraction)) == 1 and len(set(flat.rf_sigma)) == 1
   one = SimulationConfig(layers="conv3_1")
   assert one.layers == (("conv3_1",),) * 4
-  mix = SimulationConfig(layers=("conv3_1", "conv4_2"))
+  mix = SimulationConfig(layers=(("conv3_1", "conv4_2"),))
   assert mix.layers == (("conv3_1", "conv4_2"),) * 4
+  per_area = SimulationConfig(layers=("conv1_2", "conv2_1", "conv2_1", "conv2_2"))
+  assert per_area.layers == (("conv1_2",), ("conv2_1",), ("conv2_1",), ("conv2_2",))
   assert SimulationConfig.from_dict(flat.to_dict()) == flat
 
 
@@ -89,6 +91,7 @@ def test_default_hierarchy_or_none():
     (dict(n_repeats=1), "n_repeats >= 2"),
     (dict(image_shape=(12, 12), layers="conv5_1"), "too small"),
     (dict(neurons_per_area=(5, 5)), "one entry per area (4)"),
+    (dict(layers=("conv2_2", "conv3_3")), "layers: expected one entry per area (4)"),
     (dict(noise="gamma_poisson"), "noise_level"),
     (dict(noise="gaussian"), "noise"),
     (dict(n_images=100, n_test_images=100), "no training image"),
@@ -208,7 +211,8 @@ def test_cli_simulate_info_convert(tmp_path, capsys):
   out = tmp_path / "sim.npz"
   assert main(["data", "simulate", "--out", str(out), "--neurons", "8,6,5,5", "--n-images", "60",
                "--n-test-images", "8", "--n-repeats", "4", "--image-shape", "24x32",
-               "--noise", "gamma_poisson", "--noise-level", "0.3", "--quiet"]) == 0
+               "--noise", "gamma_poisson", "--noise-level", "0.3", "--gabor-fraction", "0.5,0,0,0",
+               "--layers", "conv1_2,conv2_1+conv2_2,conv2_1,conv2_2", "--quiet"]) == 0
   text = capsys.readouterr().out
   assert "simulated in" in text and "random VGG16" in text
   assert main(["data", "info", str(out)]) == 0
@@ -216,6 +220,9 @@ def test_cli_simulate_info_convert(tmp_path, capsys):
   for line in ("V1", "LM", "AL", "RL"):
     assert any(l.startswith(line) for l in text.splitlines())
   assert "planted models" in text and "test       8 images, repeats per image 4..4" in text
+  rows = {l.split()[0]: l for l in text.splitlines() if l.split()}
+  assert "conv1_2 4, gabor 4" in rows["V1"] and "conv2_1 5" in rows["AL"]
+  assert "gabor" not in rows["LM"] and "conv2_2" in rows["RL"]
   assert main(["data", "convert", str(out), "--out", str(tmp_path / "tree")]) == 0
   capsys.readouterr()
   assert main(["data", "info", str(tmp_path / "tree")]) == 0

@@ -41,9 +41,7 @@ def _numbers(kind):
 
 def _layers(text: str):
   """``conv3_3`` | ``conv2_2+conv3_3`` (one mix for all) | ``conv2_2,conv3_3+conv4_1,...`` (per area)."""
-  per_area = _csv(text)
-  mixes = tuple(tuple(p.split("+")) for p in per_area)
-  return mixes[0] if len(mixes) == 1 else mixes
+  return tuple(tuple(p.split("+")) for p in _csv(text))
 
 
 def _load_options(p):

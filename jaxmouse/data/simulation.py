@@ -70,7 +70,10 @@ class SimulationConfig:
     n_test_images: images in the test tier, each shown ``n_repeats`` times.
     n_repeats: repeats per test image (>= 2).
     validation_fraction: fraction of the non-test images (one trial each) in the validation tier.
-    layers: per area, the VGG layers its CNN neurons read out (each neuron draws one uniformly).
+    layers: per area, the VGG layer(s) its CNN neurons read out (each neuron draws one
+      uniformly): one entry per area, each a name or a tuple of names, e.g.
+      ``("conv2_2", ("conv3_3", "conv4_1"), "conv3_3", "conv4_1")``; a single name or a
+      one-element tuple (``(("conv2_2", "conv3_3"),)``) applies to every area.
     gabor_fraction: per area, the fraction of Gabor energy neurons (the rest are CNN readouts).
     rf_sigma: per area, the receptive field (Gaussian mask / Gabor envelope) standard deviation
       in input pixels; each neuron scatters around it by a log-normal factor (sigma 0.15).
@@ -138,9 +141,7 @@ class SimulationConfig:
       layers = (first,) + (rest,) * (k - 1) if self.hierarchy else (same,) * k
     elif isinstance(self.layers, str):
       layers = ((self.layers,),) * k
-    elif all(isinstance(l, str) for l in self.layers):
-      layers = (tuple(self.layers),) * k  # one mix of layers for every area
-    else:  # one entry (a layer or a tuple of layers) per area
+    else:  # one entry (a layer or a tuple of layers) per area, or a single entry for all
       layers = _per_area(tuple(self.layers), k, "layers")
     layers = tuple((l,) if isinstance(l, str) else tuple(l) for l in layers)
     from jaxmouse.models import vgg
