@@ -84,6 +84,8 @@ def test_default_hierarchy_or_none():
   per_area = SimulationConfig(layers=("conv1_2", "conv2_1", "conv2_1", "conv2_2"))
   assert per_area.layers == (("conv1_2",), ("conv2_1",), ("conv2_1",), ("conv2_2",))
   assert SimulationConfig.from_dict(flat.to_dict()) == flat
+  tiny = SimulationConfig.tiny(seed=3)
+  assert tiny.image_shape == (24, 32) and tiny.n_neurons == 48 and tiny.seed == 3
 
 
 @pytest.mark.parametrize("kwargs, words", [

@@ -188,6 +188,15 @@ class SimulationConfig:
       raise ValueError(f"SimulationConfig.noise_level: expected >= 0 (> 0 for gamma_poisson), got "
                        f"{self.noise_level}")
 
+  @classmethod
+  def tiny(cls, **changes) -> "SimulationConfig":
+    """A few-second simulation for tests: 24x32 images, 4 x 12 neurons, 200 images (20 test
+    images x 5 repeats), the default planted hierarchy; ``changes`` override any field."""
+    fields = dict(image_shape=(24, 32), neurons_per_area=12, n_images=200, n_test_images=20,
+                  n_repeats=5, name="tiny")
+    fields.update(changes)
+    return cls(**fields)
+
   def _n_validation(self) -> int:
     return int(round(self.validation_fraction * (self.n_images - self.n_test_images)))
 
