@@ -131,6 +131,10 @@ def test_sensorium_bad_files_are_named(tmp_path):
   np.save(root / "meta/trials/tiers.npy", np.array(["train"] * 10 + ["live_test"]))
   with pytest.raises(ValueError, match=r"tiers.npy: unknown tiers \['live_test'\]"):
     load(root)
+  np.save(root / "meta/trials/tiers.npy", np.array(["train"] * 4 + ["test"] * 7, dtype=object))
+  with pytest.raises(ValueError, match=r"tiers.npy: holds Python objects.*allow_pickle=True"):
+    load(root)
+  assert load(root, allow_pickle=True).tier_names == ("train", "test")
 
 
 def test_plain_files_bad_input(sim, tmp_path):

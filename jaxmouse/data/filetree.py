@@ -40,17 +40,23 @@ def is_filetree(path: Path) -> bool:
   return (path / "data").is_dir() and (path / "meta" / "trials").is_dir()
 
 
-def _load_npy(path: Path, what: str) -> np.ndarray:
+def _load_npy(path: Path, what: str, allow_pickle: bool = False) -> np.ndarray:
   if not path.is_file():
     raise FileNotFoundError(f"{path}: missing file ({what})")
   try:
-    return np.load(path, allow_pickle=False)
-  except (ValueError, EOFError, OSError) as e:
+    return np.load(path, allow_pickle=allow_pickle)
+  except ValueError as e:
+    if "allow_pickle" in str(e):
+      raise ValueError(f"{path}: holds Python objects ({what}); pass allow_pickle=True if you "
+                       f"trust the file") from None
+    raise ValueError(f"{path}: unreadable .npy ({what}; truncated or corrupt?): {e}") from None
+  except (EOFError, OSError) as e:
     raise ValueError(f"{path}: unreadable .npy ({what}; truncated or corrupt?): {e}") from None
 
 
 def load(path: str | os.PathLike, *, final_test: str = "test", check_images: bool = False,
-         image_shape: tuple[int, int] | None = None, name: str | None = None) -> NeuralDataset:
+         image_shape: tuple[int, int] | None = None, name: str | None = None,
+         allow_pickle: bool = False) -> NeuralDataset:
   """Reads a static file tree.
 
   Args:
@@ -62,6 +68,7 @@ def load(path: str | os.PathLike, *, final_test: str = "test", check_images: boo
     image_shape: resize images to ``(h, w)`` while reading (e.g. 144x256 -> 36x64), which keeps
       the memory of large trees small.
     name: the data set's name; default: the one stored in config.json, else the folder name.
+    allow_pickle: read meta files stored as object arrays (runs pickle: trusted files only).
   """
   root = Path(path)
   if not is_filetree(root):
@@ -69,8 +76,9 @@ def load(path: str | os.PathLike, *, final_test: str = "test", check_images: boo
   if final_test not in ("test", "drop"):
     raise ValueError(f"final_test must be 'test' or 'drop', got {final_test!r}")
   trials = root / "meta" / "trials"
-  tiers = _load_npy(trials / "tiers.npy", "trial tiers").astype(str)
-  frame_ids = _load_npy(trials / "frame_image_id.npy", "image id of each trial")
+  meta_npy = lambda f, what: _load_npy(f, what, allow_pickle)
+  tiers = meta_npy(trials / "tiers.npy", "trial tiers").astype(str)
+  frame_ids = meta_npy(trials / "frame_image_id.npy", "image id of each trial")
   n_trials = tiers.shape[0]
   if tiers.ndim != 1 or frame_ids.shape != (n_trials,):
     raise ValueError(f"{trials}: tiers.npy has shape {tiers.shape} and frame_image_id.npy "
@@ -83,13 +91,14 @@ def load(path: str | os.PathLike, *, final_test: str = "test", check_images: boo
   tiers = np.where(tiers == "final_test", "test", tiers)
 
   neurons = root / "meta" / "neurons"
-  unit_ids = _load_npy(neurons / "unit_ids.npy", "neuron ids")
-  areas = _load_npy(neurons / "area.npy", "neuron areas")
+  unit_ids = meta_npy(neurons / "unit_ids.npy", "neuron ids")
+  areas = meta_npy(neurons / "area.npy", "neuron areas")
   n_neurons = unit_ids.shape[0]
   meta = {}
   for f in sorted(neurons.glob("*.npy")):
     if f.stem not in NEURON_KEYS:
-      meta[f.stem] = _load_npy(f, "per-neuron field")
+      value = meta_npy(f, "per-neuron field")
+      meta[f.stem] = value.astype(str) if value.dtype.kind == "O" else value
   for key, value in [("area", areas), *meta.items()]:
     if value.shape[:1] != (n_neurons,):
       raise ValueError(f"{neurons / (key + '.npy')}: shape {value.shape} disagrees with "
