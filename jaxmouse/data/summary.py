@@ -64,10 +64,10 @@ def describe(ds: NeuralDataset, *, source: str = "", tier: str = "test",
     header += "   planted models"
   lines += ["", header, "-" * len(header)]
   for r in rows:
-    line = f"{r['area']:<8}{r['neurons']:>8}{r['mean_response']:>11.3g}"
+    line = f"{r['area']:<8}{r['neurons']:>8}{r['mean_response']:>11.2f}"
     if has_ev:
       ev = f"{r['ev_median']:.2f} [{r['ev_q25']:.2f}, {r['ev_q75']:.2f}]"
-      line += f"{ev:>28}{r['ev_above']:>10}{r['noise_var']:>11.3g}"
+      line += f"{ev:>28}{r['ev_above']:>10}{r['noise_var']:>11.2f}"
     if r.get("planted"):
       line += f"   {r['planted']}"
     lines.append(line)
