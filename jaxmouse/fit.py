@@ -7,7 +7,8 @@ so one optimizer over the whole pytree is exactly one Adam per pair. A step is t
 jitted function of the whole grid, compiled once per feature shape (penalty strengths are data).
 
 Per pair, as in the studies' training loops (Cadena et al. 2019; neuralpredictors):
-  - Poisson loss ``mean_b (pred - r log(pred + 1e-9))`` plus the readout's penalties;
+  - Poisson loss ``mean_b (pred - r log(pred))`` plus the readout's penalties (the log taken
+    exactly, see ``log_output_fn``, instead of the studies' ``log(pred + 1e-9)`` guard);
   - output nonlinearity ELU(x - 1) + 1 (or softplus), bias initialised from the mean response;
   - validation correlation every ``eval_every`` steps; after ``patience`` checks without
     improvement the pair's best parameters are restored and its learning rate divided by
@@ -178,6 +179,24 @@ def output_fn(name: str):
   raise ValueError(f"output must be one of {OUTPUTS}, got {name!r}")
 
 
+def log_output_fn(name: str):
+  """The log of the output nonlinearity, exact where the rate underflows.
+
+  The studies' loss guards ``log(rate + 1e-9)``; in float32 ``ELU(x - 1) + 1`` is exactly 0 below
+  x ~ -16, and the compiler may fold ``(... + 1) + 1e-9`` into ``... + 1``, giving log(0) = -inf
+  and NaN gradients. ``log(ELU(x - 1) + 1)`` is simply ``x - 1`` there, so no guard is needed.
+  Both branches are kept finite so that ``where`` has finite gradients.
+  """
+  if name == "elu":
+    return lambda z: jnp.where(z > 1.0, jnp.log(jnp.where(z > 1.0, z, 1.0)), z - 1.0)
+  if name == "softplus":
+    def log_softplus(z):
+      small = z < -15.0  # softplus(z) = e^z (1 - e^z / 2 + ...): log is z to float32 precision
+      return jnp.where(small, z, jnp.log(jax.nn.softplus(jnp.where(small, 0.0, z))))
+    return log_softplus
+  raise ValueError(f"output must be one of {OUTPUTS}, got {name!r}")
+
+
 def initial_bias(mean_response, output: str):
   """The bias whose output equals the mean response: ``(k,)`` -> ``(k,)``."""
   m = np.maximum(np.asarray(mean_response, np.float64), 1e-3)
@@ -190,9 +209,11 @@ def initial_bias(mean_response, output: str):
   return b.astype(np.float32)
 
 
-def poisson_loss(pred, y):
-  """Per (config, neuron) summed over the batch: ``pred (b, g, k)``, ``y (b, k)`` -> ``(g, k)``."""
-  return jnp.sum(pred - y[:, None, :] * jnp.log(pred + _LOG_EPS), axis=0)
+def poisson_loss(z, y, *, output: str = "elu"):
+  """Poisson negative log likelihood ``rate - y log(rate)`` summed over the batch, per (config,
+  neuron): ``z (b, g, k)`` linear predictions, ``y (b, k)`` -> ``(g, k)``."""
+  rate = output_fn(output)(z)
+  return jnp.sum(rate - y[:, None, :] * log_output_fn(output)(z), axis=0)
 
 
 def loss_per_pair(params, x, y, reg, *, readout: str, output: str, key=None, n_total=None):
@@ -201,9 +222,9 @@ def loss_per_pair(params, x, y, reg, *, readout: str, output: str, key=None, n_t
   ``n_total`` divides the summed Poisson loss (a micro-batch passes the full batch size).
   """
   r = readouts_lib.get(readout)
-  pred = output_fn(output)(r.predict(params, x, key=key))  # (b, g, k)
+  z = r.predict(params, x, key=key)  # (b, g, k)
   n = x.shape[0] if n_total is None else n_total
-  return poisson_loss(pred, y) / n + r.penalty(params, reg)
+  return poisson_loss(z, y, output=output) / n + r.penalty(params, reg)
 
 
 def reference_loss_one(p, x, y, reg, *, readout: str, output: str):
@@ -212,8 +233,9 @@ def reference_loss_one(p, x, y, reg, *, readout: str, output: str):
   ``p``: one pair's parameters; ``x (b, h, w, c)``; ``y (b,)``; ``reg``: ``{name: ()}``.
   """
   r = readouts_lib.get(readout)
-  pred = output_fn(output)(r.predict_one(p, x))  # (b,)
-  return jnp.mean(pred - y * jnp.log(pred + _LOG_EPS)) + r.penalty_one(p, reg)
+  z = r.predict_one(p, x)  # (b,)
+  rate = output_fn(output)(z)
+  return jnp.mean(rate - y * jnp.log(rate + _LOG_EPS)) + r.penalty_one(p, reg)
 
 
 # ---- the state of a fit ----------------------------------------------------------------------
@@ -458,8 +480,12 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
   key = jax.random.key(config.seed)
   params = r.init(jax.random.fold_in(key, 0), n_configs=gp, n_neurons=kp, feature_shape=(h, w, c),
                   bias=bias, **init_kw)
+  # The initial state is built on the host (no small per-shape programs to compile) and then
+  # placed on the devices, split over the mesh when there is one.
+  params = jax.tree.map(np.asarray, params)
+  opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(_ADAM.init, params))
   state = FitState(
-      params=params, opt_state=_ADAM.init(params), best_params=jax.tree.map(jnp.copy, params),
+      params=params, opt_state=opt_state, best_params=jax.tree.map(np.copy, params),
       best_corr=np.full((gp, kp), -np.inf, np.float32), wait=np.zeros((gp, kp), np.int32),
       lr=np.full((gp, kp), config.lr, np.float32), n_decays=np.zeros((gp, kp), np.int32),
       active=np.ones((gp, kp), bool), stop_step=np.full((gp, kp), config.max_steps, np.int32),
@@ -502,7 +528,7 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
     steps += s
     state, corr = eval_fn(state, feats_d, val_images_d, val_inverse_d, val_resp_d, spec=spec)
     history.append(corr)
-    if not bool(jnp.any(state.active)):
+    if not np.asarray(state.active).any():
       break
 
   cut = lambda a: np.asarray(a)[:g, :k]
@@ -597,12 +623,14 @@ def image_means(trials: Trials):
   return ids, (sums / counts[:, None]).astype(np.float32), counts
 
 
-def fit_ridge(features, *, train: Trials, validation: Trials, alphas, batch_norm: bool = False,
-              prepared: bool = False) -> RidgeResult:
+def fit_ridge(features, *, train: Trials, validation: Trials, alphas, relative: bool = False,
+              batch_norm: bool = False, prepared: bool = False) -> RidgeResult:
   """Closed-form ridge for every neuron and penalty; validation correlation per (alpha, neuron).
 
   Training images are fitted through their repeat means weighted by repeat counts, which
-  equals fitting every trial.
+  equals fitting every trial. ``relative``: ``alphas`` are multiples of the mean non-zero
+  eigenvalue of the centred training covariance, so that one grid suits layers of any size;
+  the result holds the absolute penalties.
   """
   check_inputs(features, {"train": train, "validation": validation})
   alphas = ridge_lib.check_alphas(alphas)
@@ -611,5 +639,95 @@ def fit_ridge(features, *, train: Trials, validation: Trials, alphas, batch_norm
   flat = np.asarray(features, np.float32).reshape(len(features), -1)
   ids, means, counts = image_means(train)
   sol = ridge_lib.solve(flat[ids], means, weights=counts)
+  if relative:
+    lam = sol.eigvals[sol.eigvals > 1e-6 * max(float(sol.eigvals.max()), 1e-30)]
+    alphas = alphas * (float(lam.mean()) if lam.size else 1.0)
   pred = ridge_lib.predict(sol, flat[validation.image], alphas)  # (a, t, k)
   return RidgeResult(sol, alphas, ridge_lib.correlations(pred, validation.responses))
+
+
+# ---- one readout, fitted, selected and scored ------------------------------------------------
+
+class ReadoutFit(NamedTuple):
+  """The selected readout of every neuron and its test scores (NumPy arrays).
+
+  ``params`` leaves ``(k, ...)`` (ridge: ``coef (k, h, w, c)``, ``intercept (k,)``);
+  ``choice (k,)`` index into the grid, ``configs`` the grid's descriptions (``"l1=0.01 ..."``);
+  ``val_corr (k,)`` of the chosen config, ``val_corr_grid (g, k)``; ``scores`` per neuron
+  (``feve, corr, corr_avg, oracle, fev``); ``steps`` run (0 for ridge).
+  """
+  readout: str
+  params: Any
+  choice: np.ndarray
+  configs: list[str]
+  val_corr: np.ndarray
+  val_corr_grid: np.ndarray
+  scores: dict[str, np.ndarray]
+  steps: int
+
+
+def default_grid(readout: str) -> dict[str, np.ndarray]:
+  """A small grid per readout for features normalized as ``prepare_features`` does (ridge: the
+  ``alpha`` multiples of the mean eigenvalue, see ``fit_ridge(relative=True)``)."""
+  make = readouts_lib.make_grid
+  grids = {
+      "factorized": lambda: make(l1=[1e-4, 1e-3, 1e-2], smooth=[1e-3, 1e-1]),
+      "full": lambda: make(smooth=[1e-2, 1e-1], group=[1e-3, 1e-2], l1=[0.0, 1e-3]),
+      "gaussian": lambda: make(l1=[0.0, 1e-3, 1e-2, 1e-1]),
+      "ridge": lambda: {"alpha": np.logspace(-3, 3, 7).astype(np.float32)},
+  }
+  if readout not in grids:
+    raise ValueError(f"unknown readout {readout!r}; available: {list(readouts_lib.NAMES)}")
+  return grids[readout]()
+
+
+def fit_and_score(features, *, train: Trials, validation: Trials, test: Trials,
+                  readout: str, grid: Mapping[str, Sequence[float]] | None = None,
+                  config: FitConfig = FitConfig(), select: str = "neuron", groups=None,
+                  mesh: Mesh | None = None, prepared: bool = False) -> ReadoutFit:
+  """Fits a readout over its grid, picks a config per neuron (``select="neuron"``) or per group
+  (``"area"``, with ``groups (k,)``), and scores the chosen readouts on the test trials.
+
+  For ``readout="ridge"`` the grid is ``{"alpha": (a,)}`` multiples of the mean eigenvalue.
+  """
+  if select not in ("neuron", "area"):
+    raise ValueError(f"select must be 'neuron' or 'area', got {select!r}")
+  check_inputs(features, {"train": train, "validation": validation, "test": test})
+  grid = default_grid(readout) if grid is None else dict(grid)
+  if not prepared:
+    features = prepare_features(features, train_images=train.image, batch_norm=config.batch_norm)
+  k = np.asarray(train.responses).shape[1]
+  if select == "area":
+    groups = np.zeros(k) if groups is None else np.asarray(groups)
+  else:
+    groups = None
+  if readout == "ridge":
+    unknown = set(grid) - {"alpha"}
+    if unknown or "alpha" not in grid:
+      raise ValueError(f"the ridge grid is {{'alpha': values}}, got keys {sorted(grid)}")
+    res = fit_ridge(features, train=train, validation=validation, alphas=grid["alpha"],
+                    relative=True, prepared=True)
+    choice = select_configs(res.val_corr, groups=groups)
+    alpha = res.alphas[choice]
+    flat = np.asarray(features, np.float32).reshape(len(features), -1)
+    pred = ridge_lib.predict_chosen(res.solution, flat[np.asarray(test.image)], alpha)
+    coef, intercept = ridge_lib.coef(res.solution, alpha)
+    params = {"coef": coef.T.reshape((k,) + features.shape[1:]), "intercept": intercept}
+    configs = [f"alpha={a:g}" for a in np.asarray(grid["alpha"], np.float64)]
+    val_grid, steps = res.val_corr, 0
+  else:
+    res = fit(features, train=train, validation=validation, readout=readout, grid=grid,
+              config=config, mesh=mesh, prepared=True)
+    choice = select_configs(res.val_corr, groups=groups)
+    params = take_configs(res.params, choice)
+    pred = predict(params, features, test.image, readout=readout, output=config.output,
+                   batch_size=config.batch_size)
+    full_grid = readouts_lib.check_grid(grid, readouts_lib.get(readout).penalties,
+                                        readout=readout)
+    given = {n: v for n, v in full_grid.items() if n in grid}
+    configs = [readouts_lib.describe_config(given, i) for i in range(res.val_corr.shape[0])]
+    val_grid, steps = res.val_corr, res.steps
+  val_grid = np.asarray(val_grid, np.float32)
+  return ReadoutFit(readout=readout, params=params, choice=np.asarray(choice, np.int32),
+                    configs=configs, val_corr=val_grid[choice, np.arange(k)],
+                    val_corr_grid=val_grid, scores=scores(pred, test), steps=steps)

@@ -26,6 +26,23 @@ def neuron_keys(key, n_neurons: int):
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_neurons))
 
 
+def neuron_rngs(key, n_neurons: int) -> list[np.random.Generator]:
+  """One NumPy generator per neuron, seeded by ``(key data, i)``.
+
+  Initial parameters are drawn on the host: the draw of neuron ``i`` depends only on the key and
+  ``i`` (not on how many neurons are fitted, padded or sharded), and no per-shape random-number
+  program has to be compiled.
+  """
+  data = [int(v) for v in np.asarray(jax.random.key_data(key)).ravel()]
+  return [np.random.default_rng([*data, i]) for i in range(n_neurons)]
+
+
+def tile_configs(a, n_configs: int):
+  """``(k, ...)`` -> ``(g, k, ...)`` float32: every config starts from the same parameters."""
+  a = np.asarray(a, np.float32)
+  return jnp.asarray(np.broadcast_to(a, (n_configs,) + a.shape))
+
+
 def make_grid(**values: Sequence[float] | float) -> dict[str, np.ndarray]:
   """Cartesian product of penalty values: ``make_grid(l1=[0, .01], smooth=[.1, 1])`` -> 4 configs.
 

@@ -13,12 +13,10 @@ Penalties (each ``(g,)`` strengths times a ``(g, k)`` value):
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxmouse.readouts._common import laplacian, neuron_keys
+from jaxmouse.readouts._common import laplacian, neuron_rngs, tile_configs
 
 PENALTIES = ("l1", "smooth", "l1_mask")
 _EPS = 1e-6
@@ -29,28 +27,17 @@ def init(key, *, n_configs: int, n_neurons: int, feature_shape, bias=None,
   """Initial parameters, the same for every config: a random mask and small feature weights.
 
   Args:
-    key: ``jax.random.key``; neuron ``i`` draws from ``fold_in(key, i)``.
+    key: ``jax.random.key``; neuron ``i`` draws from a generator seeded by ``(key, i)``.
     feature_shape: ``(h, w, c)``.
     bias: ``(k,)`` initial bias (from the mean response), or zeros.
   """
-  bias = jnp.zeros(n_neurons) if bias is None else jnp.asarray(bias, jnp.float32)
-  return _init(key, bias, n_configs=int(n_configs), n_neurons=int(n_neurons),
-               feature_shape=tuple(int(s) for s in feature_shape), init_scale=init_scale)
-
-
-@functools.partial(jax.jit, static_argnames=("n_configs", "n_neurons", "feature_shape"))
-def _init(key, bias, *, n_configs: int, n_neurons: int, feature_shape,
-          init_scale: float = 1e-2):
-  h, w, c = feature_shape
-
-  def one(k):
-    ks, kf = jax.random.split(k)
-    return (jax.random.normal(ks, (h, w)) / jnp.sqrt(h * w),
-            init_scale * jax.random.normal(kf, (c,)))
-
-  spatial, features = jax.vmap(one)(neuron_keys(key, n_neurons))
-  tile = lambda a: jnp.broadcast_to(a, (n_configs,) + a.shape).astype(jnp.float32)
-  return {"spatial": tile(spatial), "features": tile(features), "bias": tile(bias)}
+  h, w, c = (int(s) for s in feature_shape)
+  rngs = neuron_rngs(key, n_neurons)
+  spatial = np.stack([r.standard_normal((h, w)) for r in rngs]) / np.sqrt(h * w)
+  features = init_scale * np.stack([r.standard_normal(c) for r in rngs])
+  bias = np.zeros(n_neurons) if bias is None else np.asarray(bias)
+  return {"spatial": tile_configs(spatial, n_configs), "features": tile_configs(features, n_configs),
+          "bias": tile_configs(bias, n_configs)}
 
 
 def normalized_mask(spatial):

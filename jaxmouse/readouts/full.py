@@ -10,12 +10,10 @@ The paper's figures average these over neurons; per neuron they are the terms ab
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxmouse.readouts._common import laplacian, neuron_keys
+from jaxmouse.readouts._common import laplacian, neuron_rngs, tile_configs
 
 PENALTIES = ("smooth", "group", "l1")
 _GROUP_EPS = 1e-12  # keeps the gradient of sqrt finite at an all-zero channel
@@ -23,20 +21,11 @@ _GROUP_EPS = 1e-12  # keeps the gradient of sqrt finite at an all-zero channel
 
 def init(key, *, n_configs: int, n_neurons: int, feature_shape, bias=None,
          init_scale: float = 1e-3):
-  """Small random weights, the same for every config; neuron ``i`` draws from ``fold_in(key, i)``."""
-  bias = jnp.zeros(n_neurons) if bias is None else jnp.asarray(bias, jnp.float32)
-  return _init(key, bias, n_configs=int(n_configs), n_neurons=int(n_neurons),
-               feature_shape=tuple(int(s) for s in feature_shape), init_scale=init_scale)
-
-
-@functools.partial(jax.jit, static_argnames=("n_configs", "n_neurons", "feature_shape"))
-def _init(key, bias, *, n_configs: int, n_neurons: int, feature_shape,
-          init_scale: float = 1e-3):
-  h, w, c = feature_shape
-  weight = jax.vmap(lambda k: init_scale * jax.random.normal(k, (h, w, c)))(
-      neuron_keys(key, n_neurons))
-  tile = lambda a: jnp.broadcast_to(a, (n_configs,) + a.shape).astype(jnp.float32)
-  return {"weight": tile(weight), "bias": tile(bias)}
+  """Small random weights, the same for every config; neuron ``i`` draws from ``(key, i)``."""
+  h, w, c = (int(s) for s in feature_shape)
+  weight = init_scale * np.stack([r.standard_normal((h, w, c)) for r in neuron_rngs(key, n_neurons)])
+  bias = np.zeros(n_neurons) if bias is None else np.asarray(bias)
+  return {"weight": tile_configs(weight, n_configs), "bias": tile_configs(bias, n_configs)}
 
 
 def predict(params, x, *, key=None):

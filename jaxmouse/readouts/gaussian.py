@@ -15,12 +15,11 @@ Penalty: ``l1`` sum_c |features|.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxmouse.readouts._common import neuron_keys
+from jaxmouse.readouts._common import neuron_keys, neuron_rngs, tile_configs
 
 PENALTIES = ("l1",)
 
@@ -29,26 +28,14 @@ def init(key, *, n_configs: int, n_neurons: int, feature_shape, bias=None,
          init_scale: float = 1e-2, init_mu_range: float = 0.5,
          init_sigma: float = 0.5):
   """Positions uniform in ``[-init_mu_range, init_mu_range]``; small random feature weights."""
-  bias = jnp.zeros(n_neurons) if bias is None else jnp.asarray(bias, jnp.float32)
-  return _init(key, bias, n_configs=int(n_configs), n_neurons=int(n_neurons),
-               feature_shape=tuple(int(s) for s in feature_shape), init_scale=init_scale,
-               init_mu_range=init_mu_range, init_sigma=init_sigma)
-
-
-@functools.partial(jax.jit, static_argnames=("n_configs", "n_neurons", "feature_shape"))
-def _init(key, bias, *, n_configs: int, n_neurons: int, feature_shape,
-          init_scale: float = 1e-2, init_mu_range: float = 0.5, init_sigma: float = 0.5):
-  h, w, c = feature_shape
-
-  def one(k):
-    km, kf = jax.random.split(k)
-    return (jax.random.uniform(km, (2,), minval=-init_mu_range, maxval=init_mu_range),
-            init_scale * jax.random.normal(kf, (c,)))
-
-  mu, features = jax.vmap(one)(neuron_keys(key, n_neurons))
-  tile = lambda a: jnp.broadcast_to(a, (n_configs,) + a.shape).astype(jnp.float32)
-  return {"mu": tile(mu), "sigma": jnp.full((n_configs, n_neurons), init_sigma, jnp.float32),
-          "features": tile(features), "bias": tile(bias)}
+  c = int(feature_shape[-1])
+  rngs = neuron_rngs(key, n_neurons)
+  mu = np.stack([r.uniform(-init_mu_range, init_mu_range, 2) for r in rngs])
+  features = init_scale * np.stack([r.standard_normal(c) for r in rngs])
+  bias = np.zeros(n_neurons) if bias is None else np.asarray(bias)
+  return {"mu": tile_configs(mu, n_configs),
+          "sigma": tile_configs(np.full(n_neurons, init_sigma), n_configs),
+          "features": tile_configs(features, n_configs), "bias": tile_configs(bias, n_configs)}
 
 
 def positions(params, key=None):

@@ -1,0 +1,136 @@
+"""``jaxmouse sweep``: readouts fitted over feature spaces x readouts x areas, resumable."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLES = """examples:
+  jaxmouse sweep --data mouse.npz --weights weights/hed,weights/random0 \\
+      --layers conv2_2,conv3_3 --readout factorized --out runs/a
+  jaxmouse sweep --data sensorium/static26872-17-20 --weights weights/hed \\
+      --layers conv1_2,conv2_2,conv3_3,conv4_3 --readout factorized,ridge --energy \\
+      --resize 36x64 --out runs/b
+  jaxmouse sweep --data mouse.npz --energy --readout factorized,gaussian \\
+      --grid factorized:l1=0,0.001,0.01 --grid smooth=0.01,0.1 --select area --out runs/c
+
+--data: any data set `jaxmouse data info` reads (npz/h5, Sensorium file tree, Allen NWB, TFDS).
+--grid [READOUT:]PENALTY=V1,V2,...  (repeatable) builds each readout's grid as the cartesian
+  product of its penalties; without a READOUT prefix a penalty applies to every readout that
+  has it. Penalties: factorized l1, smooth, l1_mask; full smooth, group, l1; gaussian l1;
+  ridge alpha (multiples of the mean eigenvalue of the training features' covariance).
+Every (feature space, readout) is fitted for all neurons and penalty configs in one jitted
+program; each area's cell is checkpointed under RUN/cells/ as soon as it is done, and running
+the same command again resumes (finished cells are skipped; results are the same as an
+uninterrupted run). RUN/results.csv has one row per feature space x layer x readout x neuron:
+  weights, layer, readout, area, neuron, config, feve, corr, corr_avg, oracle, fev, val_corr
+"""
+
+
+def _shape(text: str) -> tuple[int, int]:
+  try:
+    h, w = (int(s) for s in text.lower().split("x"))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected HxW such as 36x64, got {text!r}") from None
+  return h, w
+
+
+def _list(text: str) -> tuple[str, ...]:
+  return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def parse_grids(items, readouts) -> dict[str, dict[str, tuple[float, ...]]]:
+  """``["factorized:l1=0,0.1", "smooth=1"]`` -> ``{"factorized": {"l1": (0, .1), "smooth": (1,)}}``."""
+  from jaxmouse import readouts as readouts_lib
+
+  penalties = {r: (("alpha",) if r == "ridge" else readouts_lib.get(r).penalties) for r in readouts}
+  grids: dict[str, dict[str, tuple[float, ...]]] = {}
+  for item in items or ():
+    head, sep, values = item.partition("=")
+    if not sep:
+      raise ValueError(f"--grid expects [READOUT:]PENALTY=V1,V2,..., got {item!r}")
+    readout, _, name = head.rpartition(":")
+    try:
+      vals = tuple(float(v) for v in values.split(",") if v.strip())
+    except ValueError:
+      raise ValueError(f"--grid {item!r}: values must be numbers") from None
+    if not vals:
+      raise ValueError(f"--grid {item!r} has no values")
+    targets = [readout] if readout else [r for r in readouts if name in penalties[r]]
+    if readout and readout not in penalties:
+      raise ValueError(f"--grid {item!r} names readout {readout!r}, which is not swept "
+                       f"(--readout {','.join(readouts)})")
+    if not targets or name not in penalties[targets[0]]:
+      known = {r: list(p) for r, p in penalties.items()}
+      raise ValueError(f"--grid {item!r}: no swept readout has a penalty {name!r}; known: {known}")
+    for r in targets:
+      grids.setdefault(r, {})[name] = vals
+  return grids
+
+
+def register(sub, *, name: str, help: str) -> None:
+  p = sub.add_parser(name, help=help, epilog=EXAMPLES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Fit readouts of every neuron on frozen feature spaces (CNN layers "
+                     "of weights checkpoints, the Gabor energy model) for a grid of penalties; "
+                     "select per neuron on validation; score on the repeated test images.")
+  p.add_argument("--data", required=True, help="data set path (any format jaxmouse reads)")
+  p.add_argument("--weights", type=_list, default=(), help="checkpoint folders, comma-separated")
+  p.add_argument("--layers", type=_list, default=(), help="layer names, e.g. conv2_2,conv3_3")
+  p.add_argument("--readout", type=_list, default=("factorized",),
+                 help="factorized, full, gaussian and/or ridge (comma-separated)")
+  p.add_argument("--energy", action="store_true", help="add the Gabor energy-model feature space")
+  p.add_argument("--areas", type=_list, default=None, help="areas to fit (default: all)")
+  p.add_argument("--out", required=True, help="run folder (resumed if it holds the same sweep)")
+  p.add_argument("--grid", action="append", metavar="[READOUT:]PENALTY=V1,V2",
+                 help="penalty values (repeatable); default: a small grid per readout")
+  p.add_argument("--select", choices=("neuron", "area"), default="neuron",
+                 help="choose the config per neuron or one per area (on validation)")
+  p.add_argument("--resize", type=_shape, default=None, metavar="HxW",
+                 help="resize the images first, e.g. 36x64")
+  p.add_argument("--steps", type=int, default=5000, help="maximum steps per fit")
+  p.add_argument("--batch-size", type=int, default=256)
+  p.add_argument("--lr", type=float, default=5e-3)
+  p.add_argument("--eval-every", type=int, default=100, help="steps between validation checks")
+  p.add_argument("--patience", type=int, default=10, help="checks without improvement per decay")
+  p.add_argument("--output", choices=("elu", "softplus"), default="elu")
+  p.add_argument("--batch-norm", action="store_true",
+                 help="standardize channels and apply ReLU before the readout")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--feature-cache", default=None, help="feature cache folder (default RUN/features)")
+  p.add_argument("--no-progress", action="store_true")
+  p.set_defaults(func=run)
+
+
+def config_from_args(args):
+  from jaxmouse import fit as fitlib
+  from jaxmouse import sweeps
+
+  fit = fitlib.FitConfig(output=args.output, lr=args.lr, batch_size=args.batch_size,
+                         max_steps=args.steps, eval_every=args.eval_every, patience=args.patience,
+                         batch_norm=args.batch_norm, seed=args.seed)
+  return sweeps.SweepConfig(weights=args.weights, layers=args.layers, readouts=args.readout,
+                            energy=args.energy, areas=args.areas,
+                            grids=parse_grids(args.grid, args.readout), fit=fit,
+                            select=args.select, image_shape=args.resize)
+
+
+def run(args) -> None:
+  import time
+
+  from jaxmouse import data, sweeps
+
+  config = config_from_args(args)
+  ds = data.load(args.data)
+  t0 = time.perf_counter()
+  table = sweeps.run_sweep(ds, config, args.out, feature_cache=args.feature_cache,
+                           progress=not args.no_progress)
+  summary = (table.groupby(["weights", "layer", "readout", "area"], sort=False)
+             [["feve", "corr", "corr_avg", "oracle"]].mean())
+  summary.insert(0, "neurons", table.groupby(["weights", "layer", "readout", "area"],
+                                             sort=False).size())
+  import pandas as pd
+
+  with pd.option_context("display.width", 120, "display.max_rows", 200,
+                         "display.float_format", "{:.3f}".format):
+    print(summary)
+  print(f"{len(table)} rows in {args.out}/results.csv ({time.perf_counter() - t0:.1f} s)")

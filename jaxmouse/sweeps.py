@@ -1,0 +1,422 @@
+"""Sweeps: feature spaces (weights x layers, and the energy model) x readouts x areas.
+
+A cell is one readout over its whole penalty grid for the neurons of one area, with a config
+selected per neuron (or per area) on validation and scored on the test trials. The areas of one
+(feature space, readout) are fitted together in one jitted program (neurons are independent, so
+this equals fitting them one area at a time, and compiles once per feature shape), then each
+area's cell is written at once and atomically under ``RUN/cells/<cell>/``:
+
+  ``state/``      orbax checkpoint: the chosen per-neuron parameters, chosen config index,
+                  validation correlations (chosen and whole grid) and test scores;
+  ``rows.csv``    the cell's rows of the results table;
+  ``cell.json``   what the cell is (weights, layer, readout, area, grid, unit ids, steps).
+
+Re-running the same sweep skips finished cells (also after ``kill -9``: an unfinished cell
+leaves only a hidden temporary folder that is removed), and since every cell is a function of
+the data, its features and the sweep settings alone, the results equal an uninterrupted run.
+``RUN/results.csv`` (and ``results.parquet`` when pyarrow is installed) is rewritten after every
+cell, one row per feature space x layer x readout x neuron with the columns ``COLUMNS``.
+
+Features come from ``jaxmouse.features.FeatureCache``: all layers a weights checkpoint needs are
+extracted in one streaming pass to disk, then read one layer at a time, so a sweep over all 13
+VGG16 layers holds one layer in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from jaxmouse import _io
+from jaxmouse import fit as fitlib
+from jaxmouse import readouts as readouts_lib
+
+COLUMNS = ("weights", "layer", "readout", "area", "neuron", "config", "feve", "corr", "corr_avg",
+           "oracle", "fev", "val_corr")
+ENERGY = ("energy", "gabor")  # (weights, layer) labels of the energy model in the table
+SWEEP_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+  """What a sweep fits.
+
+  Attributes:
+    weights: weights checkpoint folders (``jaxmouse weights ...``); labelled by folder name.
+    layers: layer names read from every weights checkpoint.
+    readouts: any of ``factorized``, ``full``, ``gaussian``, ``ridge``.
+    energy: also fit the Gabor energy model feature space (``weights=energy``, ``layer=gabor``).
+    areas: areas to fit (None: every area of the data set); one cell per area.
+    grids: per readout ``{penalty: values}`` (a cartesian product); readouts not named get
+      ``fit.default_grid``; ridge takes ``{"alpha": values}`` (multiples of the mean eigenvalue).
+    fit: the FitConfig of every trained readout.
+    select: ``neuron`` (best config per neuron) or ``area`` (one config per area).
+    image_shape: resize the images to ``(H, W)`` before any feature space sees them.
+  """
+  weights: tuple[str, ...] = ()
+  layers: tuple[str, ...] = ()
+  readouts: tuple[str, ...] = ("factorized",)
+  energy: bool = False
+  areas: tuple[str, ...] | None = None
+  grids: Mapping[str, Mapping[str, tuple[float, ...]]] = dataclasses.field(default_factory=dict)
+  fit: fitlib.FitConfig = fitlib.FitConfig()
+  select: str = "neuron"
+  image_shape: tuple[int, int] | None = None
+
+  def __post_init__(self):
+    set_ = lambda k, v: object.__setattr__(self, k, v)
+    set_("weights", tuple(str(w) for w in _as_tuple(self.weights)))
+    set_("layers", tuple(_as_tuple(self.layers)))
+    set_("readouts", tuple(_as_tuple(self.readouts)))
+    if self.areas is not None:
+      set_("areas", tuple(_as_tuple(self.areas)))
+    if not self.readouts:
+      raise ValueError("SweepConfig.readouts is empty; choose from "
+                       f"{list(readouts_lib.NAMES)}")
+    for r in self.readouts:
+      if r not in readouts_lib.NAMES:
+        raise ValueError(f"unknown readout {r!r}; available: {list(readouts_lib.NAMES)}")
+    if len(set(self.readouts)) != len(self.readouts):
+      raise ValueError(f"SweepConfig.readouts has duplicates: {self.readouts}")
+    if self.weights and not self.layers:
+      raise ValueError("SweepConfig: weights given but no layers (e.g. layers=('conv2_2',))")
+    if self.layers and not self.weights:
+      raise ValueError("SweepConfig: layers given but no weights checkpoint to read them from")
+    if not self.weights and not self.energy:
+      raise ValueError("SweepConfig: nothing to sweep; give weights and layers, or energy=True")
+    if self.select not in ("neuron", "area"):
+      raise ValueError(f"SweepConfig.select must be 'neuron' or 'area', got {self.select!r}")
+    grids = {}
+    for r, g in dict(self.grids).items():
+      if r not in readouts_lib.NAMES:
+        raise ValueError(f"SweepConfig.grids names unknown readout {r!r}")
+      if r == "ridge":
+        if set(g) != {"alpha"}:
+          raise ValueError(f"the ridge grid is {{'alpha': values}}, got keys {sorted(g)}")
+        fitlib.ridge_lib.check_alphas(g["alpha"])
+      else:
+        readouts_lib.check_grid(readouts_lib.make_grid(**g), readouts_lib.get(r).penalties,
+                                readout=r)
+      grids[r] = {k: tuple(float(x) for x in np.atleast_1d(v)) for k, v in g.items()}
+    set_("grids", grids)
+    if self.image_shape is not None:
+      set_("image_shape", tuple(int(s) for s in self.image_shape))
+
+  def grid(self, readout: str) -> dict[str, np.ndarray]:
+    """The ``{penalty: (g,)}`` grid of a readout (product of the given values, or the default)."""
+    if readout not in self.grids:
+      return fitlib.default_grid(readout)
+    if readout == "ridge":
+      return {"alpha": np.asarray(self.grids[readout]["alpha"], np.float32)}
+    return readouts_lib.make_grid(**self.grids[readout])
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["fit"] = dataclasses.asdict(self.fit)
+    return json.loads(json.dumps(d))
+
+
+def _as_tuple(x) -> tuple:
+  if x is None:
+    return ()
+  if isinstance(x, str):
+    return tuple(s for s in x.split(",") if s)
+  return tuple(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One fit: a feature space (weights label + layer), a readout and an area."""
+  weights: str
+  layer: str
+  readout: str
+  area: str
+
+  @property
+  def id(self) -> str:
+    raw = f"{self.weights}__{self.layer}__{self.readout}__{self.area}"
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", raw)
+    if safe != raw:  # keep distinct names distinct after sanitizing
+      safe += "-" + hashlib.sha256(raw.encode()).hexdigest()[:8]
+    return safe
+
+
+def weights_labels(paths: Sequence[str]) -> dict[str, str]:
+  """``{label: path}`` with the folder name as label (made unique with a suffix)."""
+  out: dict[str, str] = {}
+  for p in paths:
+    base = Path(p).resolve().name or "weights"
+    label, i = base, 2
+    while label in out or label == ENERGY[0]:
+      label, i = f"{base}-{i}", i + 1
+    out[label] = str(p)
+  return out
+
+
+def plan(config: SweepConfig, areas: Sequence[str]) -> list[Cell]:
+  """Every cell of a sweep, in the order they run (feature space, then readout, then area)."""
+  spaces = [(label, layer) for label in weights_labels(config.weights) for layer in config.layers]
+  if config.energy:
+    spaces.append(ENERGY)
+  return [Cell(w, l, r, a) for w, l in spaces for r in config.readouts for a in areas]
+
+
+def data_fingerprint(ds) -> str:
+  """sha256 of what a sweep's results depend on in a data set (a guard against mixing runs)."""
+  from jaxmouse.features import images_fingerprint
+
+  h = hashlib.sha256(images_fingerprint(ds.images).encode())
+  for a in (ds.responses, ds.trial_image, ds.tiers.astype(str), ds.unit_ids.astype(str),
+            ds.areas.astype(str)):
+    a = np.ascontiguousarray(a)
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+# ---- checkpoints of cells ----------------------------------------------------------------------
+
+def cell_dir(run: str | os.PathLike, cell: Cell) -> Path:
+  return Path(run) / "cells" / cell.id
+
+
+def is_done(run, cell: Cell) -> bool:
+  d = cell_dir(run, cell)
+  return (d / "cell.json").is_file() and (d / "rows.csv").is_file() and (d / "state").is_dir()
+
+
+def cell_rows(cell: Cell, result: fitlib.ReadoutFit, unit_ids) -> "pandas.DataFrame":
+  import pandas as pd
+
+  k = len(unit_ids)
+  rows = {"weights": [cell.weights] * k, "layer": [cell.layer] * k,
+          "readout": [cell.readout] * k, "area": [cell.area] * k,
+          "neuron": list(np.asarray(unit_ids)),
+          "config": [result.configs[i] for i in result.choice]}
+  for m in ("feve", "corr", "corr_avg", "oracle", "fev"):
+    rows[m] = np.asarray(result.scores[m], np.float64)
+  rows["val_corr"] = np.asarray(result.val_corr, np.float64)
+  return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def save_cell(run, cell: Cell, result: fitlib.ReadoutFit, unit_ids, grid) -> Path:
+  """Writes a finished cell atomically (orbax state, rows.csv, cell.json)."""
+  import orbax.checkpoint as ocp
+
+  state = {
+      "params": {k: np.asarray(v) for k, v in result.params.items()},
+      "choice": np.asarray(result.choice),
+      "val_corr": np.asarray(result.val_corr),
+      "val_corr_grid": np.asarray(result.val_corr_grid),
+      "scores": {k: np.asarray(v, np.float64) for k, v in result.scores.items()},
+  }
+  meta = {"format": SWEEP_FORMAT, "cell": dataclasses.asdict(cell), "id": cell.id,
+          "configs": result.configs, "steps": int(result.steps),
+          "grid": {k: np.asarray(v, np.float64).tolist() for k, v in grid.items()},
+          "unit_ids": [str(u) for u in np.asarray(unit_ids)]}
+  target = cell_dir(run, cell)
+  with _io.atomic_path(target, is_dir=True) as tmp:
+    tmp = Path(tmp).resolve()
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(tmp / "state", state)
+      ckptr.wait_until_finished()
+    cell_rows(cell, result, unit_ids).to_csv(tmp / "rows.csv", index=False)
+    (tmp / "cell.json").write_text(json.dumps(meta, indent=2) + "\n")
+  return target
+
+
+def load_cell(run, cell: Cell) -> dict:
+  """A finished cell: ``{"meta": cell.json, "state": the orbax pytree}``."""
+  import orbax.checkpoint as ocp
+
+  d = cell_dir(run, cell)
+  if not is_done(run, cell):
+    raise FileNotFoundError(f"cell {cell.id} is not finished under {d}")
+  with ocp.StandardCheckpointer() as ckptr:
+    state = ckptr.restore((d / "state").resolve())
+  return {"meta": json.loads((d / "cell.json").read_text()), "state": state}
+
+
+def collect(run, cells: Iterable[Cell]) -> "pandas.DataFrame":
+  """The results table of the finished cells (in plan order)."""
+  import pandas as pd
+
+  frames = [pd.read_csv(cell_dir(run, c) / "rows.csv", dtype={"neuron": str, "area": str,
+                                                                "weights": str, "layer": str})
+            for c in cells if is_done(run, c)]
+  if not frames:
+    return pd.DataFrame(columns=list(COLUMNS))
+  return pd.concat(frames, ignore_index=True)
+
+
+def write_results(run, table) -> Path:
+  """``RUN/results.csv`` (and ``results.parquet`` when pyarrow is available), atomically."""
+  run = Path(run)
+  with _io.atomic_path(run / "results.csv") as tmp:
+    table.to_csv(tmp, index=False)
+  try:
+    import pyarrow  # noqa: F401
+  except ImportError:
+    pass
+  else:
+    with _io.atomic_path(run / "results.parquet") as tmp:
+      table.to_parquet(tmp, index=False)
+  return run / "results.csv"
+
+
+def _clean_temporaries(run: Path) -> None:
+  """Removes what a killed run left half written (hidden ``.tmp-`` / ``.old-`` siblings)."""
+  for d in (run, run / "cells"):
+    if d.is_dir():
+      for p in d.iterdir():
+        if p.name.startswith((".tmp-", ".old-")):
+          shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _check_manifest(run: Path, manifest: dict) -> None:
+  path = run / "sweep.json"
+  if path.exists():
+    old = json.loads(path.read_text())
+    if old != manifest:
+      diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+      raise FileExistsError(
+          f"{run} holds a different sweep (differs in {diff}); use a new --out folder, or "
+          "delete it to start over")
+  else:
+    with _io.atomic_path(path) as tmp:
+      Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+# ---- the sweep ---------------------------------------------------------------------------------
+
+def subset(result: fitlib.ReadoutFit, idx) -> fitlib.ReadoutFit:
+  """The neurons ``idx`` of a ReadoutFit (every per-neuron field indexed)."""
+  idx = np.asarray(idx)
+  return result._replace(
+      params={k: np.asarray(v)[idx] for k, v in result.params.items()},
+      choice=result.choice[idx], val_corr=result.val_corr[idx],
+      val_corr_grid=result.val_corr_grid[:, idx],
+      scores={k: np.asarray(v)[idx] for k, v in result.scores.items()})
+
+
+def _tiers(ds, neurons):
+  out = {}
+  for t in ("train", "validation", "test"):
+    image, resp = ds.tier(t)
+    out[t] = fitlib.Trials(np.asarray(image, np.int64), np.asarray(resp[:, neurons], np.float32))
+  return out
+
+
+def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=None,
+              progress: bool = False, mesh=None) -> "pandas.DataFrame":
+  """Runs (or resumes) a sweep; returns the results table, also written to ``out/results.csv``.
+
+  Args:
+    ds: a ``jaxmouse.data.NeuralDataset`` with train, validation and (repeated) test tiers.
+    config: the SweepConfig.
+    out: the run folder; an existing one must hold the same sweep (it is resumed).
+    feature_cache: a ``FeatureCache`` or its root folder (default ``out/features``).
+    progress: tqdm bars over cells (and feature extraction).
+    mesh: a ``fit.make_mesh()`` to shard neurons over devices (default: all devices when
+      there are several, else none).
+  """
+  import jax
+
+  from jaxmouse.features import FeatureCache
+  from jaxmouse.models import gabor, vgg
+  from jaxmouse.weights import read_metadata
+
+  out = Path(out)
+  if config.image_shape is not None:
+    ds = ds.resize(config.image_shape)
+  areas = list(config.areas) if config.areas is not None else list(ds.area_names)
+  missing = [a for a in areas if a not in ds.area_names]
+  if missing:
+    raise ValueError(f"data set {ds.name!r} has no neurons in area(s) {missing}; available: "
+                     f"{list(ds.area_names)}")
+  labels = weights_labels(config.weights)
+  archs = {}
+  for label, path in labels.items():
+    arch = read_metadata(path)["arch"]  # FileNotFoundError names a folder that is no checkpoint
+    vgg.check_layers(arch, config.layers)  # ValueError lists the valid layer names
+    archs[label] = arch
+  for t in ("train", "validation", "test"):
+    ds.tier(t)  # a missing tier is an error before any work
+
+  out.mkdir(parents=True, exist_ok=True)
+  _clean_temporaries(out)
+  manifest = {"format": SWEEP_FORMAT, "data": data_fingerprint(ds), "data_name": ds.name,
+              "config": config.to_dict(),
+              "weights": {l: str(Path(p).resolve()) for l, p in labels.items()}}
+  _check_manifest(out, manifest)
+
+  cells = plan(config, areas)
+  if mesh is None and len(jax.devices()) > 1:
+    mesh = fitlib.make_mesh()
+  if feature_cache is None or isinstance(feature_cache, (str, os.PathLike)):
+    feature_cache = FeatureCache(feature_cache or out / "features", progress=progress)
+  # Neurons of every area fitted, in area order; a readout is fitted for all of them at once
+  # (pairs are independent, so this equals fitting area by area) and split into area cells.
+  neurons = np.concatenate([np.flatnonzero(ds.areas == a) for a in areas])
+  tiers = _tiers(ds, neurons)
+  neuron_area = ds.areas[neurons]
+  train_images = tiers["train"].image
+
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(cells), unit="cell", desc="sweep")
+    bar.update(sum(is_done(out, c) for c in cells))
+  try:
+    groups: dict[tuple[str, str], dict[str, list[Cell]]] = {}
+    for c in cells:
+      groups.setdefault((c.weights, c.layer), {}).setdefault(c.readout, []).append(c)
+    ensured = set()
+    for (label, layer), by_readout in groups.items():
+      if all(is_done(out, c) for cs in by_readout.values() for c in cs):
+        continue
+      if (label, layer) == ENERGY:
+        raw = gabor.features(ds.images)
+      else:
+        if label not in ensured:  # every layer of this checkpoint in one pass over the images
+          feature_cache.ensure(labels[label], ds.images, config.layers)
+          ensured.add(label)
+        raw = feature_cache.layer(labels[label], ds.images, layer)
+      feats = fitlib.prepare_features(raw, train_images=train_images,
+                                      batch_norm=config.fit.batch_norm)
+      del raw
+      for readout, group in by_readout.items():
+        if all(is_done(out, c) for c in group):
+          continue
+        if bar is not None:
+          bar.set_postfix_str(f"{label} {layer} {readout}")
+        # The whole group is refitted even if a kill left some of its cells written: the same
+        # program on the same neurons gives bit-identical results for the missing ones.
+        grid = config.grid(readout)
+        result = fitlib.fit_and_score(
+            feats, train=tiers["train"], validation=tiers["validation"], test=tiers["test"],
+            readout=readout, grid=grid, config=config.fit, select=config.select,
+            groups=neuron_area, mesh=mesh, prepared=True)
+        for cell in group:
+          if is_done(out, cell):
+            continue
+          idx = np.flatnonzero(neuron_area == cell.area)
+          save_cell(out, cell, subset(result, idx), ds.unit_ids[neurons[idx]], grid)
+          if bar is not None:
+            bar.update(1)
+        write_results(out, collect(out, cells))
+      del feats
+  finally:
+    if bar is not None:
+      bar.close()
+  table = collect(out, cells)
+  write_results(out, table)
+  return table

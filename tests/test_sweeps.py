@@ -1,0 +1,154 @@
+"""Sweeps on the simulated mouse: planted layers and energy-model neurons are ranked first;
+cells are checkpointed, skipped when done, and a run killed with SIGKILL resumes to the same
+results."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxmouse import fit as fitlib
+from jaxmouse import sweeps
+
+FIT = fitlib.FitConfig(max_steps=300, eval_every=50, batch_size=32, lr=1e-2, patience=4)
+GRIDS = {"factorized": {"l1": (1e-3,), "smooth": (1e-2,)}}
+
+
+def _simulated():
+  from jaxmouse.data import SimulationConfig, simulate
+
+  # Area V1: CNN neurons planted from conv1_2 or conv4_1 of random VGG16 weights; area EN:
+  # Gabor energy neurons. Low noise (mean rate 25), 80 test images x 4 repeats.
+  cfg = SimulationConfig.tiny(areas=("V1", "EN"), layers=(("conv1_2", "conv4_1"), "conv1_2"),
+                              gabor_fraction=(0.0, 1.0), rf_sigma=(2.0, 4.0),
+                              neurons_per_area=(24, 12), n_images=500, n_test_images=80,
+                              n_repeats=4, mean_rate=25.0)
+  return simulate(cfg)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+  from jaxmouse.weights import random_init, save
+
+  root = tmp_path_factory.mktemp("sweep")
+  ds, truth = _simulated()
+  save(random_init("vgg16", 0), root / "random0")  # the weights the simulation read out
+  config = sweeps.SweepConfig(weights=(str(root / "random0"),), layers=("conv1_2", "conv4_1"),
+                              readouts=("factorized",), energy=True, grids=GRIDS, fit=FIT)
+  table = sweeps.run_sweep(ds, config, root / "run")
+  return ds, truth, config, table, root
+
+
+def test_planted_layers_and_energy_neurons_are_ranked_first(planted):
+  ds, truth, _, table, _ = planted
+  label = np.where(truth.model == "gabor", "gabor", truth.layer)
+  table = table.assign(truth=label[table["neuron"].astype(int)])
+  for metric in ("corr", "feve", "val_corr"):
+    means = table.pivot_table(index="truth", columns="layer", values=metric, aggfunc="mean")
+    for planted_space in ("conv1_2", "conv4_1", "gabor"):
+      row = means.loc[planted_space]
+      assert row.idxmax() == planted_space, (metric, means)
+
+
+def test_results_table_and_cell_checkpoints(planted):
+  ds, _, config, table, root = planted
+  assert tuple(table.columns) == sweeps.COLUMNS
+  assert len(table) == 3 * ds.n_neurons  # 2 layers + energy, one readout, every neuron
+  assert set(table["weights"]) == {"random0", "energy"}
+  assert set(zip(table["weights"], table["layer"])) == {
+      ("random0", "conv1_2"), ("random0", "conv4_1"), ("energy", "gabor")}
+  on_disk = pd.read_csv(root / "run" / "results.csv", dtype={"neuron": str})
+  pd.testing.assert_frame_equal(on_disk, table, check_dtype=False)
+  assert table["config"].unique().tolist() == ["l1=0.001 smooth=0.01"]
+
+  cell = sweeps.Cell("random0", "conv4_1", "factorized", "EN")
+  saved = sweeps.load_cell(root / "run", cell)
+  state, meta = saved["state"], saved["meta"]
+  k = int((ds.areas == "EN").sum())
+  assert state["params"]["spatial"].shape == (k, 3, 4)  # conv4_1 of 24x32 images
+  assert state["params"]["features"].shape == (k, 512)
+  assert meta["unit_ids"] == [str(u) for u in ds.unit_ids[ds.areas == "EN"]]
+  rows = table[(table["layer"] == "conv4_1") & (table["area"] == "EN")]
+  np.testing.assert_allclose(state["scores"]["feve"], rows["feve"], rtol=1e-6)
+  np.testing.assert_allclose(state["val_corr"], rows["val_corr"], rtol=1e-6)
+
+
+def test_rerun_skips_finished_cells(planted, monkeypatch):
+  ds, _, config, table, root = planted
+
+  def refit(*a, **k):
+    raise AssertionError("a finished cell was fitted again")
+
+  monkeypatch.setattr(fitlib, "fit_and_score", refit)
+  again = sweeps.run_sweep(ds, config, root / "run")
+  pd.testing.assert_frame_equal(again, table)
+
+
+def test_bad_sweeps_are_refused_with_names(planted):
+  ds, _, config, _, root = planted
+  other = sweeps.SweepConfig(weights=config.weights, layers=("conv1_2",), readouts=("ridge",),
+                             fit=FIT)
+  with pytest.raises(FileExistsError, match="different sweep"):
+    sweeps.run_sweep(ds, other, root / "run")
+  bad_layer = sweeps.SweepConfig(weights=config.weights, layers=("conv9_9",), fit=FIT)
+  with pytest.raises(ValueError, match="conv9_9.*conv1_1"):
+    sweeps.run_sweep(ds, bad_layer, root / "other")
+  with pytest.raises(ValueError, match=r"area\(s\) \['AL'\]"):
+    sweeps.run_sweep(ds, sweeps.SweepConfig(energy=True, areas=("AL",)), root / "other")
+  with pytest.raises(FileNotFoundError, match="not a jaxmouse weights checkpoint"):
+    sweeps.run_sweep(ds, sweeps.SweepConfig(weights=(str(root),), layers=("conv1_1",)),
+                     root / "other")
+  with pytest.raises(ValueError, match="nothing to sweep"):
+    sweeps.SweepConfig()
+  with pytest.raises(ValueError, match="negative"):
+    sweeps.SweepConfig(energy=True, grids={"gaussian": {"l1": (-1.0,)}})
+
+
+@pytest.mark.slow
+def test_kill_9_mid_sweep_then_resume_gives_the_uninterrupted_results(planted, tmp_path):
+  from jaxmouse import data
+  from jaxmouse.cli import main
+
+  ds, _, config, _, root = planted
+  data.save(ds, tmp_path / "mouse.npz")
+  args = ["sweep", "--data", str(tmp_path / "mouse.npz"), "--weights", config.weights[0],
+          "--layers", "conv1_2", "--energy", "--readout", "factorized", "--grid", "l1=0.001",
+          "--grid", "smooth=0.01", "--steps", "300", "--eval-every", "50", "--batch-size", "32",
+          "--lr", "0.01", "--patience", "4", "--feature-cache", str(root / "run" / "features"),
+          "--no-progress"]
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen([sys.executable, "-m", "jaxmouse", *args, "--out", str(killed)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 120
+  cells = killed / "cells"
+  while time.time() < deadline and proc.poll() is None:
+    if cells.is_dir() and any((d / "cell.json").exists() for d in cells.iterdir()):
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  proc.stderr.close()
+  done_before = {d.name: (d / "cell.json").stat().st_mtime_ns
+                 for d in cells.iterdir() if (d / "cell.json").exists()}
+  assert 0 < len(done_before) < 4, done_before  # killed mid-sweep: 2 feature spaces x 2 areas
+
+  assert main([*args, "--out", str(killed)]) == 0  # resume
+  assert main([*args, "--out", str(tmp_path / "straight")]) == 0  # uninterrupted
+  for name, stamp in done_before.items():  # finished cells were kept, not redone
+    assert (cells / name / "cell.json").stat().st_mtime_ns == stamp
+  assert not [p for p in cells.iterdir() if p.name.startswith(".tmp-")]
+  a = pd.read_csv(killed / "results.csv")
+  b = pd.read_csv(tmp_path / "straight" / "results.csv")
+  assert len(a) == 2 * ds.n_neurons
+  pd.testing.assert_frame_equal(a, b)
+  for d in cells.iterdir():
+    meta = json.loads((d / "cell.json").read_text())
+    sweeps.load_cell(killed, sweeps.Cell(**meta["cell"]))  # every checkpoint restores
