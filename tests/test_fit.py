@@ -3,6 +3,7 @@ selection, scores and bad input."""
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -120,6 +121,21 @@ def test_one_compile_for_a_whole_grid(planted, monkeypatch):
                  readout="factorized", grid={"l1": [0.0, 0.01, 0.1]}, config=cfg)
   finally:
     fitlib._jitted.cache_clear()
+
+
+@pytest.mark.parametrize("output", fitlib.OUTPUTS)
+def test_log_rate_is_exact_and_its_gradient_finite_where_the_rate_underflows(output):
+  z = jnp.array([-200.0, -30.0, -5.0, 0.3, 1.0, 1.5, 40.0, 500.0])
+  rate = np.asarray(fitlib.output_fn(output)(z), np.float64)
+  log_rate = np.asarray(fitlib.log_output_fn(output)(z))
+  ok = rate > 1e-30
+  np.testing.assert_allclose(log_rate[ok], np.log(rate[ok]), rtol=1e-5, atol=1e-6)
+  assert np.isfinite(log_rate).all()
+  y = jnp.full((8, 1), 3.0)
+  grad = jax.grad(lambda v: jnp.sum(fitlib.poisson_loss(v[:, None, None], y, output=output)))(z)
+  assert np.isfinite(grad).all()
+  # d/dz (rate - y log rate) at z = 40 (linear regime, both outputs ~ identity): 1 - 3 / 40.
+  np.testing.assert_allclose(grad[6], 1 - 3 / 40, rtol=1e-4)
 
 
 def test_select_configs_per_neuron_and_per_area():
