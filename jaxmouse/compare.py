@@ -295,7 +295,9 @@ def embed(maps: np.ndarray, *, n_components: int = 2, seed: int = 0,
   Returns:
     ``(embedding (n, n_components), method_used)``; ``method_used`` is ``"umap"`` or ``"pca"``.
   """
-  x = np.asarray(normalize_maps(jnp.asarray(maps)))
+  x = np.asarray(maps, np.float64).reshape(len(maps), -1)
+  x = x - x.mean(1, keepdims=True)
+  x = x / np.maximum(x.std(1, keepdims=True), 1e-8)  # as normalize_maps, without a compile per shape
   n = x.shape[0]
   if n < 2:
     raise ValueError(f"embed: need at least 2 maps, got shape {np.shape(maps)}")
@@ -349,7 +351,7 @@ def cluster(embedding: np.ndarray, *, n_clusters: int = 5, n_central: int = 3,
   if x.ndim != 2 or x.shape[0] < 1:
     raise ValueError(f"cluster: expected an (n, d) embedding, got {x.shape}")
   k = min(n_clusters, x.shape[0])
-  km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
+  km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x)
   central = np.full((k, n_central), -1, np.int64)
   for c in range(k):
     members = np.flatnonzero(km.labels_ == c)
@@ -436,22 +438,41 @@ def grouped_rmse(neuron_maps: np.ndarray, detectors: np.ndarray, groups: Mapping
 # ---- RSA and CKA -------------------------------------------------------------------------------
 
 
-@jax.jit
+def _bucket(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Zero-pads the columns of a narrow (n, p) matrix to the next power of two, with a column mask.
+
+  Groups of neurons come in many sizes; padding keeps the jitted functions below to a few
+  compiles (wide matrices, e.g. whole layers, keep their exact shape).
+  """
+  x = jnp.asarray(x, jnp.float32).reshape(x.shape[0], -1)
+  p = x.shape[1]
+  width = p if p > 4096 else max(8, 1 << (p - 1).bit_length())
+  mask = (jnp.arange(width) < p).astype(jnp.float32)
+  return jnp.pad(x, ((0, 0), (0, width - p))), mask
+
+
 def rdm(x: jax.Array) -> jax.Array:
   """Correlation-distance RDM between the rows (conditions) of x (n, p) -> (n, n).
 
   ``d_ij = 1 - pearson(x_i, x_j)`` over the p channels (rsatoolbox's ``correlation``).
   """
-  x = jnp.asarray(x, jnp.float32).reshape(x.shape[0], -1)
-  x = x - x.mean(1, keepdims=True)
+  return _rdm(*_bucket(x))
+
+
+@jax.jit
+def _rdm(x: jax.Array, mask: jax.Array) -> jax.Array:
+  x = (x - (x * mask).sum(1, keepdims=True) / mask.sum()) * mask  # centre over real channels
   x = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
   return 1.0 - jnp.einsum("ip,jp->ij", x, x)  # (n, p) x (n, p) -> (n, n)
 
 
-@jax.jit
 def centered_gram(x: jax.Array) -> jax.Array:
   """H X X^T H for x (n, p): the Gram matrix of column-centred x, (n, n)."""
-  x = jnp.asarray(x, jnp.float32).reshape(x.shape[0], -1)
+  return _centered_gram(_bucket(x)[0])  # zero columns add nothing to the Gram matrix
+
+
+@jax.jit
+def _centered_gram(x: jax.Array) -> jax.Array:
   x = x - x.mean(0, keepdims=True)
   return jnp.einsum("ip,jp->ij", x, x)  # (n, p) x (n, p) -> (n, n)
 
@@ -636,6 +657,7 @@ def network_input(images: np.ndarray, neurn_k: int | None) -> np.ndarray:
 
 def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]], Mapping[str, np.ndarray]],
                     config: CompareConfig, *, kernel: np.ndarray | None = None,
+                    central: Mapping[str, Mapping[str, np.ndarray]] | None = None,
                     progress: Callable | None = None) -> dict:
   """RMSE, RSA and CKA of every group of neurons (area, Cre line) against every layer.
 
@@ -653,6 +675,8 @@ def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]], Mappi
     config: ``CompareConfig``.
     kernel: optional first-layer kernel (kh, kw, c_in, c_out), compared by RMSE as the
       pseudo-layer ``"kernels"``.
+    central: ``{kind: {group: indices}}`` central representations from an earlier call on the
+      same data and config (they do not depend on the network); computed when None.
     progress: optional wrapper for the layer loop (e.g. ``tqdm``).
 
   Returns:
@@ -692,9 +716,10 @@ def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]], Mappi
   n_select = int(round(config.match_fraction * n_images))
   select, evaluate = np.sort(order[:n_select]), np.sort(order[n_select:])
 
-  central = {kind: central_representations(maps, gs, n_clusters=config.n_clusters,
-                                           n_central=config.n_central, seed=config.seed)
-             for kind, gs in groups.items()}
+  if central is None:
+    central = {kind: central_representations(maps, gs, n_clusters=config.n_clusters,
+                                             n_central=config.n_central, seed=config.seed)
+               for kind, gs in groups.items()}
   out = {"rsa": [], "cka": [], "rmse": [], "neurons": [], "maps": maps, "groups": groups,
          "central": central}
 

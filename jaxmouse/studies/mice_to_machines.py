@@ -1,0 +1,366 @@
+"""Mice to Machines (Qazi, Jalil & Iqbal, arXiv 2505.06886): which VGG16 layers resemble which
+mouse visual areas and Cre lines, with and without NeuRN in front of the network.
+
+For every area and Cre line (and excitatory / inhibitory class) against every layer:
+RMSE between normalised neural representations (response-weighted stimulus averages) and DNN
+feature detectors (first-layer kernels; each layer's unit representations), top-down (k-means
+central representations) and bottom-up (every neuron's best-matching unit); RSA and linear CKA,
+against the whole layer and against each neuron's matched units (``jaxmouse.compare``). Each is
+run twice: raw images into the network, and ``255 * NeuRN_k(image)``.
+
+Data: the simulated mouse by default (the six Allen areas with the paper's proportions of
+neurons, one planted VGG16 layer per area, Cre lines drawn at random as a null control: the
+simulation gives them no different tuning), or any data set ``jaxmouse.data.load`` reads, e.g. a
+folder of Allen Brain Observatory NWB files (natural scenes; ``cre_line`` and ``cell_class`` come
+with it). Weights: random VGG16 (seed 0) by default, or a converted checkpoint folder.
+
+Run::
+
+  jaxmouse compare mice --config quick --out runs/mice            # simulated mouse, ~1-2 min
+  jaxmouse compare --data allen_nwb/ --weights weights/vgg16 --config full --out runs/allen
+
+Writes ``rsa.csv``, ``cka.csv``, ``rmse.csv``, ``neurons.csv``, ``rsa.png``, ``cka.png``,
+``rmse.png``, ``representations.png``, ``summary.md`` and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxmouse import compare
+from jaxmouse.models.neurn import DEFAULT_K
+
+ALLEN_AREAS = ("VISp", "VISl", "VISal", "VISrl", "VISpm", "VISam")
+# Neurons per area in the paper's figure (1,000 neurons), in ALLEN_AREAS order.
+PAPER_COUNTS = (393, 256, 60, 91, 176, 24)
+# A planted hierarchy for the simulated mouse: one VGG16 layer per area, in ALLEN_AREAS order.
+PLANTED = ("conv2_2", "conv3_1", "conv3_3", "conv4_1", "conv4_3", "conv5_1")
+CRE_LINES = {"Cux2-CreERT2": "excitatory", "Rorb-IRES2-Cre": "excitatory",
+             "Sst-IRES-Cre": "inhibitory", "Vip-IRES-Cre": "inhibitory"}
+ALL_CONV = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+            "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MiceConfig:
+  """One comparison run.
+
+  name: config name. layers: VGG16 layers compared. neurn_k: NeuRN's k for the "with NeuRN" arm
+  (None: raw images only). image_shape: images are resized to this before the network (and
+  neural representations use ``map_shape``). neuron_scale: the simulated mouse has
+  ``round(scale * PAPER_COUNTS)`` neurons per area. n_images, n_test_images, n_repeats: the
+  simulated image set. sim_n_features, sim_rf_sigma: planted readouts (see
+  ``jaxmouse.data.SimulationConfig``). weights_seed: random VGG16 when no weights are given.
+  n_clusters, n_central: k-means per group. seed: simulation, image split, clustering.
+  """
+
+  name: str
+  layers: tuple[str, ...]
+  neurn_k: int | None = DEFAULT_K
+  image_shape: tuple[int, int] = (36, 64)
+  map_shape: tuple[int, int] = (18, 32)
+  neuron_scale: float = 0.25
+  n_images: int = 400
+  n_test_images: int = 40
+  n_repeats: int = 5
+  sim_n_features: int = 8
+  sim_rf_sigma: float | None = None
+  weights_seed: int = 0
+  n_clusters: int = 4
+  n_central: int = 3
+  seed: int = 0
+
+  def __post_init__(self):
+    from jaxmouse.models import vgg
+
+    object.__setattr__(self, "layers", vgg.check_layers("vgg16", self.layers))
+    object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
+    object.__setattr__(self, "map_shape", tuple(int(s) for s in self.map_shape))
+    if self.neurn_k is not None and (self.neurn_k < 1 or self.neurn_k % 2 == 0):
+      raise ValueError(f"MiceConfig.neurn_k must be odd and positive or None, got {self.neurn_k}")
+    if self.neuron_scale <= 0:
+      raise ValueError(f"MiceConfig.neuron_scale must be > 0, got {self.neuron_scale}")
+
+  def simulation(self):
+    """The simulated mouse's ``SimulationConfig``."""
+    from jaxmouse.data import SimulationConfig
+
+    counts = tuple(max(3, int(round(self.neuron_scale * c))) for c in PAPER_COUNTS)
+    extra = {} if self.sim_rf_sigma is None else {"rf_sigma": self.sim_rf_sigma}
+    return SimulationConfig(areas=ALLEN_AREAS, neurons_per_area=counts,
+                            image_shape=self.image_shape, n_images=self.n_images,
+                            n_test_images=self.n_test_images, n_repeats=self.n_repeats,
+                            layers=PLANTED, n_features=self.sim_n_features, seed=self.seed,
+                            weights_seed=self.weights_seed, name=f"simulated-{self.name}", **extra)
+
+
+CONFIGS = {
+    # Simulated mouse, 250 neurons in six areas, 400 images at 36x64, 7 layers: ~1-2 min on 2 cores.
+    "quick": MiceConfig(name="quick", layers=("conv1_2", "conv2_2", "conv3_1", "conv3_3",
+                                              "conv4_1", "conv4_3", "conv5_1")),
+    # The paper's 1,000 neurons, 1,000 images, all 13 conv layers.
+    "full": MiceConfig(name="full", layers=ALL_CONV, neuron_scale=1.0, n_images=1000,
+                       n_test_images=100, n_repeats=10),
+    # For tests: seconds.
+    "tiny": MiceConfig(name="tiny", layers=("conv1_2", "conv2_2"), image_shape=(24, 32),
+                       map_shape=(12, 16), neuron_scale=0.05, n_images=80, n_test_images=8,
+                       n_repeats=3),
+}
+
+
+def get_config(name: str, **changes) -> MiceConfig:
+  if name not in CONFIGS:
+    raise ValueError(f"unknown config {name!r}; available {list(CONFIGS)}")
+  return dataclasses.replace(CONFIGS[name], **changes)
+
+
+def with_random_cre_lines(ds, *, seed: int):
+  """The data set with ``cre_line`` and ``cell_class`` drawn at random (half excitatory)."""
+  rng = np.random.default_rng([seed, 0xC2E])
+  lines = np.array(list(CRE_LINES))
+  cre = lines[rng.integers(len(lines), size=ds.n_neurons)]
+  cls = np.array([CRE_LINES[c] for c in cre])
+  return ds.replace(neuron_meta={**ds.neuron_meta, "cre_line": cre, "cell_class": cls})
+
+
+def prepare(config: MiceConfig, *, data=None, weights=None, log: Callable = print):
+  """``(dataset, weights, planted)``: loaded or simulated data resized to ``image_shape``, weights
+  loaded or drawn, and ``{area: planted layer}`` for the simulated mouse (else ``{}``)."""
+  from jaxmouse import weights as wlib
+
+  w = wlib.load(weights) if weights is not None else wlib.random_init("vgg16", config.weights_seed)
+  if w.arch != "vgg16":
+    raise ValueError(f"mice_to_machines compares VGG16 layers; weights {weights} are {w.arch}")
+  if data is None:
+    from jaxmouse.data import simulate
+
+    sim = config.simulation()
+    log(f"simulating {sim.n_neurons} neurons in {len(sim.areas)} areas, {sim.n_images} images "
+        f"{sim.image_shape[0]}x{sim.image_shape[1]}")
+    ds, _ = simulate(sim, weights=w)
+    ds = with_random_cre_lines(ds, seed=config.seed)
+    planted = {a: l[0] for a, l in zip(sim.areas, sim.layers)}
+  else:
+    from jaxmouse.data import load
+
+    ds = load(data)
+    log(f"loaded {ds!r}")
+    planted = {}
+  return ds.resize(config.image_shape), w, planted
+
+
+def run(config: MiceConfig, *, data=None, weights=None, progress: Callable | None = None,
+        log: Callable = print) -> dict:
+  """Both arms (raw, NeuRN) of the comparison; returns tables (lists of rows) and arrays."""
+  from jaxmouse.features import extract
+
+  t0 = time.perf_counter()
+  ds, w, planted = prepare(config, data=data, weights=weights, log=log)
+  kernel = w.params["conv1_1"]["kernel"]
+  arms = [None] + ([config.neurn_k] if config.neurn_k is not None else [])
+  tables = {"rsa": [], "cka": [], "rmse": [], "neurons": []}
+  last = None
+  for k in arms:
+    cc = compare.CompareConfig(layers=config.layers, map_shape=config.map_shape, neurn_k=k,
+                               n_clusters=config.n_clusters, n_central=config.n_central,
+                               seed=config.seed)
+    label = "none" if k is None else f"k={k}"
+    log(f"comparing {len(config.layers)} layers, NeuRN {label}")
+    out = compare.compare_dataset(ds, lambda im, ls: extract(w, im, layers=ls, batch_size=64),
+                                  cc, kernel=kernel, progress=progress,
+                                  central=last["central"] if last else None)
+    for key in tables:
+      tables[key].extend({"neurn": label, **row} for row in out[key])
+    last = last or out  # neural maps, groups and clusters do not depend on the arm
+  return {"tables": tables, "maps": last["maps"], "groups": last["groups"],
+          "central": last["central"], "planted": planted, "dataset": repr(ds),
+          "n_neurons": ds.n_neurons, "seconds": time.perf_counter() - t0}
+
+
+# ---- outputs -----------------------------------------------------------------------------------
+
+
+def _markdown(df, floatfmt: str = "{:.3f}") -> str:
+  cols = [str(c) for c in df.columns]
+  fmt = lambda v: floatfmt.format(v) if isinstance(v, (float, np.floating)) else str(v)
+  rows = [" | ".join(cols), " | ".join("---" for _ in cols)]
+  rows += [" | ".join(fmt(v) for v in r) for r in df.itertuples(index=False)]
+  return "\n".join(f"| {r} |" for r in rows)
+
+
+def best_layers(tables: dict, planted: dict) -> "pd.DataFrame":
+  """Per arm x kind x group: the most similar layer under each RSA/CKA form, lowest-RMSE layer."""
+  import pandas as pd
+
+  rows = []
+  rmse = pd.DataFrame(tables["rmse"])
+  rmse = rmse[rmse.layer != "kernels"]
+  for (arm, kind, group), _ in rmse.groupby(["neurn", "kind", "group"], sort=False):
+    row = {"neurn": arm, "kind": kind, "group": group}
+    if planted:
+      row["planted"] = planted.get(group, "") if kind == "area" else ""
+    for measure in ("rsa", "cka"):
+      df = pd.DataFrame(tables[measure])
+      for method in ("matched", "layer"):
+        sel = df[(df.neurn == arm) & (df.kind == kind) & (df.group == group) & (df.method == method)]
+        top = sel.loc[sel.value.idxmax()]
+        row[f"{measure}_{method}"] = f"{top.layer} ({top.value:.2f})"
+    for level in ("bottom_up", "top_down"):
+      sel = rmse[(rmse.neurn == arm) & (rmse.kind == kind) & (rmse.group == group)
+                 & (rmse.level == level)]
+      top = sel.loc[sel.rmse.idxmin()]
+      row[f"rmse_{level}"] = f"{top.layer} ({top.rmse:.3f})"
+    rows.append(row)
+  return pd.DataFrame(rows)
+
+
+def neurn_effect(tables: dict) -> "pd.DataFrame":
+  """Per kind x group x level: lowest RMSE over layers without and with NeuRN, and the change."""
+  import pandas as pd
+
+  rmse = pd.DataFrame(tables["rmse"])
+  rmse = rmse[rmse.layer != "kernels"]
+  low = rmse.groupby(["kind", "group", "level", "neurn"], sort=False)["rmse"].min().unstack("neurn")
+  arms = [c for c in low.columns if c != "none"]
+  if not arms:
+    return low.reset_index()
+  low["change"] = low[arms[0]] - low["none"]
+  return low.reset_index()
+
+
+def write_outputs(out: Path, config: MiceConfig, result: dict, *, overwrite: bool = False) -> str:
+  """Tables (CSV), figures (PNG), summary.md and config.json in one atomic folder."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import pandas as pd
+
+  from jaxmouse import _io
+
+  _io.check_output_path(out, overwrite=overwrite)
+  tables = result["tables"]
+  best = best_layers(tables, result["planted"])
+  effect = neurn_effect(tables)
+  with _io.atomic_path(out, is_dir=True) as tmp:
+    for key, rows in tables.items():
+      pd.DataFrame(rows).to_csv(tmp / f"{key}.csv", index=False)
+    for measure in ("rsa", "cka"):
+      _plot_similarity(plt, pd.DataFrame(tables[measure]), measure, tmp / f"{measure}.png")
+    _plot_rmse(plt, pd.DataFrame(tables["rmse"]), tmp / "rmse.png")
+    _plot_representations(plt, result, tmp / "representations.png", seed=config.seed,
+                          n_clusters=config.n_clusters)
+    md = summary_markdown(config, result, best, effect)
+    (tmp / "summary.md").write_text(md)
+    (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+  return md
+
+
+def summary_markdown(config: MiceConfig, result: dict, best, effect) -> str:
+  lines = [f"# Mice to machines: {config.name}", "",
+           f"Data: {result['dataset']}", "",
+           f"Layers: {', '.join(config.layers)}; NeuRN arm: "
+           f"{'none' if config.neurn_k is None else f'k={config.neurn_k}'}; "
+           f"time {result['seconds']:.0f} s.", ""]
+  if result["planted"]:
+    lines += ["Simulated mouse: each area's CNN neurons read one planted layer (column "
+              "`planted`); Cre lines are random labels (a null control).", ""]
+  lines += ["## Most similar layer per group (value in brackets)", "",
+            "`rsa_matched` / `cka_matched`: the group against its matched single units "
+            "(cross-validated); `rsa_layer` / `cka_layer`: against the whole layer; `rmse_*`: the "
+            "layer with the lowest RMSE between normalised representations.", "",
+            _markdown(best), "",
+            "## NeuRN and RMSE (lowest over layers; negative change = NeuRN lowers the RMSE)", "",
+            _markdown(effect), ""]
+  eff = effect[effect.kind == "area"] if "change" in effect else None
+  if eff is not None and len(eff):
+    lowered = int((eff["change"] < 0).sum())
+    lines += [f"NeuRN lowers the best RMSE in {lowered} of {len(eff)} area x level cells.", ""]
+  return "\n".join(lines)
+
+
+def _plot_similarity(plt, df, measure: str, path: Path) -> None:
+  df = df[df.kind == "area"]
+  arms = list(dict.fromkeys(df.neurn))
+  methods = ("matched", "layer")
+  fig, axes = plt.subplots(len(methods), len(arms), figsize=(4.2 * len(arms), 5.2), squeeze=False)
+  for i, method in enumerate(methods):
+    for j, arm in enumerate(arms):
+      sel = df[(df.neurn == arm) & (df.method == method)]
+      table = sel.pivot(index="group", columns="layer", values="value")
+      table = table.loc[list(dict.fromkeys(sel.group)), list(dict.fromkeys(sel.layer))]
+      ax = axes[i, j]
+      im = ax.imshow(table.values, aspect="auto", cmap="viridis")
+      ax.set_xticks(range(table.shape[1]), table.columns, rotation=60, fontsize=7)
+      ax.set_yticks(range(table.shape[0]), table.index, fontsize=8)
+      ax.plot(table.values.argmax(1), range(table.shape[0]), "w*", ms=7)
+      ax.set_title(f"{measure.upper()} {method}, NeuRN {arm}", fontsize=9)
+      fig.colorbar(im, ax=ax, fraction=0.046)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _plot_rmse(plt, df, path: Path) -> None:
+  kinds = list(dict.fromkeys(df.kind))
+  fig, axes = plt.subplots(2, len(kinds), figsize=(4.5 * len(kinds), 6), squeeze=False)
+  for j, kind in enumerate(kinds):
+    for i, level in enumerate(("top_down", "bottom_up")):
+      ax = axes[i, j]
+      sel = df[(df.kind == kind) & (df.level == level) & (df.layer != "kernels")]
+      low = sel.groupby(["group", "neurn"], sort=False)["rmse"].min().unstack("neurn")
+      arms = list(low.columns)
+      width = 0.8 / len(arms)
+      for a, arm in enumerate(arms):
+        ax.bar(np.arange(len(low)) + (a - (len(arms) - 1) / 2) * width, low[arm], width,
+               label=f"NeuRN {arm}")
+      ax.set_xticks(range(len(low)), low.index, rotation=30, fontsize=8)
+      lo = float(np.nanmin(low.values))
+      ax.set_ylim(max(0.0, lo - 0.1), float(np.nanmax(low.values)) + 0.05)
+      ax.set_title(f"lowest RMSE over layers, {level} ({kind})", fontsize=9)
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _plot_representations(plt, result: dict, path: Path, *, seed: int, n_clusters: int) -> None:
+  """Per area: neurons embedded (UMAP or PCA) coloured by k-means cluster; central maps below."""
+  maps, groups, central = result["maps"], result["groups"]["area"], result["central"]["area"]
+  areas = list(groups)
+  n_show = max(len(central[a]) for a in areas) if areas else 1
+  n_show = min(n_show, 6)
+  fig, axes = plt.subplots(1 + n_show, len(areas), figsize=(2.6 * len(areas), 2.2 * (1 + n_show)),
+                           squeeze=False)
+  for j, area in enumerate(areas):
+    idx = groups[area]
+    ax = axes[0, j]
+    if idx.size > 2:
+      emb, method = compare.embed(maps[idx], seed=seed)
+      labels = compare.cluster(emb, n_clusters=n_clusters, seed=seed).labels
+      ax.scatter(emb[:, 0], emb[:, 1], c=labels, s=8, cmap="tab10")
+      pos = np.searchsorted(idx, central[area])
+      ax.scatter(emb[pos, 0], emb[pos, 1], facecolors="none", edgecolors="k", s=30)
+      ax.set_title(f"{area} ({idx.size}, {method})", fontsize=8)
+    else:
+      ax.set_title(f"{area} ({idx.size})", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for i in range(n_show):
+      ax = axes[1 + i, j]
+      ax.axis("off")
+      if i < len(central[area]):
+        m = maps[central[area][i]]
+        v = np.abs(m).max() or 1.0
+        ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v)
+  fig.suptitle("neural representations: embedding + k-means (top), central members (below)",
+               fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

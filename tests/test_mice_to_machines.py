@@ -1,0 +1,59 @@
+"""The mice-to-machines study: configs, outputs, and a smoke run through the CLI."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxmouse.cli import main
+from jaxmouse.studies import mice_to_machines as mm
+
+
+def test_configs_validate_and_simulate_the_paper_proportions():
+  for name in mm.CONFIGS:
+    config = mm.get_config(name)
+    sim = config.simulation()
+    assert sim.areas == mm.ALLEN_AREAS
+    assert [l[0] for l in sim.layers] == list(mm.PLANTED)
+  full = mm.get_config("full").simulation()
+  assert full.neurons_per_area == mm.PAPER_COUNTS and full.n_neurons == 1000
+  assert mm.get_config("full").layers == mm.ALL_CONV
+  with pytest.raises(ValueError, match="unknown layer"):
+    mm.get_config("quick", layers=("conv9_9",))
+  with pytest.raises(ValueError, match="neurn_k"):
+    mm.get_config("quick", neurn_k=2)
+
+
+def test_random_cre_lines_are_a_balanced_null_control():
+  from jaxmouse.data import NeuralDataset
+
+  n = 400
+  ds = NeuralDataset(images=np.zeros((3, 4, 4)), responses=np.zeros((3, n)),
+                     trial_image=np.arange(3), tiers=["train"] * 3, unit_ids=np.arange(n),
+                     areas=["VISp"] * n)
+  out = mm.with_random_cre_lines(ds, seed=0)
+  assert set(out.neuron_meta["cre_line"]) == set(mm.CRE_LINES)
+  frac = np.mean(out.neuron_meta["cell_class"] == "excitatory")
+  assert 0.4 < frac < 0.6
+
+
+@pytest.mark.slow
+def test_cli_smoke_run_writes_tables_figures_and_summary(tmp_path, capsys):
+  out = tmp_path / "mice"
+  assert main(["compare", "mice", "--config", "tiny", "--out", str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert "Most similar layer per group" in printed and "planted" in printed
+  for f in ("rsa.csv", "cka.csv", "rmse.csv", "neurons.csv", "rsa.png", "cka.png", "rmse.png",
+            "representations.png", "summary.md", "config.json"):
+    assert (out / f).stat().st_size > 0, f
+  cka = pd.read_csv(out / "cka.csv")
+  assert set(cka.neurn) == {"none", "k=3"} and set(cka.method) == {"layer", "matched"}
+  assert set(cka.kind) == {"area", "cre_line", "cell_class"}
+  assert set(cka[cka.kind == "area"].group) == set(mm.ALLEN_AREAS)
+  assert cka.value.between(-1e-6, 1 + 1e-6).all()
+  rmse = pd.read_csv(out / "rmse.csv")
+  kernels = rmse[rmse.layer == "kernels"].pivot_table(index=["kind", "group", "level"],
+                                                      columns="neurn", values="rmse")
+  # First-layer kernels do not see the input, so NeuRN cannot change their RMSE.
+  np.testing.assert_allclose(kernels["none"], kernels["k=3"])
+  assert main(["compare", "mice", "--config", "tiny", "--out", str(out)]) == 1  # exists
+  assert main(["compare", "--config", "tiny", "--domains", "a", "--out", str(out)]) == 1
