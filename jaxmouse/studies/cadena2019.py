@@ -87,9 +87,12 @@ class StudyConfig:
       if extra:
         raise ValueError(f"StudyConfig.readout_layers[{readout!r}] has layers {extra} that are "
                          f"not in layers {self.layers}")
-    if len(self.image_shape) != 2 or min(self.image_shape) < 32:
-      raise ValueError(f"StudyConfig.image_shape must be (H, W) with both >= 32 (VGG16's five "
-                       f"poolings), got {self.image_shape}")
+    if len(self.image_shape) != 2:
+      raise ValueError(f"StudyConfig.image_shape must be (H, W), got {self.image_shape}")
+    for layer in self.layers:
+      if min(vgg.output_shape("vgg16", layer, *self.image_shape)[:2]) < 1:
+        raise ValueError(f"StudyConfig: images of {self.image_shape} are too small for layer "
+                         f"{layer} (VGG16 halves them at every pooling)")
     if not self.random_seeds and self.trained is None:
       raise ValueError("StudyConfig: neither trained weights nor random seeds")
 
@@ -177,7 +180,7 @@ def prepare_weights(config: StudyConfig, out: Path, log: Callable[[str], None]) 
 
 
 def prepare_data(config: StudyConfig, out: Path, data, trained: Path | None,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], progress: bool = True):
   """The data set: loaded from ``data``, or the simulated mouse planted on the trained weights."""
   from jaxmouse import data as dlib
   from jaxmouse import weights as wlib
@@ -190,7 +193,7 @@ def prepare_data(config: StudyConfig, out: Path, data, trained: Path | None,
       log(f"simulating a mouse: {sim.n_neurons} neurons in {', '.join(sim.areas)}, "
           f"{sim.n_images} images ...")
       plant = wlib.load(trained) if trained is not None else None
-      ds, truth = dlib.simulate(sim, weights=plant, progress=True)
+      ds, truth = dlib.simulate(sim, weights=plant, progress=progress)
       path.parent.mkdir(parents=True, exist_ok=True)
       dlib.save(ds, path, format="npz")
       simulation.save_truth(truth, simulation.truth_path(path))
@@ -201,8 +204,8 @@ def prepare_data(config: StudyConfig, out: Path, data, trained: Path | None,
   return ds
 
 
-def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str], None] = print
-        ) -> Path:
+def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str], None] = print,
+        progress: bool = True) -> Path:
   """Runs (or resumes) the study into ``out``; returns the path of the report's summary.md."""
   import pandas as pd
 
@@ -214,7 +217,7 @@ def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str],
   _check_run_folder(out, config, data)
   folders = prepare_weights(config, out, log)
   trained = next((p for label, p in folders.items() if not label.startswith("random")), None)
-  ds = prepare_data(config, out, data, trained, log)
+  ds = prepare_data(config, out, data, trained, log, progress)
   log(f"data set {ds.name!r}: {ds.n_neurons} neurons "
       f"({', '.join(f'{a} {n}' for a, n in ds.neurons_per_area().items())}), "
       f"{ds.n_images} images, {ds.n_trials} trials")
@@ -229,7 +232,7 @@ def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str],
     log(f"sweep {readout}: {len(folders)} weights x {len(layers)} layers"
         f"{' + energy model' if config.energy else ''} x {len(ds.area_names)} areas ...")
     tables.append(sweeps.run_sweep(ds, sweep, out / "sweeps" / readout,
-                                   feature_cache=out / "features", progress=True))
+                                   feature_cache=out / "features", progress=progress))
   sweeps.write_results(out, pd.concat(tables, ignore_index=True))
   areas = list(config.areas or ds.area_names)
   ranks = dict(config.area_ranks)
