@@ -214,3 +214,26 @@ def test_bad_input_is_named(planted):
     fitlib.fit(feats[..., 0], train=train, validation=val)
   with pytest.raises(ValueError, match="batch_size"):
     fitlib.FitConfig(batch_size=0)
+
+
+def test_benchmark_runs_and_its_reference_computes_the_same_loss(capsys):
+  import argparse
+
+  from jaxmouse.benchmarks import fit as bench
+
+  parser = argparse.ArgumentParser()
+  bench.add_arguments(parser)
+  args = parser.parse_args(["--images", "120", "--size", "5", "--channels", "6", "--neurons", "7",
+                            "--configs", "3", "--steps", "2", "--batch-size", "16",
+                            "--torch-configs", "0", "--ridge-images", "60",
+                            "--ridge-features", "20", "--ridge-neurons", "3",
+                            "--ridge-alphas", "3", "--peak-size", "256"])
+  out = bench.run(args)
+  printed = capsys.readouterr().out
+  assert "speed-up" in printed and "scikit-learn" in printed
+  assert out["ridge_err"] < 1e-3
+  assert out["torch"] > 0 and out["jax"] > 0 and 0 < out["peak"]
+  # The reference is the same model: its first loss equals jaxmouse's on the same batch.
+  assert "same loss: rel. diff" in printed
+  gap = float(printed.split("same loss: rel. diff ")[1].split()[0])
+  assert gap < 1e-5

@@ -1,0 +1,292 @@
+"""``jaxmouse bench fit``: the readout engine against the way PyTorch users fit a grid.
+
+Problem: random non-negative features ``(n, s, s, c)``, ``k`` neurons drawn from a planted
+factorized readout with Poisson noise, a grid of ``g`` penalty settings (L1 on the feature
+weights x Laplacian smoothness of the mask), ``steps`` Adam steps of batch ``b``.
+
+- jaxmouse: ``fit.fit`` trains all ``g x k`` (config, neuron) pairs in one jitted program
+  (timed warm, i.e. after a first call compiled it; the compile time is printed separately;
+  the time includes placing the data on the device and two validation passes).
+- reference: the same factorized readout written as neuralpredictors' ``FullFactorized2d``
+  (normalized mask, ``einsum("ncwh,owh->nco")`` then ``einsum("nco,oc->no")``), the same loss,
+  penalties, Adam and batches, trained one config after another as a grid search does there.
+  ``--torch-configs M`` times only M configs and scales by g / M (printed as such).
+- FLOP/s: the step's matmul FLOPs (forward ``2 b h w c g k``, mask gradient the same again)
+  per second of jaxmouse time, against the peak of a large ``jnp.dot`` measured in the same run
+  (before and after; the higher one).
+
+Defaults are the issue's layer (16x16x256) and grid (16 configs) with fewer images, neurons
+and steps, so that the whole benchmark runs in about two minutes on two CPU cores; ``--full``
+runs the issue's size.
+- ridge: ``readouts.ridge`` (one eigendecomposition, every penalty and neuron) against
+  scikit-learn ``Ridge`` fitted once per penalty, predicting held-out images for every penalty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+FULL = dict(images=5000, size=16, channels=256, neurons=2000, configs=16)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--images", type=int, default=1000, help="images (training + validation)")
+  parser.add_argument("--size", type=int, default=16, help="feature map height = width")
+  parser.add_argument("--channels", type=int, default=256)
+  parser.add_argument("--neurons", type=int, default=200)
+  parser.add_argument("--configs", type=int, default=16, help="penalty settings in the grid")
+  parser.add_argument("--steps", type=int, default=20, help="Adam steps (both sides)")
+  parser.add_argument("--batch-size", type=int, default=64)
+  parser.add_argument("--full", action="store_true",
+                      help="the issue's size: 5000 images, 16x16x256, 2000 neurons, 16 configs "
+                      "(needs tens of GB and, on a CPU, hours)")
+  parser.add_argument("--torch-configs", type=int, default=4,
+                      help="time this many configs of the reference and scale up to the grid "
+                      "(0: all)")
+  parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+  parser.add_argument("--ridge-images", type=int, default=2000)
+  parser.add_argument("--ridge-features", type=int, default=4096, help="h*w*c of the ridge layer")
+  parser.add_argument("--ridge-neurons", type=int, default=500)
+  parser.add_argument("--ridge-alphas", type=int, default=8)
+  parser.add_argument("--no-ridge", action="store_true")
+  parser.add_argument("--memory-mb", type=float, default=fitlib_default_memory(),
+                      help="bound on the step's largest intermediate (smaller: micro-batches)")
+  parser.add_argument("--peak-size", type=int, default=2048, help="n of the n^3 peak matmul")
+  parser.add_argument("--seed", type=int, default=0)
+
+
+def fitlib_default_memory() -> float:
+  from jaxmouse.fit import FitConfig
+
+  return FitConfig().memory_mb
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of the best of ``repeats`` ``(n, n) x (n, n)`` float32 ``jnp.dot`` calls."""
+  import jax
+  import jax.numpy as jnp
+
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  b = jax.random.normal(jax.random.key(1), (n, n))
+  dot = jax.jit(jnp.dot)
+  dot(a, b).block_until_ready()
+  best = np.inf
+  for _ in range(repeats):
+    t = time.perf_counter()
+    dot(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n**3 / best
+
+
+def problem(*, images, size, channels, neurons, configs, seed=0):
+  """Features, train/validation trials and the penalty grid of the benchmark."""
+  from jaxmouse import fit as fitlib
+  from jaxmouse import readouts
+
+  rng = np.random.default_rng(seed)
+  feats = np.maximum(rng.standard_normal((images, size, size, channels), np.float32), 0)
+  mask = rng.random((neurons, size, size)).astype(np.float32) ** 4
+  weights = (rng.standard_normal((neurons, channels)) * (rng.random((neurons, channels)) < 0.2))
+  drive = np.einsum("nhwc,khw,kc->nk", feats, mask, weights.astype(np.float32))  # (n, k)
+  drive = (drive - drive.mean(0)) / (drive.std(0) + 1e-6)
+  rate = np.asarray(fitlib.output_fn("elu")(drive + 2.0))
+  resp = rng.poisson(rate).astype(np.float32)
+  n_train = int(0.9 * images)
+  train = fitlib.Trials(np.arange(n_train), resp[:n_train])
+  val = fitlib.Trials(np.arange(n_train, images), resp[n_train:])
+  side = int(np.ceil(np.sqrt(configs)))
+  grid = readouts.make_grid(l1=np.logspace(-4, -1, side), smooth=np.logspace(-3, 0, side))
+  grid = {k: v[:configs] for k, v in grid.items()}
+  return feats, train, val, grid
+
+
+def step_flops(*, batch, size, channels, neurons, configs) -> float:
+  """Matmul FLOPs of one step: the forward contraction and the mask gradient."""
+  return 2 * 2.0 * batch * size * size * channels * neurons * configs
+
+
+def bench_jax(feats, train, val, grid, *, steps, batch, seed=0, memory_mb=None) -> dict:
+  from jaxmouse import fit as fitlib
+
+  extra = {} if memory_mb is None else {"memory_mb": memory_mb}
+  cfg = fitlib.FitConfig(max_steps=steps, eval_every=steps, batch_size=batch, patience=10**6,
+                         seed=seed, **extra)
+  prepared = fitlib.prepare_features(feats, train_images=train.image)
+  t = time.perf_counter()
+  fitlib.fit(prepared, train=train, validation=val, readout="factorized", grid=grid, config=cfg,
+             prepared=True)
+  first = time.perf_counter() - t
+  t = time.perf_counter()
+  res = fitlib.fit(prepared, train=train, validation=val, readout="factorized", grid=grid,
+                   config=cfg, prepared=True)
+  warm = time.perf_counter() - t
+  return {"seconds": warm, "compile": max(first - warm, 0.0), "val_corr": float(
+      np.nanmean(res.val_corr)), "prepared": prepared}
+
+
+def torch_reference(prepared, train, grid, *, steps, batch, configs=None, seed=0,
+                    check_loss=True) -> dict:
+  """neuralpredictors-style training of the same readout, one config after another."""
+  import torch
+
+  from jaxmouse import fit as fitlib
+  from jaxmouse.readouts import factorized
+
+  torch.manual_seed(seed)
+  n, h, w, c = prepared.shape
+  k = train.responses.shape[1]
+  x_all = torch.from_numpy(np.ascontiguousarray(prepared.transpose(0, 3, 1, 2)))  # NCHW
+  y_all = torch.from_numpy(np.asarray(train.responses))
+  image = torch.from_numpy(np.asarray(train.image))
+  bias0 = fitlib.initial_bias(train.responses.mean(0), "elu")
+  import jax
+
+  init = factorized.init(jax.random.fold_in(jax.random.key(seed), 0), n_configs=1, n_neurons=k,
+                         feature_shape=(h, w, c), bias=bias0)
+  lap = torch.tensor([[0., -1, 0], [-1, 4, -1], [0, -1, 0]]).reshape(1, 1, 3, 3)
+  order = fitlib.batch_order(len(train.image), batch, steps, seed=seed)
+  g = len(next(iter(grid.values())))
+  run_configs = range(g if configs is None else min(configs, g))
+
+  def train(i, n_steps):
+    """``n_steps`` Adam steps of config ``i``; returns the first step's loss and batch."""
+    spatial = torch.nn.Parameter(torch.tensor(np.asarray(init["spatial"][0])))  # (k, h, w)
+    feats = torch.nn.Parameter(torch.tensor(np.asarray(init["features"][0])))  # (k, c)
+    bias = torch.nn.Parameter(torch.tensor(np.asarray(init["bias"][0])))
+    opt = torch.optim.Adam([spatial, feats, bias], lr=fitlib.FitConfig().lr)
+    l1, smooth = float(grid["l1"][i]), float(grid["smooth"][i])
+    first = None
+    for s in range(n_steps):
+      idx = torch.from_numpy(order[s])
+      x, y = x_all[image[idx]], y_all[idx]
+      norm = spatial.pow(2).sum(dim=(1, 2), keepdim=True).sqrt() + 1e-6
+      m = spatial / norm
+      z = torch.einsum("ncwh,owh->nco", x, m)
+      z = torch.einsum("nco,oc->no", z, feats) + bias
+      rate = torch.nn.functional.elu(z - 1) + 1
+      poisson = (rate - y * torch.log(rate + 1e-9)).mean(0).sum()
+      pen = l1 * feats.abs().sum() + smooth * torch.nn.functional.conv2d(
+          m[:, None], lap, padding=1).pow(2).sum()
+      loss = poisson + pen
+      if first is None:
+        first = (float(loss.detach()), x.numpy(), y.numpy())
+      opt.zero_grad()
+      loss.backward()
+      opt.step()
+    return first
+
+  first = train(run_configs[0], 1)  # warms torch up; not timed
+  t = time.perf_counter()
+  for i in run_configs:
+    train(i, steps)
+  seconds = time.perf_counter() - t
+  out = {"seconds": seconds * g / len(run_configs), "measured_configs": len(run_configs)}
+  if check_loss:  # the same loss on the same batch from the same parameters
+    import jax.numpy as jnp
+
+    ref, x, y = first
+    reg = {name: jnp.asarray(v[run_configs[0]:run_configs[0] + 1])
+           for name, v in fitlib.readouts_lib.check_grid(grid, factorized.PENALTIES,
+                                                         readout="factorized").items()}
+    ours = float(jnp.sum(fitlib.loss_per_pair(init, jnp.asarray(x.transpose(0, 2, 3, 1)),
+                                              jnp.asarray(y), reg, readout="factorized",
+                                              output="elu")))
+    out["loss_rel_diff"] = abs(ours - ref) / abs(ref)
+  return out
+
+
+def bench_ridge(*, images, features, neurons, alphas, seed=0) -> dict:
+  from sklearn.linear_model import Ridge
+
+  from jaxmouse.readouts import ridge
+
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((images, features)).astype(np.float32)
+  y = (x @ (rng.standard_normal((features, neurons)).astype(np.float32) / np.sqrt(features))
+       + rng.standard_normal((images, neurons)).astype(np.float32))
+  n_train = int(0.8 * images)
+  grid = np.logspace(-1, 5, alphas) * images
+  ours = np.inf
+  for _ in range(2):  # the first call compiles
+    t = time.perf_counter()
+    pred = ridge.predict(ridge.solve(x[:n_train], y[:n_train]), x[n_train:], grid)
+    ours = min(ours, time.perf_counter() - t)
+  t = time.perf_counter()
+  ref = np.stack([Ridge(alpha=a).fit(x[:n_train], y[:n_train]).predict(x[n_train:])
+                  for a in grid])
+  theirs = time.perf_counter() - t
+  err = float(np.max(np.abs(pred - ref)) / np.max(np.abs(ref)))
+  return {"seconds": ours, "sklearn": theirs, "max_rel_err": err}
+
+
+def run(args) -> dict:
+  import jax
+
+  sizes = FULL if args.full else dict(images=args.images, size=args.size,
+                                      channels=args.channels, neurons=args.neurons,
+                                      configs=args.configs)
+  device = jax.devices()[0]
+  print(f"device: {device.platform} {device.device_kind} x{len(jax.devices())}; "
+        f"jax {jax.__version__}")
+  print(f"problem: {sizes['images']} images, features {sizes['size']}x{sizes['size']}x"
+        f"{sizes['channels']}, {sizes['neurons']} neurons, {sizes['configs']} penalty configs, "
+        f"{args.steps} steps of batch {args.batch_size}")
+  peak = matmul_peak(args.peak_size)
+  feats, train, val, grid = problem(seed=args.seed, **sizes)
+  flops = step_flops(batch=args.batch_size, size=sizes["size"], channels=sizes["channels"],
+                     neurons=sizes["neurons"], configs=sizes["configs"]) * args.steps
+  ours = bench_jax(feats, train, val, grid, steps=args.steps, batch=args.batch_size,
+                   seed=args.seed, memory_mb=args.memory_mb)
+  # The peak is the best of a measurement before and one after, so that a busy machine makes
+  # the fraction smaller, never larger.
+  peak = max(peak, matmul_peak(args.peak_size))
+  rows = [(f"matmul peak ({args.peak_size}^3 jnp.dot, best of 10)", "", f"{peak / 1e9:.1f} GFLOP/s",
+           "")]
+  rows.append(("jaxmouse fit, all configs in one program", f"{ours['seconds']:.2f} s",
+               f"{flops / ours['seconds'] / 1e9:.1f} GFLOP/s",
+               f"{flops / ours['seconds'] / peak:.0%} of peak"))
+  rows.append(("  (first call: compile)", f"{ours['compile']:.2f} s", "", ""))
+  result = {"peak": peak, "jax": ours["seconds"], "compile": ours["compile"],
+            "flops_fraction": flops / ours["seconds"] / peak}
+  if not args.no_torch:
+    try:
+      import torch
+    except ImportError:
+      print("torch is not installed: no reference column (pip install torch)")
+    else:
+      ref = torch_reference(ours["prepared"], train, grid, steps=args.steps,
+                            batch=args.batch_size, configs=args.torch_configs or None,
+                            seed=args.seed)
+      note = "" if ref["measured_configs"] == sizes["configs"] else \
+          f" ({ref['measured_configs']} configs timed, x{sizes['configs'] / ref['measured_configs']:g})"
+      rows.append((f"PyTorch {torch.__version__} reference, config after config{note}",
+                   f"{ref['seconds']:.2f} s", f"{flops / ref['seconds'] / 1e9:.1f} GFLOP/s", ""))
+      rows.append(("speed-up (reference / jaxmouse)", f"{ref['seconds'] / ours['seconds']:.1f}x",
+                   "", f"same loss: rel. diff {ref['loss_rel_diff']:.1e}"))
+      result.update(torch=ref["seconds"], ratio=ref["seconds"] / ours["seconds"])
+  if not args.no_ridge:
+    r = bench_ridge(images=args.ridge_images, features=args.ridge_features,
+                    neurons=args.ridge_neurons, alphas=args.ridge_alphas, seed=args.seed)
+    label = (f"ridge {args.ridge_images} images x {args.ridge_features} features x "
+             f"{args.ridge_neurons} neurons, {args.ridge_alphas} penalties")
+    rows.append((label + ": jaxmouse", f"{r['seconds']:.2f} s", "", ""))
+    rows.append(("  scikit-learn Ridge, one fit per penalty", f"{r['sklearn']:.2f} s",
+                 f"{r['sklearn'] / r['seconds']:.1f}x slower", f"max rel. diff {r['max_rel_err']:.1e}"))
+    result.update(ridge=r["seconds"], sklearn=r["sklearn"], ridge_err=r["max_rel_err"])
+  width = max(len(r[0]) for r in rows)
+  for name, t, rate, note in rows:
+    print(f"{name:<{width}}  {t:>9}  {rate:>16}  {note}")
+  return result
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_arguments(parser)
+  run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,53 @@
+"""``jaxmouse bench fit|features``: benchmarks that print a table of measured figures."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+EXAMPLES = """examples:
+  jaxmouse bench fit                       # ~2 min on 2 CPU cores: 16x16x256 layer, 16 configs
+  jaxmouse bench fit --neurons 2000 --steps 50 --torch-configs 1
+  jaxmouse bench fit --full                # the issue's size: 5000 images, 2000 neurons
+  jaxmouse bench features --sizes 64x64,128x128
+"""
+
+BENCHES = {
+    "fit": ("jaxmouse.benchmarks.fit",
+            "readout fitting: all configs in one program vs PyTorch config after config; "
+            "FLOP/s vs matmul peak; ridge vs scikit-learn"),
+    "features": ("jaxmouse.benchmarks.features",
+                 "VGG16 feature extraction images/s vs a PyTorch forward"),
+}
+
+
+def register(sub, *, name: str, help: str) -> None:
+  p = sub.add_parser(name, help=help, epilog=EXAMPLES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Benchmarks that print measured figures (nothing is asserted).")
+  benches = p.add_subparsers(dest="bench", metavar="BENCH")
+  for bench, (module, summary) in BENCHES.items():
+    b = benches.add_parser(bench, help=summary, description=summary,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    try:
+      mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      if e.name != module:
+        raise
+      b.set_defaults(func=_missing(module))
+      continue
+    mod.add_arguments(b)
+    b.set_defaults(func=_runner(module))
+  p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _runner(module: str):
+  def run(args):
+    importlib.import_module(module).run(args)
+  return run
+
+
+def _missing(module: str):
+  def run(args):
+    raise ValueError(f"benchmark module {module} is not part of this build")
+  return run
