@@ -9,10 +9,10 @@ over NeuRN's k that chose ``jaxmouse.models.neurn.DEFAULT_K``. The configs and t
   jaxmouse compare digits --config quick --out runs/neurn_digits
       the offline default: scikit-learn's handwritten digits (source) and four shifted domains
       made from them (MNIST-M recipe with scikit-image photographs, inverted colour/contrast,
-      blur + noise, clutter), 32x32, both networks, 3 seeds, 10 epochs, k sweep 3/5/7/9;
+      blur + noise, clutter), 32x32, both networks, 3 seeds, 10 epochs, k sweep 3/5/7/9/11;
       under 10 minutes on 2 CPU cores.
   jaxmouse compare digits --config full --out runs/neurn_digits_full
-      every domain as the source, 5 seeds, 30 epochs, k sweep 1..11.
+      every domain as the source, 5 seeds, 30 epochs, k sweep 3..15.
   jaxmouse compare digits --config quick --data-dir DIGITS --domains mnist,mnist_m,svhn,usps \\
       --source mnist --out runs/neurn_real
       the papers' domains from local files (DIGITS/mnist.npz, ... with x_train, y_train, x_test,

@@ -57,6 +57,16 @@ import numpy as np
 # ---- neural representations ------------------------------------------------------------------
 
 
+def _sum_by_image(responses: np.ndarray, trial_image: np.ndarray,
+                  n_images: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per-image sums of responses (n_images, n) float64 and trial counts (n_images,)."""
+  from scipy import sparse
+
+  t = trial_image.size
+  onehot = sparse.csr_matrix((np.ones(t), (trial_image, np.arange(t))), shape=(n_images, t))
+  return onehot @ np.asarray(responses, np.float64), np.bincount(trial_image, minlength=n_images)
+
+
 def image_average(responses: np.ndarray, trial_image: np.ndarray, n_images: int) -> np.ndarray:
   """Mean response per image over its trials.
 
@@ -73,11 +83,9 @@ def image_average(responses: np.ndarray, trial_image: np.ndarray, n_images: int)
   if responses.ndim != 2 or trial_image.shape != responses.shape[:1]:
     raise ValueError(f"image_average: expected responses (n_trials, n_neurons) and trial_image "
                      f"(n_trials,), got {responses.shape} and {trial_image.shape}")
-  sums = np.zeros((n_images, responses.shape[1]), np.float64)
-  np.add.at(sums, trial_image, responses)
-  counts = np.bincount(trial_image, minlength=n_images)[:, None]
+  sums, counts = _sum_by_image(responses, trial_image, n_images)
   with np.errstate(invalid="ignore", divide="ignore"):
-    return (sums / counts).astype(np.float32)
+    return (sums / counts[:, None]).astype(np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("center",))
@@ -141,9 +149,7 @@ def neural_representations(responses: np.ndarray, trial_image: np.ndarray, image
     raise ValueError(f"neural_representations: expected responses (n_trials, n_neurons) and "
                      f"trial_image (n_trials,), got {responses.shape} and {trial_image.shape}")
   # sum_t r_t s_{i(t)} = sum_i (sum_{t: i(t)=i} r_t) s_i: aggregate trials per image first.
-  counts = np.bincount(trial_image, minlength=n_images).astype(np.float64)
-  sums = np.zeros((n_images, responses.shape[1]), np.float64)
-  np.add.at(sums, trial_image, responses)
+  sums, counts = _sum_by_image(responses, trial_image, n_images)
   used = counts > 0
   counts, sums, stim = counts[used], sums[used], small[used].reshape(-1, h * w)
   n_trials = responses.shape[0]

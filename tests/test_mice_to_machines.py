@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from jaxmouse.cli import main
+from jaxmouse.models.neurn import DEFAULT_K
 from jaxmouse.studies import mice_to_machines as mm
 
 
@@ -46,7 +47,7 @@ def test_cli_smoke_run_writes_tables_figures_and_summary(tmp_path, capsys):
             "representations.png", "summary.md", "config.json"):
     assert (out / f).stat().st_size > 0, f
   cka = pd.read_csv(out / "cka.csv")
-  assert set(cka.neurn) == {"none", "k=3"} and set(cka.method) == {"layer", "matched"}
+  assert set(cka.neurn) == {"none", f"k={DEFAULT_K}"} and set(cka.method) == {"layer", "matched"}
   assert set(cka.kind) == {"area", "cre_line", "cell_class"}
   assert set(cka[cka.kind == "area"].group) == set(mm.ALLEN_AREAS)
   assert cka.value.between(-1e-6, 1 + 1e-6).all()
@@ -54,6 +55,6 @@ def test_cli_smoke_run_writes_tables_figures_and_summary(tmp_path, capsys):
   kernels = rmse[rmse.layer == "kernels"].pivot_table(index=["kind", "group", "level"],
                                                       columns="neurn", values="rmse")
   # First-layer kernels do not see the input, so NeuRN cannot change their RMSE.
-  np.testing.assert_allclose(kernels["none"], kernels["k=3"])
+  np.testing.assert_allclose(kernels["none"], kernels[f"k={DEFAULT_K}"])
   assert main(["compare", "mice", "--config", "tiny", "--out", str(out)]) == 1  # exists
   assert main(["compare", "--config", "tiny", "--domains", "a", "--out", str(out)]) == 1

@@ -12,12 +12,16 @@ from jaxmouse.models.neurn import neurn
 from jaxmouse.studies import neurn_digits as nd
 
 SMOKE = dict(size=16, domains=("digits", "inverted", "clutter"), sources=("digits",),
-             models=("cnn",), seeds=(0,), sweep_ks=(3,), sweep_seeds=(0,), epochs=1, max_train=64)
+             models=("cnn",), neurn_k=3, seeds=(0,), sweep_ks=(3,), sweep_seeds=(0,), epochs=1,
+             max_train=64)
 
 
 def test_models_with_and_without_neurn_share_weights_and_differ_by_neurn():
   x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
-  forward = nnx.jit(lambda m, a: m(a))
+  def forward(model, a):
+    graphdef, params = nnx.split(model)
+    return jax.jit(lambda p, b: nnx.merge(graphdef, p)(b))(params, a)
+
   for name in nd.MODELS:
     plain = nd.build_model(name, size=16, neurn_k=None, seed=3)
     front = nd.build_model(name, size=16, neurn_k=5, seed=3)
@@ -82,8 +86,9 @@ def test_config_validates():
 def test_cli_runs_digits(tmp_path, capsys):
   out = tmp_path / "run"
   code = main(["compare", "digits", "--config", "tiny", "--domains", "digits,inverted",
-               "--seeds", "1", "--epochs", "1", "--out", str(out)])
+               "--seeds", "1", "--epochs", "1", "--neurn-k", "5", "--out", str(out)])
   assert code == 0
-  assert "| model | source | neurn | digits | inverted |" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert "| model | source | neurn | digits | inverted |" in printed and "| k=5 |" in printed
   assert (out / "table.md").exists()
   assert main(["compare", "digits", "--config", "tiny", "--data", "x", "--out", str(out)]) == 1

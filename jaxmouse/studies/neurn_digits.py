@@ -194,7 +194,7 @@ class Config:
   models: tuple[str, ...] = ("cnn", "vgg")
   neurn_k: int = DEFAULT_K
   seeds: tuple[int, ...] = (0, 1, 2)
-  sweep_ks: tuple[int, ...] = (3, 5, 7, 9)
+  sweep_ks: tuple[int, ...] = (3, 5, 7, 9, 11)
   sweep_model: str = "cnn"
   sweep_seeds: tuple[int, ...] = (0, 1, 2)
   epochs: int = 10
@@ -225,10 +225,10 @@ CONFIGS = {
     "quick": Config(),
     # Every domain as the source, more epochs and seeds, a wider k sweep.
     "full": Config(sources=digits.SYNTHETIC, seeds=(0, 1, 2, 3, 4), epochs=30,
-                   sweep_ks=(1, 3, 5, 7, 9, 11), sweep_seeds=(0, 1, 2, 3, 4)),
+                   sweep_ks=(3, 5, 7, 9, 11, 13, 15), sweep_seeds=(0, 1, 2, 3, 4)),
     # For tests: seconds.
-    "tiny": Config(size=16, models=("cnn", "vgg"), seeds=(0, 1), sweep_ks=(3, 5), sweep_seeds=(0,),
-                   epochs=1, max_train=128),
+    "tiny": Config(size=16, models=("cnn", "vgg"), neurn_k=3, seeds=(0, 1), sweep_ks=(3, 5),
+                   sweep_seeds=(0,), epochs=1, max_train=128),
 }
 
 
