@@ -18,6 +18,8 @@ BENCHES = {
             "FLOP/s vs matmul peak; ridge vs scikit-learn"),
     "features": ("jaxmouse.benchmarks.features",
                  "VGG16 feature extraction images/s vs a PyTorch forward"),
+    "compare": ("jaxmouse.benchmarks.compare",
+                "mice-to-machines table (RMSE, RSA, CKA; areas x layers x neurons) vs a SciPy loop"),
 }
 
 
