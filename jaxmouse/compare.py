@@ -140,7 +140,8 @@ def neural_representations(responses: np.ndarray, trial_image: np.ndarray, image
   """
   images = np.asarray(images, np.float32)
   if images.ndim != 3:
-    raise ValueError(f"neural_representations: expected images (n_images, H, W), got {images.shape}")
+    raise ValueError(f"neural_representations: expected images (n_images, H, W), got "
+                     f"{images.shape}")
   small = resize_images(images, shape) if shape is not None else images
   n_images, h, w = small.shape
   responses = np.asarray(responses, np.float32)
@@ -179,7 +180,8 @@ def kernel_detectors(kernel: np.ndarray, shape: Sequence[int] | None = None) -> 
   """
   kernel = np.asarray(kernel, np.float32)
   if kernel.ndim != 4:
-    raise ValueError(f"kernel_detectors: expected a (kh, kw, c_in, c_out) kernel, got {kernel.shape}")
+    raise ValueError(f"kernel_detectors: expected a (kh, kw, c_in, c_out) kernel, got "
+                     f"{kernel.shape}")
   maps = np.moveaxis(kernel.mean(axis=2), -1, 0)  # (c_out, kh, kw)
   if shape is not None:
     h, w = (int(s) for s in shape)
@@ -303,7 +305,7 @@ def embed(maps: np.ndarray, *, n_components: int = 2, seed: int = 0,
   """
   x = np.asarray(maps, np.float64).reshape(len(maps), -1)
   x = x - x.mean(1, keepdims=True)
-  x = x / np.maximum(x.std(1, keepdims=True), 1e-8)  # as normalize_maps, without a compile per shape
+  x = x / np.maximum(x.std(1, keepdims=True), 1e-8)  # normalize_maps without a compile per shape
   n = x.shape[0]
   if n < 2:
     raise ValueError(f"embed: need at least 2 maps, got shape {np.shape(maps)}")
@@ -350,7 +352,8 @@ class Clusters:
 
 def cluster(embedding: np.ndarray, *, n_clusters: int = 5, n_central: int = 3,
             seed: int = 0) -> Clusters:
-  """k-means (scikit-learn) of (n, d) points, with the ``n_central`` members nearest each centroid."""
+  """k-means (scikit-learn) of (n, d) points, with the ``n_central`` members nearest each
+  centroid."""
   from sklearn.cluster import KMeans
 
   x = np.asarray(embedding, np.float64)
@@ -364,8 +367,8 @@ def cluster(embedding: np.ndarray, *, n_clusters: int = 5, n_central: int = 3,
     d = np.linalg.norm(x[members] - km.cluster_centers_[c], axis=1)
     keep = members[np.argsort(d, kind="stable")[:n_central]]
     central[c, :keep.size] = keep
-  return Clusters(labels=km.labels_.astype(np.int64), centers=km.cluster_centers_.astype(np.float32),
-                  central=central)
+  return Clusters(labels=km.labels_.astype(np.int64),
+                  centers=km.cluster_centers_.astype(np.float32), central=central)
 
 
 def groups_of(labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -648,7 +651,8 @@ class CompareConfig:
     if self.unit_grid < 1 or self.n_clusters < 1 or self.n_central < 1:
       raise ValueError("CompareConfig: unit_grid, n_clusters and n_central must be >= 1")
     if not 0 < self.match_fraction < 1:
-      raise ValueError(f"CompareConfig: match_fraction must be in (0, 1), got {self.match_fraction}")
+      raise ValueError(f"CompareConfig: match_fraction must be in (0, 1), got "
+                       f"{self.match_fraction}")
 
 
 def network_input(images: np.ndarray, neurn_k: int | None) -> np.ndarray:
@@ -661,7 +665,8 @@ def network_input(images: np.ndarray, neurn_k: int | None) -> np.ndarray:
   return 255.0 * np.asarray(out)[..., 0]
 
 
-def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]], Mapping[str, np.ndarray]],
+def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]],
+                                              Mapping[str, np.ndarray]],
                     config: CompareConfig, *, kernel: np.ndarray | None = None,
                     central: Mapping[str, Mapping[str, np.ndarray]] | None = None,
                     progress: Callable | None = None) -> dict:

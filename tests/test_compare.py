@@ -32,7 +32,7 @@ def ref_cka(x, y):
   return np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
 
 
-# ---- RSA and CKA ----------------------------------------------------------------------------------
+# ---- RSA and CKA ------------------------------------------------------------------------------
 
 
 def test_rdm_and_rsa_match_references_on_random_data():
@@ -218,7 +218,8 @@ def test_planted_area_is_most_similar_to_its_layer_under_rsa_and_cka(planted_mou
   for measure in ("rsa", "cka"):
     df = pd.DataFrame(out[measure])
     areas = df[(df.kind == "area") & (df.method == "matched")]
-    table = areas.pivot(index="group", columns="layer", values="value").loc[list("ABCD"), list(PLANTED)]
+    table = areas.pivot(index="group", columns="layer", values="value")
+    table = table.loc[list("ABCD"), list(PLANTED)]
     best = [PLANTED[j] for j in table.values.argmax(1)]
     assert best == list(PLANTED), f"{measure}:\n{table.round(3)}"
     assert set(df.kind) == {"area", "cre_line"} and set(df.method) == {"layer", "matched"}

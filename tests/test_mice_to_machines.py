@@ -58,3 +58,29 @@ def test_cli_smoke_run_writes_tables_figures_and_summary(tmp_path, capsys):
   np.testing.assert_allclose(kernels["none"], kernels[f"k={DEFAULT_K}"])
   assert main(["compare", "mice", "--config", "tiny", "--out", str(out)]) == 1  # exists
   assert main(["compare", "--config", "tiny", "--domains", "a", "--out", str(out)]) == 1
+
+
+def test_allen_nwb_folder_groups_by_area_cre_line_and_class(tmp_path):
+  from jaxmouse.data import allen
+
+  rng = np.random.default_rng(0)
+  n_images, reps, step, window = 30, 3, 9, 7
+  template = rng.integers(0, 256, (n_images, 30, 40), dtype=np.uint8)
+  folder = tmp_path / "allen"
+  for k, (area, cre, n) in enumerate([("VISp", "Cux2-CreERT2/wt;Ai93/wt", 6),
+                                      ("VISal", "Sst-IRES-Cre/wt;Ai148/wt", 5)]):
+    seq = rng.permutation(np.repeat(np.arange(n_images), reps))
+    starts = 30 + np.arange(seq.size) * step
+    dff = rng.normal(0.1, 1.0, (n, starts[-1] + 40)).astype(np.float32)
+    allen.write_nwb(folder / f"{500 + k}.nwb", dff=dff, frames=seq,
+                    frame_duration=np.stack([starts, starts + window], 1),
+                    cell_specimen_ids=1000 * k + np.arange(n), template=template, location=area,
+                    imaging_depth_um=175, genotype=cre, session_id=str(500 + k))
+  config = mm.get_config("tiny", neurn_k=None, n_clusters=2)
+  result = mm.run(config, data=str(folder), log=lambda s: None)
+  assert result["planted"] == {} and result["n_neurons"] == 11
+  cka = pd.DataFrame(result["tables"]["cka"])
+  assert set(zip(cka.kind, cka.group)) >= {
+      ("area", "VISp"), ("area", "VISal"), ("cre_line", "Cux2-CreERT2"),
+      ("cre_line", "Sst-IRES-Cre"), ("cell_class", "excitatory"), ("cell_class", "inhibitory")}
+  assert set(cka.neurn) == {"none"} and np.isfinite(cka.value).all()

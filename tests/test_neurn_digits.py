@@ -50,8 +50,9 @@ def test_training_learns_a_planted_rule_and_accuracy_counts():
 def test_tables_aggregate_over_seeds():
   rows = [{"model": "cnn", "neurn_k": k, "seed": s, "source": "a", "target": t,
            "in_domain": t == "a", "accuracy": acc}
-          for k, t, s, acc in [(0, "a", 0, 0.9), (0, "a", 1, 0.8), (0, "b", 0, 0.2), (0, "b", 1, 0.4),
-                               (3, "a", 0, 0.7), (3, "a", 1, 0.7), (3, "b", 0, 0.5), (3, "b", 1, 0.6)]]
+          for k, t, s, acc in [(0, "a", 0, 0.9), (0, "a", 1, 0.8), (0, "b", 0, 0.2),
+                               (0, "b", 1, 0.4), (3, "a", 0, 0.7), (3, "a", 1, 0.7),
+                               (3, "b", 0, 0.5), (3, "b", 1, 0.6)]]
   table = nd.accuracy_table(rows)
   assert list(table.neurn) == ["none", "k=3"]
   assert table.loc[0, "b"] == f"30.0 ± {100 * np.std([0.2, 0.4], ddof=1):.1f}"

@@ -8,8 +8,8 @@ baseline computes only the whole-layer RSA and CKA table pair by pair with SciPy
 (``pdist(..., "correlation")`` + ``spearmanr``, CKA from centred Gram matrices), the way a loop
 over rsatoolbox-style calls would.
 
-    python -m jaxmouse.benchmarks.compare                      # 118 images, 3000 neurons, 36x64
-    python -m jaxmouse.benchmarks.compare --neurons 6000 --layers 13
+    jaxmouse bench compare                      # 118 images, 3000 neurons, 13 layers at 36x64
+    jaxmouse bench compare --neurons 6000 --no-baseline
 """
 
 from __future__ import annotations

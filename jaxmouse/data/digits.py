@@ -76,7 +76,8 @@ class DigitDomain:
 # ---- the source: scikit-learn digits -------------------------------------------------------------
 
 
-def sklearn_digits(*, size: int = 32, digit_fraction: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+def sklearn_digits(*, size: int = 32,
+                   digit_fraction: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's handwritten digits, upsampled and centred on a black canvas.
 
   Returns:
@@ -86,8 +87,8 @@ def sklearn_digits(*, size: int = 32, digit_fraction: float = 0.75) -> tuple[np.
   from sklearn.datasets import load_digits
 
   if size < 8 or not 0 < digit_fraction <= 1:
-    raise ValueError(f"sklearn_digits: need size >= 8 and 0 < digit_fraction <= 1, got size={size}, "
-                     f"digit_fraction={digit_fraction}")
+    raise ValueError(f"sklearn_digits: need size >= 8 and 0 < digit_fraction <= 1, got "
+                     f"size={size}, digit_fraction={digit_fraction}")
   bunch = load_digits()
   small = bunch.images.astype(np.float32) / 16.0  # (n, 8, 8)
   inner = max(8, int(round(size * digit_fraction)))
@@ -99,7 +100,8 @@ def sklearn_digits(*, size: int = 32, digit_fraction: float = 0.75) -> tuple[np.
   return out, bunch.target.astype(np.int32)
 
 
-def stratified_split(labels: np.ndarray, *, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, *, test_fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
   """Train and test indices with ``test_fraction`` of every class in test (sorted index arrays)."""
   if not 0 < test_fraction < 1:
     raise ValueError(f"stratified_split: test_fraction must be in (0, 1), got {test_fraction}")
@@ -137,7 +139,8 @@ def _rgb(gray: np.ndarray) -> np.ndarray:
   return np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
 
 
-def mnist_m(gray: np.ndarray, rng: np.random.Generator, *, photos: Sequence[np.ndarray]) -> np.ndarray:
+def mnist_m(gray: np.ndarray, rng: np.random.Generator, *,
+            photos: Sequence[np.ndarray]) -> np.ndarray:
   """MNIST-M: ``|photo patch - digit|`` per channel. gray (n, H, W) -> (n, H, W, 3)."""
   n, h, w = gray.shape
   out = np.empty((n, h, w, 3), np.float32)
@@ -196,7 +199,7 @@ def clutter(gray: np.ndarray, rng: np.random.Generator, *, pool: np.ndarray | No
 def make_domains(*, size: int = 32, seed: int = 0, test_fraction: float = 0.4,
                  domains: Sequence[str] = SYNTHETIC, data_dir: str | Path | None = None,
                  progress: Callable | None = None) -> dict[str, DigitDomain]:
-  """Builds the requested domains (synthetic ones from scikit-learn digits, real ones from data_dir).
+  """Builds the requested domains: synthetic ones from scikit-learn digits, real ones from data_dir.
 
   Args:
     size: images are (size, size, 3).
@@ -211,7 +214,8 @@ def make_domains(*, size: int = 32, seed: int = 0, test_fraction: float = 0.4,
   """
   unknown = [d for d in domains if d not in SYNTHETIC + EXTERNAL]
   if unknown:
-    raise ValueError(f"make_domains: unknown domains {unknown}; available {list(SYNTHETIC + EXTERNAL)}")
+    raise ValueError(f"make_domains: unknown domains {unknown}; available "
+                     f"{list(SYNTHETIC + EXTERNAL)}")
   gray, labels = sklearn_digits(size=size)
   train, test = stratified_split(labels, test_fraction=test_fraction, seed=seed)
   photos = photo_bank() if "mnistm" in domains else None
@@ -277,13 +281,14 @@ def load_external(name: str, *, data_dir: str | Path | None, size: int = 32) -> 
     with np.load(npz) as f:
       missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
       if missing:
-        raise ValueError(f"{npz}: missing arrays {missing}; expected x_train, y_train, x_test, y_test")
+        raise ValueError(f"{npz}: missing arrays {missing}; expected x_train, y_train, x_test, "
+                         f"y_test")
       arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
   elif name in _TFDS_NAMES:
     arrays = _load_tfds(_TFDS_NAMES[name], data_dir)
   else:
-    raise FileNotFoundError(f"domain {name!r}: {npz} not found (tensorflow-datasets has no {name!r}; "
-                            f"save it as an .npz with x_train, y_train, x_test, y_test)")
+    raise FileNotFoundError(f"domain {name!r}: {npz} not found (tensorflow-datasets has no "
+                            f"{name!r}; save it as an .npz with x_train, y_train, x_test, y_test)")
   return DigitDomain(name=name, x_train=_standardize(arrays["x_train"], size),
                      y_train=np.asarray(arrays["y_train"]).astype(np.int32).reshape(-1) % 10,
                      x_test=_standardize(arrays["x_test"], size),

@@ -48,7 +48,8 @@ DEFAULT_K = 9
 DEFAULT_EPS = 1e-6
 
 # scipy.ndimage mode name -> jnp.pad mode name (both libraries use the same words differently).
-_PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "constant": "constant"}
+_PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge",
+              "constant": "constant"}
 
 
 def _check(x: jax.Array, k: int, mode: str) -> None:

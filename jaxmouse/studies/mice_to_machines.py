@@ -208,7 +208,8 @@ def best_layers(tables: dict, planted: dict) -> "pd.DataFrame":
     for measure in ("rsa", "cka"):
       df = pd.DataFrame(tables[measure])
       for method in ("matched", "layer"):
-        sel = df[(df.neurn == arm) & (df.kind == kind) & (df.group == group) & (df.method == method)]
+        sel = df[(df.neurn == arm) & (df.kind == kind) & (df.group == group)
+                 & (df.method == method)]
         top = sel.loc[sel.value.idxmax()]
         row[f"{measure}_{method}"] = f"{top.layer} ({top.value:.2f})"
     for level in ("bottom_up", "top_down"):

@@ -66,7 +66,7 @@ class SmallCNN(nnx.Module):
 
 
 class SmallVGG(nnx.Module):
-  """Three VGG blocks (two 3x3 convs + max-pool; w, 2w, 4w channels), global mean pool, dense(10)."""
+  """Three VGG blocks (two 3x3 convs + max-pool; w, 2w, 4w channels), global mean, dense(10)."""
 
   def __init__(self, *, size: int, width: int = 8, n_classes: int = 10, rngs: nnx.Rngs):
     del size  # global pooling makes the head independent of the input size
