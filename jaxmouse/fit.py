@@ -41,6 +41,7 @@ from jaxmouse import readouts as readouts_lib
 from jaxmouse.readouts import ridge as ridge_lib
 
 OUTPUTS = ("elu", "softplus")
+DEFAULT_LR = {"factorized": 5e-3, "gaussian": 5e-3, "full": 1e-4}
 _LOG_EPS = 1e-9
 
 
@@ -52,7 +53,9 @@ class FitConfig:
 
   Attributes:
     output: ``"elu"`` (ELU(x - 1) + 1) or ``"softplus"``.
-    lr: Adam learning rate (per pair; divided by ``lr_decay`` on each plateau).
+    lr: Adam learning rate (per pair; divided by ``lr_decay`` on each plateau); None takes the
+      readout's default ``DEFAULT_LR`` (the full readout has h*w*c weights per neuron and
+      needs a much smaller step than the factorized one, as in Cadena et al. 2019).
     batch_size: trials per step.
     max_steps: upper bound on steps (early stopping usually ends sooner).
     eval_every: steps between validation checks (one jitted chunk of steps).
@@ -70,7 +73,7 @@ class FitConfig:
     seed: initialisation and minibatch order.
   """
   output: str = "elu"
-  lr: float = 5e-3
+  lr: float | None = None
   batch_size: int = 256
   max_steps: int = 5000
   eval_every: int = 100
@@ -92,8 +95,8 @@ class FitConfig:
         raise ValueError(f"FitConfig.{name} must be a positive integer, got {v!r}")
     if not isinstance(self.max_decays, (int, np.integer)) or self.max_decays < 0:
       raise ValueError(f"FitConfig.max_decays must be an integer >= 0, got {self.max_decays!r}")
-    if not (self.lr > 0 and math.isfinite(self.lr)):
-      raise ValueError(f"FitConfig.lr must be positive, got {self.lr!r}")
+    if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+      raise ValueError(f"FitConfig.lr must be positive or None, got {self.lr!r}")
     if not self.lr_decay > 1:
       raise ValueError(f"FitConfig.lr_decay must be > 1, got {self.lr_decay!r}")
     if self.tolerance < 0 or self.memory_mb <= 0:
@@ -487,7 +490,8 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
   state = FitState(
       params=params, opt_state=opt_state, best_params=jax.tree.map(np.copy, params),
       best_corr=np.full((gp, kp), -np.inf, np.float32), wait=np.zeros((gp, kp), np.int32),
-      lr=np.full((gp, kp), config.lr, np.float32), n_decays=np.zeros((gp, kp), np.int32),
+      lr=np.full((gp, kp), DEFAULT_LR[readout] if config.lr is None else config.lr, np.float32),
+      n_decays=np.zeros((gp, kp), np.int32),
       active=np.ones((gp, kp), bool), stop_step=np.full((gp, kp), config.max_steps, np.int32),
       step=np.zeros((), np.int32), key=jax.random.fold_in(key, 1))
   state = _put(state, mesh)

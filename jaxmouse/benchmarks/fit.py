@@ -156,7 +156,7 @@ def torch_reference(prepared, train, grid, *, steps, batch, configs=None, seed=0
     spatial = torch.nn.Parameter(torch.tensor(np.asarray(init["spatial"][0])))  # (k, h, w)
     feats = torch.nn.Parameter(torch.tensor(np.asarray(init["features"][0])))  # (k, c)
     bias = torch.nn.Parameter(torch.tensor(np.asarray(init["bias"][0])))
-    opt = torch.optim.Adam([spatial, feats, bias], lr=fitlib.FitConfig().lr)
+    opt = torch.optim.Adam([spatial, feats, bias], lr=fitlib.DEFAULT_LR["factorized"])
     l1, smooth = float(grid["l1"][i]), float(grid["smooth"][i])
     first = None
     for s in range(n_steps):

@@ -89,7 +89,8 @@ def register(sub, *, name: str, help: str) -> None:
                  help="resize the images first, e.g. 36x64")
   p.add_argument("--steps", type=int, default=5000, help="maximum steps per fit")
   p.add_argument("--batch-size", type=int, default=256)
-  p.add_argument("--lr", type=float, default=5e-3)
+  p.add_argument("--lr", type=float, default=None,
+                 help="Adam learning rate (default per readout: factorized/gaussian 5e-3, full 1e-4)")
   p.add_argument("--eval-every", type=int, default=100, help="steps between validation checks")
   p.add_argument("--patience", type=int, default=10, help="checks without improvement per decay")
   p.add_argument("--output", choices=("elu", "softplus"), default="elu")

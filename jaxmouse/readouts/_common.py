@@ -13,11 +13,23 @@ import numpy as np
 LAPLACE_KERNEL = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32)
 
 
-def laplacian(x):
-  """Laplacian over the axes ``(-2, -1)`` with zero padding; same shape as ``x``."""
-  pad = [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)]
+def laplacian(x, axes: tuple[int, int] = (-2, -1)):
+  """Laplacian over two ``axes`` (rows, columns) with zero padding; same shape as ``x``.
+
+  Works in any layout (e.g. ``(..., h, w, c)`` with ``axes=(-3, -2)``) without a transpose.
+  """
+  ay, ax = (a % x.ndim for a in axes)
+  pad = [(0, 0)] * x.ndim
+  pad[ay] = pad[ax] = (1, 1)
   p = jnp.pad(x, pad)
-  return (4 * x - p[..., :-2, 1:-1] - p[..., 2:, 1:-1] - p[..., 1:-1, :-2] - p[..., 1:-1, 2:])
+
+  def window(dy, dx):  # p shifted by (dy, dx), cut back to x's shape
+    idx = [slice(None)] * x.ndim
+    idx[ay] = slice(1 + dy, 1 + dy + x.shape[ay])
+    idx[ax] = slice(1 + dx, 1 + dx + x.shape[ax])
+    return p[tuple(idx)]
+
+  return 4 * x - window(-1, 0) - window(1, 0) - window(0, -1) - window(0, 1)
 
 
 def neuron_keys(key, n_neurons: int):
