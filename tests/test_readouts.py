@@ -69,6 +69,9 @@ def test_laplacian_matches_scipy_convolution():
   ref = np.stack([scipy.ndimage.convolve(m, readouts._common.LAPLACE_KERNEL, mode="constant")
                   for m in x])
   np.testing.assert_allclose(readouts.laplacian(x), ref, rtol=1e-6, atol=1e-6)
+  hwc = np.moveaxis(x, 0, -1)  # (5, 8, 2): the same maps in channels-last layout
+  np.testing.assert_allclose(readouts.laplacian(hwc, axes=(-3, -2)), np.moveaxis(ref, 0, -1),
+                             rtol=1e-6, atol=1e-6)
 
 
 def test_full_penalties_match_numpy():
