@@ -237,3 +237,21 @@ def test_benchmark_runs_and_its_reference_computes_the_same_loss(capsys):
   assert "same loss: rel. diff" in printed
   gap = float(printed.split("same loss: rel. diff ")[1].split()[0])
   assert gap < 1e-5
+
+
+def test_fit_and_score_ridge_keeps_per_neuron_weights_that_reproduce_its_scores(planted):
+  feats, tiers, *_ = planted
+  res = fitlib.fit_and_score(feats, train=tiers["train"], validation=tiers["validation"],
+                             test=tiers["test"], readout="ridge",
+                             grid={"alpha": [1e-3, 1e-1, 1e1]})
+  assert res.params["coef"].shape == (K, H, W, C) and res.params["intercept"].shape == (K,)
+  assert res.configs == ["alpha=0.001", "alpha=0.1", "alpha=10"]
+  np.testing.assert_array_equal(res.choice, np.argmax(res.val_corr_grid, axis=0))
+  prepared = fitlib.prepare_features(feats, train_images=tiers["train"].image)
+  test = tiers["test"]
+  pred = (np.einsum("thwc,khwc->tk", prepared[test.image], res.params["coef"])
+          + res.params["intercept"])
+  again = fitlib.scores(pred, test)
+  for m in ("feve", "corr", "corr_avg"):
+    np.testing.assert_allclose(again[m], res.scores[m], rtol=1e-3, atol=1e-4)
+  assert np.all(res.scores["corr"] > 0.3)  # ridge on 768 features, 690 images: works, worse
