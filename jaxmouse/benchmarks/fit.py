@@ -10,7 +10,8 @@ weights x Laplacian smoothness of the mask), ``steps`` Adam steps of batch ``b``
 - reference: the same factorized readout written as neuralpredictors' ``FullFactorized2d``
   (normalized mask, ``einsum("ncwh,owh->nco")`` then ``einsum("nco,oc->no")``), the same loss,
   penalties, Adam and batches, trained one config after another as a grid search does there.
-  ``--torch-configs M`` times only M configs and scales by g / M (printed as such).
+  Timed runs alternate (a jaxmouse fit of the grid, one reference config, ...) so both sides see
+  the same load; ``--torch-configs M`` configs are timed and their median scaled by g.
 - FLOP/s: the step's matmul FLOPs (forward ``2 b h w c g k``, mask gradient the same again)
   per second of jaxmouse time, against the peak of a large ``jnp.dot`` measured in the same run
   (before and after; the higher one).
@@ -44,8 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the issue's size: 5000 images, 16x16x256, 2000 neurons, 16 configs "
                       "(needs tens of GB and, on a CPU, hours)")
   parser.add_argument("--torch-configs", type=int, default=4,
-                      help="time this many configs of the reference and scale up to the grid "
-                      "(0: all)")
+                      help="time this many configs of the reference (each alternating with a "
+                      "jaxmouse fit of the whole grid) and scale the median up (0: all)")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="timed jaxmouse fits when the reference is skipped")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
   parser.add_argument("--ridge-images", type=int, default=2000)
   parser.add_argument("--ridge-features", type=int, default=4096, help="h*w*c of the ridge layer")
@@ -108,28 +111,31 @@ def step_flops(*, batch, size, channels, neurons, configs) -> float:
   return 2 * 2.0 * batch * size * size * channels * neurons * configs
 
 
-def bench_jax(feats, train, val, grid, *, steps, batch, seed=0, memory_mb=None) -> dict:
+def jax_runner(feats, train, val, grid, *, steps, batch, seed=0, memory_mb=None):
+  """``(prepared features, run)``: ``run()`` is one jaxmouse ``fit`` of the whole grid."""
   from jaxmouse import fit as fitlib
 
   extra = {} if memory_mb is None else {"memory_mb": memory_mb}
   cfg = fitlib.FitConfig(max_steps=steps, eval_every=steps, batch_size=batch, patience=10**6,
                          seed=seed, **extra)
   prepared = fitlib.prepare_features(feats, train_images=train.image)
-  t = time.perf_counter()
-  fitlib.fit(prepared, train=train, validation=val, readout="factorized", grid=grid, config=cfg,
-             prepared=True)
-  first = time.perf_counter() - t
-  t = time.perf_counter()
-  res = fitlib.fit(prepared, train=train, validation=val, readout="factorized", grid=grid,
-                   config=cfg, prepared=True)
-  warm = time.perf_counter() - t
-  return {"seconds": warm, "compile": max(first - warm, 0.0), "val_corr": float(
-      np.nanmean(res.val_corr)), "prepared": prepared}
+
+  def run():
+    return fitlib.fit(prepared, train=train, validation=val, readout="factorized", grid=grid,
+                      config=cfg, prepared=True)
+
+  return prepared, run
 
 
-def torch_reference(prepared, train, grid, *, steps, batch, configs=None, seed=0,
-                    check_loss=True) -> dict:
-  """neuralpredictors-style training of the same readout, one config after another."""
+def torch_runner(prepared, train, grid, *, steps, batch, seed=0):
+  """neuralpredictors-style training of the same readout for one config at a time.
+
+  Returns ``(train_config, first_loss)``: ``train_config(i)`` runs ``steps`` Adam steps of
+  config ``i`` from the jaxmouse initial parameters; ``first_loss()`` compares the reference's
+  loss on the first batch with jaxmouse's (relative difference).
+  """
+  import jax
+  import jax.numpy as jnp
   import torch
 
   from jaxmouse import fit as fitlib
@@ -142,17 +148,12 @@ def torch_reference(prepared, train, grid, *, steps, batch, configs=None, seed=0
   y_all = torch.from_numpy(np.asarray(train.responses))
   image = torch.from_numpy(np.asarray(train.image))
   bias0 = fitlib.initial_bias(train.responses.mean(0), "elu")
-  import jax
-
   init = factorized.init(jax.random.fold_in(jax.random.key(seed), 0), n_configs=1, n_neurons=k,
                          feature_shape=(h, w, c), bias=bias0)
   lap = torch.tensor([[0., -1, 0], [-1, 4, -1], [0, -1, 0]]).reshape(1, 1, 3, 3)
   order = fitlib.batch_order(len(train.image), batch, steps, seed=seed)
-  g = len(next(iter(grid.values())))
-  run_configs = range(g if configs is None else min(configs, g))
 
-  def train(i, n_steps):
-    """``n_steps`` Adam steps of config ``i``; returns the first step's loss and batch."""
+  def train_config(i, n_steps=steps):
     spatial = torch.nn.Parameter(torch.tensor(np.asarray(init["spatial"][0])))  # (k, h, w)
     feats = torch.nn.Parameter(torch.tensor(np.asarray(init["features"][0])))  # (k, c)
     bias = torch.nn.Parameter(torch.tensor(np.asarray(init["bias"][0])))
@@ -178,24 +179,16 @@ def torch_reference(prepared, train, grid, *, steps, batch, configs=None, seed=0
       opt.step()
     return first
 
-  first = train(run_configs[0], 1)  # warms torch up; not timed
-  t = time.perf_counter()
-  for i in run_configs:
-    train(i, steps)
-  seconds = time.perf_counter() - t
-  out = {"seconds": seconds * g / len(run_configs), "measured_configs": len(run_configs)}
-  if check_loss:  # the same loss on the same batch from the same parameters
-    import jax.numpy as jnp
-
-    ref, x, y = first
-    reg = {name: jnp.asarray(v[run_configs[0]:run_configs[0] + 1])
-           for name, v in fitlib.readouts_lib.check_grid(grid, factorized.PENALTIES,
-                                                         readout="factorized").items()}
+  def first_loss():
+    ref, x, y = train_config(0, 1)
+    reg = {name: jnp.asarray(v[:1]) for name, v in fitlib.readouts_lib.check_grid(
+        grid, factorized.PENALTIES, readout="factorized").items()}
     ours = float(jnp.sum(fitlib.loss_per_pair(init, jnp.asarray(x.transpose(0, 2, 3, 1)),
                                               jnp.asarray(y), reg, readout="factorized",
                                               output="elu")))
-    out["loss_rel_diff"] = abs(ours - ref) / abs(ref)
-  return out
+    return abs(ours - ref) / abs(ref)
+
+  return train_config, first_loss
 
 
 def bench_ridge(*, images, features, neurons, alphas, seed=0) -> dict:
@@ -238,35 +231,54 @@ def run(args) -> dict:
   feats, train, val, grid = problem(seed=args.seed, **sizes)
   flops = step_flops(batch=args.batch_size, size=sizes["size"], channels=sizes["channels"],
                      neurons=sizes["neurons"], configs=sizes["configs"]) * args.steps
-  ours = bench_jax(feats, train, val, grid, steps=args.steps, batch=args.batch_size,
-                   seed=args.seed, memory_mb=args.memory_mb)
-  # The peak is the best of a measurement before and one after, so that a busy machine makes
-  # the fraction smaller, never larger.
-  peak = max(peak, matmul_peak(args.peak_size))
-  rows = [(f"matmul peak ({args.peak_size}^3 jnp.dot, best of 10)", "", f"{peak / 1e9:.1f} GFLOP/s",
-           "")]
-  rows.append(("jaxmouse fit, all configs in one program", f"{ours['seconds']:.2f} s",
-               f"{flops / ours['seconds'] / 1e9:.1f} GFLOP/s",
-               f"{flops / ours['seconds'] / peak:.0%} of peak"))
-  rows.append(("  (first call: compile)", f"{ours['compile']:.2f} s", "", ""))
-  result = {"peak": peak, "jax": ours["seconds"], "compile": ours["compile"],
-            "flops_fraction": flops / ours["seconds"] / peak}
+  prepared, run_jax = jax_runner(feats, train, val, grid, steps=args.steps,
+                                 batch=args.batch_size, seed=args.seed, memory_mb=args.memory_mb)
+  t = time.perf_counter()
+  run_jax()
+  first = time.perf_counter() - t
+  train_config = None
   if not args.no_torch:
     try:
       import torch
     except ImportError:
       print("torch is not installed: no reference column (pip install torch)")
     else:
-      ref = torch_reference(ours["prepared"], train, grid, steps=args.steps,
-                            batch=args.batch_size, configs=args.torch_configs or None,
-                            seed=args.seed)
-      note = "" if ref["measured_configs"] == sizes["configs"] else \
-          f" ({ref['measured_configs']} configs timed, x{sizes['configs'] / ref['measured_configs']:g})"
-      rows.append((f"PyTorch {torch.__version__} reference, config after config{note}",
-                   f"{ref['seconds']:.2f} s", f"{flops / ref['seconds'] / 1e9:.1f} GFLOP/s", ""))
-      rows.append(("speed-up (reference / jaxmouse)", f"{ref['seconds'] / ours['seconds']:.1f}x",
-                   "", f"same loss: rel. diff {ref['loss_rel_diff']:.1e}"))
-      result.update(torch=ref["seconds"], ratio=ref["seconds"] / ours["seconds"])
+      train_config, first_loss = torch_runner(prepared, train, grid, steps=args.steps,
+                                              batch=args.batch_size, seed=args.seed)
+      loss_gap = first_loss()  # also warms torch up
+  # Timed runs alternate between the two sides so that both see the same machine load:
+  # jaxmouse fits the whole grid, the reference trains one config; medians are reported and
+  # the reference's per-config time is multiplied by the grid size.
+  n_configs = sizes["configs"]
+  rounds = min(args.torch_configs or n_configs, n_configs) if train_config else args.repeats
+  jax_times, torch_times = [], []
+  for r in range(rounds):
+    t = time.perf_counter()
+    run_jax()
+    jax_times.append(time.perf_counter() - t)
+    if train_config:
+      t = time.perf_counter()
+      train_config(r)
+      torch_times.append(time.perf_counter() - t)
+  ours = float(np.median(jax_times))
+  # The peak is the best of a measurement before and one after, so that a busy machine makes
+  # the fraction smaller, never larger.
+  peak = max(peak, matmul_peak(args.peak_size))
+  rows = [(f"matmul peak ({args.peak_size}^3 jnp.dot, best of 10)", "", f"{peak / 1e9:.1f} GFLOP/s",
+           "")]
+  rows.append((f"jaxmouse fit, all configs in one program (median of {len(jax_times)})",
+               f"{ours:.2f} s", f"{flops / ours / 1e9:.1f} GFLOP/s", f"{flops / ours / peak:.0%} of peak"))
+  rows.append(("  (first call: compile)", f"{max(first - ours, 0.0):.2f} s", "", ""))
+  result = {"peak": peak, "jax": ours, "compile": max(first - ours, 0.0),
+            "flops_fraction": flops / ours / peak}
+  if train_config:
+    ref = float(np.median(torch_times)) * n_configs
+    note = f"median of {len(torch_times)} configs x {n_configs}"
+    rows.append((f"PyTorch {torch.__version__} reference, config after config ({note})",
+                 f"{ref:.2f} s", f"{flops / ref / 1e9:.1f} GFLOP/s", ""))
+    rows.append(("speed-up (reference / jaxmouse)", f"{ref / ours:.1f}x", "",
+                 f"same loss: rel. diff {loss_gap:.1e}"))
+    result.update(torch=ref, ratio=ref / ours)
   if not args.no_ridge:
     r = bench_ridge(images=args.ridge_images, features=args.ridge_features,
                     neurons=args.ridge_neurons, alphas=args.ridge_alphas, seed=args.seed)
