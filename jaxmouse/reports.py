@@ -193,6 +193,7 @@ class HierarchyTest:
   n_neurons: int
   best_layer_per_area: dict
   median_layer_index_per_area: dict
+  layers: tuple  # the layers this readout was fitted on, in network order
 
 
 def _spearman_perm(x: np.ndarray, y: np.ndarray, *, n_perm: int, rng: np.random.Generator):
@@ -238,7 +239,8 @@ def hierarchy_test(df: pd.DataFrame, cfg: ReportConfig, *, readout: str) -> Hier
   del unknown  # areas without a rank are reported per area but left out of the test
   return HierarchyTest(readout=readout, rho=rho, p_value=p1, p_two_sided=p2,
                        n_neurons=int(len(best)), best_layer_per_area=per_area,
-                       median_layer_index_per_area=median)
+                       median_layer_index_per_area=median,
+                       layers=tuple(l for l in layers if l in set(t["layer"])))
 
 
 def plot_feve_vs_layer(df: pd.DataFrame, *, readout: str, area_order: Sequence[str] | None = None):
@@ -309,7 +311,7 @@ def summary_markdown(table: pd.DataFrame, tests: Sequence[HierarchyTest], cfg: R
     lines.append(f"- {t.readout}: Spearman rho between area rank and best layer = {t.rho:.3f}, "
                  f"one-sided permutation p = {t.p_value:.4f} (two-sided {t.p_two_sided:.4f}, "
                  f"{t.n_neurons} neurons, {cfg.n_perm} permutations): {verdict}. "
-                 f"Best layer per area: {per_area}")
+                 f"Best layer per area: {per_area}. Layers fitted: {', '.join(t.layers)}")
   lines += ["", "## 3. Are random weights about as good as trained weights?", ""]
   if "trained_minus_random" in table.columns:
     for _, r in table.iterrows():

@@ -110,3 +110,68 @@ def test_config_errors():
                            readout_layers={"ridge": ("conv2_2",)})
   with pytest.raises(ValueError, match="unknown cadena2019 config"):
     cadena2019.get_config("huge")
+
+
+def _small_full(trained, *, image_shape):
+  """The full config (areas from the data, factorized readout, energy model) at test size."""
+  return dataclasses.replace(
+      cadena2019.FULL, layers=("conv1_2", "conv2_2", "conv3_3"), random_seeds=(0,),
+      trained=str(trained), readouts=("ridge", "factorized"), image_shape=image_shape,
+      grids={"ridge": {"alpha": (0.1, 1.0, 10.0)}, "factorized": {"l1": (1e-2,), "smooth": (1e-2,)}},
+      fit={"max_steps": 100, "eval_every": 50, "patience": 2})
+
+
+def _check_report(out, areas):
+  table = pd.read_csv(out / "report" / "area_table.csv")
+  assert set(table["area"]) == set(areas)
+  assert set(table["readout"]) == {"ridge", "factorized"}
+  results = pd.read_csv(out / "results.csv")
+  assert {"vggA", "random0", "energy"} <= set(results["weights"])
+  assert np.isfinite(results["feve"]).mean() > 0.9
+  for readout in ("ridge", "factorized"):
+    assert (out / "report" / f"feve_vs_layer_{readout}.png").exists()
+
+
+@pytest.mark.slow
+def test_full_path_on_a_sensorium_file_tree(tmp_path):
+  from jaxmouse import data as dlib
+
+  ds, _ = dlib.simulate(dlib.SimulationConfig.tiny(neurons_per_area=6), progress=False)
+  dlib.save(ds, tmp_path / "tree", format="filetree")
+  trained = tmp_path / "vggA"
+  wlib.save(oriented_network(100), trained)
+  out = tmp_path / "run"
+  cadena2019.run(_small_full(trained, image_shape=(24, 32)), out=out, data=tmp_path / "tree",
+                 log=lambda s: None, progress=False)
+  _check_report(out, ds.area_names)
+
+
+@pytest.mark.slow
+def test_full_path_on_allen_nwb_files(tmp_path):
+  from jaxmouse.data import allen
+
+  rng = np.random.default_rng(0)
+  n_images, repeats, step, window = 40, 6, 8, 6
+  template = rng.integers(0, 256, (n_images, 24, 32), dtype=np.uint8)
+  for k, area in enumerate(("VISp", "VISl")):
+    seq = rng.permutation(np.concatenate([np.repeat(np.arange(n_images), repeats),
+                                          np.full(10, -1)]))
+    starts = 20 + np.arange(seq.size) * step
+    drive = rng.gamma(2.0, 1.0, (8, n_images))  # (cells, images): a stimulus-driven response
+    dff = rng.normal(0.0, 0.5, (8, starts[-1] + 30)).astype(np.float32)
+    for s, frame in zip(starts, seq):
+      if frame >= 0:
+        dff[:, s:s + window] += drive[:, frame, None]
+    allen.write_nwb(tmp_path / "nwb" / f"{700 + k}.nwb", dff=dff, frames=seq,
+                    frame_duration=np.stack([starts, starts + window], 1),
+                    cell_specimen_ids=(700 + k) * 1000 + np.arange(8), template=template,
+                    location=area, imaging_depth_um=175, genotype="Cux2-CreERT2/wt",
+                    session_id=700 + k)
+  trained = tmp_path / "vggA"
+  wlib.save(oriented_network(100), trained)
+  out = tmp_path / "run"
+  cadena2019.run(_small_full(trained, image_shape=(24, 32)), out=out, data=tmp_path / "nwb",
+                 log=lambda s: None, progress=False)
+  _check_report(out, ("VISp", "VISl"))
+  hierarchy = json.loads((out / "report" / "hierarchy.json").read_text())
+  assert {h["readout"] for h in hierarchy} == {"ridge", "factorized"}
