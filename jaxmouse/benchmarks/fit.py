@@ -93,7 +93,14 @@ def problem(*, images, size, channels, neurons, configs, seed=0):
   feats = np.maximum(rng.standard_normal((images, size, size, channels), np.float32), 0)
   mask = rng.random((neurons, size, size)).astype(np.float32) ** 4
   weights = (rng.standard_normal((neurons, channels)) * (rng.random((neurons, channels)) < 0.2))
-  drive = np.einsum("nhwc,khw,kc->nk", feats, mask, weights.astype(np.float32))  # (n, k)
+  import jax
+  import jax.numpy as jnp
+
+  readout = jax.jit(lambda x, m, wt: jnp.einsum("nhwc,khw,kc->nk", x, m, wt))  # (chunk, k)
+  weights = weights.astype(np.float32)
+  chunk = max(1, min(images, int(2**26 // max(neurons * channels, 1))))  # bounded intermediates
+  drive = np.concatenate([np.asarray(readout(feats[s:s + chunk], mask, weights))
+                          for s in range(0, images, chunk)])  # (n, k)
   drive = (drive - drive.mean(0)) / (drive.std(0) + 1e-6)
   rate = np.asarray(fitlib.output_fn("elu")(drive + 2.0))
   resp = rng.poisson(rate).astype(np.float32)
