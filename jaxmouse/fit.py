@@ -423,7 +423,9 @@ class FitResult(NamedTuple):
 
 def _microbatch(batch: int, n_pairs: int, feature_shape, memory_mb: float) -> int:
   h, w, c = feature_shape
-  per_image = 4.0 * n_pairs * max(c, 1) + 4.0 * h * w * c  # the (m, g*k, c) intermediate
+  # The bilinear readouts' largest intermediate is (m, g*k, min(h*w, c)): both contraction orders
+  # cost the same FLOPs and the einsum path takes the one with the smaller intermediate.
+  per_image = 4.0 * n_pairs * min(h * w, c) + 4.0 * h * w * c
   for m in range(batch, 0, -1):
     if batch % m == 0 and m * per_image <= memory_mb * 2**20:
       return m
