@@ -126,7 +126,8 @@ FULL = StudyConfig(
     readouts=("factorized", "full"),
     grids={"factorized": {"l1": (1e-4, 1e-3, 1e-2), "smooth": (1e-3, 1e-2, 1e-1)},
            "full": {"smooth": (1e-2, 1e-1, 1.0), "group": (1e-3, 1e-2), "l1": (0.0, 1e-3, 1e-2)}},
-    fit={"max_steps": 20000, "eval_every": 100, "patience": 10, "lr": 5e-3},
+    # Learning rates: each readout's default (factorized 5e-3, full 1e-4 as Cadena et al.).
+    fit={"max_steps": 20000, "eval_every": 100, "patience": 10},
     simulation={"neurons_per_area": 500, "n_images": 5100, "n_test_images": 100,
                 "n_repeats": 10, "image_shape": (36, 64), "hierarchy": True, "seed": 0},
 )
