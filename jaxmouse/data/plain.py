@@ -80,15 +80,21 @@ def save_npz(ds: NeuralDataset, path: str | os.PathLike, *, compress: bool = Fal
   return path
 
 
+def read_npz(path: Path, *, what: str) -> dict[str, np.ndarray]:
+  """Every array of an .npz file, without pickle; a truncated or corrupt file is a ValueError
+  naming the file and ``what`` it should have been."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable {what} (truncated or corrupt?): {e}") from None
+
+
 def load_npz(path: str | os.PathLike) -> NeuralDataset:
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such data set file")
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      arrays = {k: z[k] for k in z.files}
-  except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-    raise ValueError(f"{path}: not a readable .npz data set (truncated or corrupt?): {e}") from None
+  arrays = read_npz(path, what=".npz data set")
   return from_arrays(arrays, source=str(path), default_name=_stem(path))
 
 

@@ -595,11 +595,9 @@ def load_truth(path: str | os.PathLike) -> Truth:
     p = truth_path(p)
   if not p.is_file():
     raise FileNotFoundError(f"{p}: no truth file (written by `jaxmouse data simulate`)")
-  try:
-    with np.load(p, allow_pickle=False) as z:
-      a = {k: z[k] for k in z.files}
-  except Exception as e:  # zip and npy errors of a truncated file
-    raise ValueError(f"{p}: unreadable truth file (truncated or corrupt?): {e}") from None
+  from jaxmouse.data.plain import read_npz
+
+  a = read_npz(p, what="truth file")
   missing = [k for k in _TRUTH_ARRAYS + ("noise", "noise_level") if k not in a]
   if missing:
     raise ValueError(f"{p}: truth file lacks field(s) {missing}")
