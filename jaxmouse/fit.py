@@ -219,15 +219,18 @@ def poisson_loss(z, y, *, output: str = "elu"):
   return jnp.sum(rate - y[:, None, :] * log_output_fn(output)(z), axis=0)
 
 
-def loss_per_pair(params, x, y, reg, *, readout: str, output: str, key=None, n_total=None):
-  """Poisson loss (mean over the batch) plus penalties, ``(g, k)``.
-
-  ``n_total`` divides the summed Poisson loss (a micro-batch passes the full batch size).
-  """
-  r = readouts_lib.get(readout)
-  z = r.predict(params, x, key=key)  # (b, g, k)
+def data_loss(params, x, y, *, readout: str, output: str, key=None, n_total=None):
+  """The Poisson loss of a batch, ``(g, k)``: summed over ``x (b, ...)``, divided by ``n_total``
+  (default ``b``; a micro-batch passes the full batch size so that its parts sum to the mean)."""
+  z = readouts_lib.get(readout).predict(params, x, key=key)  # (b, g, k)
   n = x.shape[0] if n_total is None else n_total
-  return poisson_loss(z, y, output=output) / n + r.penalty(params, reg)
+  return poisson_loss(z, y, output=output) / n
+
+
+def loss_per_pair(params, x, y, reg, *, readout: str, output: str, key=None):
+  """Poisson loss (mean over the batch) plus penalties, ``(g, k)``: the objective of a step."""
+  return (data_loss(params, x, y, readout=readout, output=output, key=key)
+          + readouts_lib.get(readout).penalty(params, reg))
 
 
 def reference_loss_one(p, x, y, reg, *, readout: str, output: str):
@@ -286,6 +289,37 @@ def _constrain(tree, mesh):
   return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, _pair_spec(x, mesh)), tree)
 
 
+def step_value_and_grad(params, idx, features, train_image, train_resp, reg, *, spec: _Spec,
+                        key=None):
+  """The objective of one step and its gradient, summed over every (config, neuron) pair.
+
+  ``idx (b,)`` indexes the training trials. The batch is processed in micro-batches of
+  ``spec.microbatch`` trials (bounded memory); the data term is a mean over the whole batch,
+  summed over micro-batches, and the penalty is added once, so value and gradient do not depend
+  on how the batch is split.
+  """
+  r = readouts_lib.get(spec.readout)
+  b = idx.shape[0]
+  n_micro = b // spec.microbatch
+
+  def micro(acc, i):
+    sub = jax.lax.dynamic_slice_in_dim(idx, i * spec.microbatch, spec.microbatch)
+    x = features[train_image[sub]]  # (m, h, w, c)
+    y = train_resp[sub]  # (m, k)
+    total = lambda p: jnp.sum(data_loss(p, x, y, readout=spec.readout, output=spec.output,
+                                        key=key, n_total=b))
+    value, g = jax.value_and_grad(total)(params)
+    return jax.tree.map(jnp.add, acc, (value, g)), None
+
+  zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+  if n_micro == 1:
+    value, grads = micro(zero, 0)[0]
+  else:
+    value, grads = jax.lax.scan(micro, zero, jnp.arange(n_micro))[0]
+  pen, pen_grads = jax.value_and_grad(lambda p: jnp.sum(r.penalty(p, reg)))(params)
+  return value + pen, jax.tree.map(jnp.add, grads, pen_grads)
+
+
 def _train_chunk(state: FitState, batches, features, train_image, train_resp, reg, spec: _Spec):
   """``len(batches)`` Adam steps on every (config, neuron) pair.
 
@@ -296,27 +330,11 @@ def _train_chunk(state: FitState, batches, features, train_image, train_resp, re
     reg: ``{penalty: (g,)}``.
   """
   r = readouts_lib.get(spec.readout)
-  b = batches.shape[1]
-  n_micro = b // spec.microbatch
-
-  def grads_of(params, idx, key):
-    def micro(acc, i):
-      sub = jax.lax.dynamic_slice_in_dim(idx, i * spec.microbatch, spec.microbatch)
-      x = features[train_image[sub]]  # (m, h, w, c)
-      y = train_resp[sub]  # (m, k)
-      total = lambda p: jnp.sum(loss_per_pair(p, x, y, reg, readout=spec.readout,
-                                              output=spec.output, key=key, n_total=b))
-      value, g = jax.value_and_grad(total)(params)
-      return jax.tree.map(jnp.add, acc, (value, g)), None
-
-    zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
-    if n_micro == 1:
-      return micro(zero, 0)[0]
-    return jax.lax.scan(micro, zero, jnp.arange(n_micro))[0]
 
   def step(state, idx):
     key = jax.random.fold_in(state.key, state.step) if r.stochastic else None
-    value, grads = grads_of(state.params, idx, key)
+    value, grads = step_value_and_grad(state.params, idx, features, train_image, train_resp,
+                                       reg, spec=spec, key=key)
     direction, opt_state = _ADAM.update(grads, state.opt_state, state.params)
     rate = state.lr * state.active  # (g, k); stopped pairs get no update
 
