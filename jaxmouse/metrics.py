@@ -81,25 +81,32 @@ def total_variance(responses):
 
 
 def explainable_variance_fraction(responses, image_ids):
-  """Fraction of the trial variance that is stimulus driven: 1 - noise_var / total_var."""
+  """Fraction of the trial variance that is stimulus driven: 1 - noise_var / total_var.
+
+  NaN for a neuron whose responses do not vary (no variance to explain).
+  """
   responses, image_ids, _ = _check(responses, image_ids)
   total = total_variance(responses)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return (total - noise_variance(responses, image_ids)) / total
+  explainable = total - noise_variance(responses, image_ids)
+  ok = total > 0
+  return np.where(ok, explainable / np.where(ok, total, 1.0), np.nan)
 
 
 def feve(predictions, responses, image_ids):
   """Fraction of explainable variance explained, per neuron.
 
-  FEVE = 1 - (MSE - noise_var) / (total_var - noise_var), MSE over all trials. Neurons with no
-  explainable variance get NaN; filter them with ``explainable_variance_fraction`` first.
+  FEVE = 1 - (MSE - noise_var) / (total_var - noise_var), MSE over all trials. A neuron whose
+  explainable variance ``total_var - noise_var`` is zero or negative (constant, or all noise)
+  gets NaN: the ratio would be infinite or flip sign. Filter neurons with
+  ``explainable_variance_fraction`` first.
   """
   responses, image_ids, predictions = _check(responses, image_ids, predictions)
   noise = noise_variance(responses, image_ids)
   total = total_variance(responses)
   mse = ((predictions - responses) ** 2).mean(axis=0)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return 1.0 - (mse - noise) / (total - noise)
+  explainable = total - noise
+  ok = explainable > 1e-12 * np.maximum(total, 1e-300)
+  return np.where(ok, 1.0 - (mse - noise) / np.where(ok, explainable, 1.0), np.nan)
 
 
 def corr(x, y, *, eps: float = 1e-12):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from scipy import stats
 
 from jaxmouse import metrics
@@ -86,3 +87,39 @@ def test_constant_columns_and_errors():
     metrics.feve(np.zeros((4, 3)), resp, ids)
   with pytest.raises(ValueError, match="repeated images"):
     metrics.noise_variance(resp, np.arange(4))
+
+
+def test_no_explainable_variance_gives_nan_never_inf_or_a_flipped_sign():
+  ids = np.repeat(np.arange(6), 3)
+  rng = np.random.default_rng(0)
+  constant = np.full(18, 2.0)
+  # Noise only: the across-repeat variance exceeds the variance over images, so
+  # total - noise < 0 and the plain formula would flip sign (and exceed 1).
+  noise_only = np.tile([0.0, 4.0, 8.0], 6) + rng.normal(0, 0.01, 18)
+  driven = np.repeat(rng.normal(0, 3, 6), 3) + rng.normal(0, 0.5, 18)
+  resp = np.stack([constant, noise_only, driven], axis=1)
+  assert metrics.total_variance(resp)[1] < metrics.noise_variance(resp, ids)[1]
+  pred = resp + rng.normal(0, 1.0, resp.shape)
+  f = metrics.feve(pred, resp, ids)
+  assert np.isnan(f[0]) and np.isnan(f[1]) and np.isfinite(f[2]) and f[2] <= 1
+  ev = metrics.explainable_variance_fraction(resp, ids)
+  assert np.isnan(ev[0]) and ev[1] < 0 and 0 < ev[2] <= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 8), st.integers(2, 5), st.integers(0, 2**31 - 1), st.floats(0.0, 5.0))
+def test_feve_is_nan_or_at_most_that_of_the_repeat_means(n_images, repeats, seed, signal):
+  """For any data and prediction, FEVE is NaN (no explainable variance) or finite, and never
+  above the FEVE of the repeat means (the best prediction one value per image can give; it
+  exceeds 1 slightly because the noise variance uses ddof=1)."""
+  rng = np.random.default_rng(seed)
+  ids = np.repeat(np.arange(n_images), repeats)
+  resp = np.repeat(rng.normal(0, signal, (n_images, 3)), repeats, axis=0) + rng.normal(
+      0, 1, (n_images * repeats, 3))
+  resp[:, 2] = np.round(resp[:, 2])  # ties and constant columns happen
+  pred = rng.normal(0, 2, (n_images, 3))[ids]  # one prediction per image, as a model gives
+  f = metrics.feve(pred, resp, ids)
+  assert not np.isinf(f).any()
+  _, means, _ = metrics.image_means(resp, ids)
+  best = metrics.feve(means[ids], resp, ids)
+  assert np.all(np.isnan(f) | (f <= best + 1e-9))

@@ -159,7 +159,7 @@ def test_ridge_matches_numpy_solve_and_sklearn_per_penalty(n, d):
   x = rng.standard_normal((n, d)).astype(np.float32) + 0.5
   y = (x @ rng.standard_normal((d, 3)) + rng.standard_normal((n, 3)) + 2).astype(np.float32)
   wts = rng.integers(1, 4, n).astype(np.float64)
-  alphas = np.array([0.0 if d <= n else 1e-2, 0.1, 3.0, 100.0])
+  alphas = np.array([1e-6 if d <= n else 1e-2, 0.1, 3.0, 100.0])
   sol = ridge.solve(x, y, weights=wts)
   xt = rng.standard_normal((7, d)).astype(np.float32)
   pred = ridge.predict(sol, xt, alphas)  # (a, 7, 3)
@@ -188,5 +188,6 @@ def test_ridge_rejects_bad_input():
   bad[1, 1] = np.nan
   with pytest.raises(ValueError, match="NaN"):
     ridge.solve(bad, np.ones((5, 2), np.float32))
-  with pytest.raises(ValueError, match=">= 0"):
-    ridge.check_alphas([1.0, -2.0])
+  for bad_alphas in ([1.0, -2.0], [0.0, 1.0], [np.inf]):
+    with pytest.raises(ValueError, match=r"finite and > 0"):
+      ridge.check_alphas(bad_alphas)

@@ -34,8 +34,10 @@ def check_alphas(alphas) -> np.ndarray:
   alphas = np.atleast_1d(np.asarray(alphas, np.float64))
   if alphas.ndim != 1 or alphas.size == 0:
     raise ValueError(f"alphas must be a non-empty 1-D array, got shape {alphas.shape}")
-  if not np.isfinite(alphas).all() or (alphas < 0).any():
-    raise ValueError(f"ridge penalties must be finite and >= 0, got {alphas.tolist()}")
+  if not np.isfinite(alphas).all() or (alphas <= 0).any():
+    raise ValueError(f"ridge penalties (alpha) must be finite and > 0 (alpha = 0 is an "
+                     f"unregularized fit, undefined with more features than images), got "
+                     f"{alphas.tolist()}")
   return alphas
 
 
