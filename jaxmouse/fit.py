@@ -678,7 +678,9 @@ class ReadoutFit(NamedTuple):
   ``params`` leaves ``(k, ...)`` (ridge: ``coef (k, h, w, c)``, ``intercept (k,)``);
   ``choice (k,)`` index into the grid, ``configs`` the grid's descriptions (``"l1=0.01 ..."``);
   ``val_corr (k,)`` of the chosen config, ``val_corr_grid (g, k)``; ``scores`` per neuron
-  (``feve, corr, corr_avg, oracle, fev``); ``steps`` run (0 for ridge).
+  (``feve, corr, corr_avg, oracle, fev``); ``steps`` run (0 for ridge); ``test_stats`` the
+  per-test-image statistics of ``metrics.image_stats`` (``pred, sum, sum_sq (m, k)``), from which
+  FEVE can be recomputed with test images resampled (``metrics.feve_from_stats``).
   """
   readout: str
   params: Any
@@ -688,6 +690,7 @@ class ReadoutFit(NamedTuple):
   val_corr_grid: np.ndarray
   scores: dict[str, np.ndarray]
   steps: int
+  test_stats: dict[str, np.ndarray] | None = None
 
 
 def default_grid(readout: str) -> dict[str, np.ndarray]:
@@ -754,4 +757,5 @@ def fit_and_score(features, *, train: Trials, validation: Trials, test: Trials,
   val_grid = np.asarray(val_grid, np.float32)
   return ReadoutFit(readout=readout, params=params, choice=np.asarray(choice, np.int32),
                     configs=configs, val_corr=val_grid[choice, np.arange(k)],
-                    val_corr_grid=val_grid, scores=scores(pred, test), steps=steps)
+                    val_corr_grid=val_grid, scores=scores(pred, test), steps=steps,
+                    test_stats=metrics.image_stats(pred, test.responses, test.image))

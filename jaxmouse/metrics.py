@@ -25,6 +25,8 @@ __all__ = [
     "corr_to_average",
     "oracle_corr",
     "image_means",
+    "image_stats",
+    "feve_from_stats",
 ]
 
 
@@ -144,3 +146,63 @@ def oracle_corr(responses, image_ids):
   np.add.at(sums, inverse, responses)
   loo = (sums[inverse] - responses) / np.maximum(counts[inverse] - 1, 1)[:, None]
   return corr(responses[keep], loo[keep])
+
+
+# ---- per-image sufficient statistics: FEVE under resampled test images --------------------------
+
+def image_stats(predictions, responses, image_ids) -> dict[str, np.ndarray]:
+  """What FEVE needs per test image, so that it can be recomputed for any reweighting of images.
+
+  The prediction of a trial is the prediction of its image (a model sees only the image), so
+  per image and neuron the trial count, the prediction, and the sum and sum of squares of the
+  responses determine the squared error, the across-repeat variance and the total variance.
+
+  Returns ``{"image": (m,), "count": (m,), "pred": (m, n), "sum": (m, n), "sum_sq": (m, n)}``
+  (float64; ``pred`` is the mean prediction over an image's trials).
+  """
+  responses, image_ids, predictions = _check(responses, image_ids, predictions)
+  ids, inverse, counts = np.unique(image_ids, return_inverse=True, return_counts=True)
+  inverse = inverse.ravel()
+  out = {"image": ids, "count": counts.astype(np.float64)}
+  for name, v in (("pred", predictions), ("sum", responses), ("sum_sq", responses**2)):
+    acc = np.zeros((len(ids), responses.shape[1]))
+    np.add.at(acc, inverse, v)
+    out[name] = acc
+  out["pred"] /= counts[:, None]
+  return out
+
+
+def feve_from_stats(stats: dict, weights=None) -> np.ndarray:
+  """FEVE from ``image_stats`` with images weighted, e.g. by bootstrap multiplicities.
+
+  Args:
+    stats: ``image_stats(...)`` (m images, n neurons).
+    weights: ``(m,)`` or ``(B, m)`` non-negative image weights (None: ones, which equals
+      ``feve`` on the original trials).
+
+  Returns:
+    ``(n,)`` or ``(B, n)``; NaN where the weighted explainable variance is not positive.
+  """
+  count, pred, s, sq = (np.asarray(stats[k], np.float64) for k in ("count", "pred", "sum", "sum_sq"))
+  w = np.ones(len(count)) if weights is None else np.asarray(weights, np.float64)
+  single = w.ndim == 1
+  w = np.atleast_2d(w)  # (B, m)
+  if w.shape[1] != len(count):
+    raise ValueError(f"weights must be (m,) or (B, m) with m = {len(count)} images, got "
+                     f"{np.shape(weights)}")
+  n_trials = w @ count  # (B,)
+  sse = sq - 2 * pred * s + count[:, None] * pred**2  # (m, n) squared error summed over trials
+  mse = (w @ sse) / n_trials[:, None]
+  mean = (w @ s) / n_trials[:, None]
+  total = ((w @ sq) - n_trials[:, None] * mean**2) / (n_trials[:, None] - 1)
+  repeated = count >= 2
+  within = np.zeros_like(s)
+  within[repeated] = ((sq[repeated] - s[repeated]**2 / count[repeated, None])
+                      / (count[repeated, None] - 1))
+  wr = w * repeated  # (B, m)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    noise = (wr @ within) / wr.sum(axis=1, keepdims=True)
+  explainable = total - noise
+  ok = np.isfinite(noise) & (explainable > 1e-12 * np.maximum(np.abs(total), 1e-300))
+  out = np.where(ok, 1.0 - (mse - noise) / np.where(ok, explainable, 1.0), np.nan)
+  return out[0] if single else out

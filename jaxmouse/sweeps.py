@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -37,12 +38,18 @@ import numpy as np
 
 from jaxmouse import _io
 from jaxmouse import fit as fitlib
+from jaxmouse import metrics
 from jaxmouse import readouts as readouts_lib
 
 COLUMNS = ("weights", "layer", "readout", "area", "neuron", "config", "feve", "corr", "corr_avg",
-           "oracle", "fev", "val_corr")
+           "oracle", "fev", "val_corr", "weights_kind", "recording")
+# Per-neuron metadata that names the recording a neuron comes from (scan, session, experiment,
+# animal), finest first as the loaders write it; joined into the ``recording`` column.
+RECORDING_KEYS = ("experiment_id", "ophys_experiment_id", "animal_ids", "animal_id", "animal",
+                  "sessions", "session", "session_id", "scan_idx", "scan")
 ENERGY = ("energy", "gabor")  # (weights, layer) labels of the energy model in the table
 SWEEP_FORMAT = 1
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -193,7 +200,30 @@ def is_done(run, cell: Cell) -> bool:
   return (d / "cell.json").is_file() and (d / "rows.csv").is_file() and (d / "state").is_dir()
 
 
-def cell_rows(cell: Cell, result: fitlib.ReadoutFit, unit_ids) -> "pandas.DataFrame":
+def weights_kind(path) -> str:
+  """``trained`` or ``random``, from a weights checkpoint's ``metadata.json`` (never its name)."""
+  from jaxmouse.weights import read_metadata
+
+  meta = read_metadata(path)
+  kind = meta.get("kind") or ("random" if meta.get("source") == "random" else "trained")
+  return str(kind)
+
+
+def recordings(ds) -> np.ndarray | None:
+  """Per neuron, the recording it comes from (``"animal_ids=1/sessions=2/scan_idx=3"``), built
+  from the ``RECORDING_KEYS`` present in ``ds.neuron_meta``; None when there are none."""
+  keys = [k for k in RECORDING_KEYS if k in ds.neuron_meta]
+  if not keys:
+    return None
+  parts = [np.char.add(f"{k}=", np.asarray(ds.neuron_meta[k]).astype(str)) for k in keys]
+  out = parts[0]
+  for p in parts[1:]:
+    out = np.char.add(np.char.add(out, "/"), p)
+  return out
+
+
+def cell_rows(cell: Cell, result: fitlib.ReadoutFit, unit_ids, *, kind: str = "",
+              recording=None) -> "pandas.DataFrame":
   import pandas as pd
 
   k = len(unit_ids)
@@ -204,11 +234,18 @@ def cell_rows(cell: Cell, result: fitlib.ReadoutFit, unit_ids) -> "pandas.DataFr
   for m in ("feve", "corr", "corr_avg", "oracle", "fev"):
     rows[m] = np.asarray(result.scores[m], np.float64)
   rows["val_corr"] = np.asarray(result.val_corr, np.float64)
+  rows["weights_kind"] = [kind] * k
+  rows["recording"] = [""] * k if recording is None else list(np.asarray(recording).astype(str))
   return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def save_cell(run, cell: Cell, result: fitlib.ReadoutFit, unit_ids, grid) -> Path:
-  """Writes a finished cell atomically (orbax state, rows.csv, cell.json)."""
+TEST_IMAGES = "test_images.npz"
+
+
+def save_cell(run, cell: Cell, result: fitlib.ReadoutFit, unit_ids, grid, *, kind: str = "",
+              recording=None) -> Path:
+  """Writes a finished cell atomically (orbax state, rows.csv, cell.json, and the per-test-image
+  statistics ``test_images.npz`` that let a report resample test images)."""
   import orbax.checkpoint as ocp
 
   state = {
@@ -228,7 +265,12 @@ def save_cell(run, cell: Cell, result: fitlib.ReadoutFit, unit_ids, grid) -> Pat
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(tmp / "state", state)
       ckptr.wait_until_finished()
-    cell_rows(cell, result, unit_ids).to_csv(tmp / "rows.csv", index=False)
+    cell_rows(cell, result, unit_ids, kind=kind, recording=recording).to_csv(
+        tmp / "rows.csv", index=False)
+    if result.test_stats is not None:
+      with open(tmp / TEST_IMAGES, "wb") as f:
+        np.savez(f, unit_ids=np.asarray(unit_ids).astype(str),
+                 **{k: np.asarray(v) for k, v in result.test_stats.items()})
     (tmp / "cell.json").write_text(json.dumps(meta, indent=2) + "\n")
   return target
 
@@ -304,7 +346,10 @@ def subset(result: fitlib.ReadoutFit, idx) -> fitlib.ReadoutFit:
       params={k: np.asarray(v)[idx] for k, v in result.params.items()},
       choice=result.choice[idx], val_corr=result.val_corr[idx],
       val_corr_grid=result.val_corr_grid[:, idx],
-      scores={k: np.asarray(v)[idx] for k, v in result.scores.items()})
+      scores={k: np.asarray(v)[idx] for k, v in result.scores.items()},
+      test_stats=None if result.test_stats is None else {
+          k: (np.asarray(v)[:, idx] if np.ndim(v) == 2 else np.asarray(v))
+          for k, v in result.test_stats.items()})
 
 
 def _tiers(ds, neurons):
@@ -343,11 +388,12 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
     raise ValueError(f"data set {ds.name!r} has no neurons in area(s) {missing}; available: "
                      f"{list(ds.area_names)}")
   labels = weights_labels(config.weights)
-  archs = {}
+  archs, kinds = {}, {ENERGY[0]: "energy"}
   for label, path in labels.items():
     arch = read_metadata(path)["arch"]  # FileNotFoundError names a folder that is no checkpoint
     vgg.check_layers(arch, config.layers)  # ValueError lists the valid layer names
     archs[label] = arch
+    kinds[label] = weights_kind(path)
   for t in ("train", "validation", "test"):
     ds.tier(t)  # a missing tier is an error before any work
 
@@ -368,7 +414,15 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
   neurons = np.concatenate([np.flatnonzero(ds.areas == a) for a in areas])
   tiers = _tiers(ds, neurons)
   neuron_area = ds.areas[neurons]
+  neuron_recording = recordings(ds)
+  if neuron_recording is not None:
+    neuron_recording = neuron_recording[neurons]
   train_images = tiers["train"].image
+  ev = metrics.explainable_variance_fraction(tiers["test"].responses, tiers["test"].image)
+  n_flat = int(np.sum(~(ev > 0)))
+  if n_flat:
+    _log.warning("%d of %d neurons have no explainable variance on the test images (constant, "
+                 "or noise only): their FEVE is NaN", n_flat, len(ev))
 
   bar = None
   if progress:
@@ -409,7 +463,9 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
           if is_done(out, cell):
             continue
           idx = np.flatnonzero(neuron_area == cell.area)
-          save_cell(out, cell, subset(result, idx), ds.unit_ids[neurons[idx]], grid)
+          save_cell(out, cell, subset(result, idx), ds.unit_ids[neurons[idx]], grid,
+                    kind=kinds[label],
+                    recording=None if neuron_recording is None else neuron_recording[idx])
           if bar is not None:
             bar.update(1)
         write_results(out, collect(out, cells))

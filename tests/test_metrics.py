@@ -123,3 +123,22 @@ def test_feve_is_nan_or_at_most_that_of_the_repeat_means(n_images, repeats, seed
   _, means, _ = metrics.image_means(resp, ids)
   best = metrics.feve(means[ids], resp, ids)
   assert np.all(np.isnan(f) | (f <= best + 1e-9))
+
+
+def test_feve_from_image_stats_equals_feve_and_a_resampled_trial_table():
+  rng = np.random.default_rng(3)
+  ids, rates, resp = _repeated(rng, n_images=25, repeats=(2, 6), n_neurons=4, noise=0.8)
+  pred = (rates * 0.7 + rng.normal(0, 0.2, (1, 4)))
+  stats = metrics.image_stats(pred, resp, ids)
+  np.testing.assert_allclose(metrics.feve_from_stats(stats), metrics.feve(pred, resp, ids),
+                             rtol=1e-9)
+  # Weights are image multiplicities: equal to FEVE on the trial table with images repeated.
+  draws = rng.integers(0, 25, size=(3, 25))
+  weights = np.stack([np.bincount(d, minlength=25) for d in draws])
+  got = metrics.feve_from_stats(stats, weights)
+  uniq = stats["image"]
+  for b, d in enumerate(draws):
+    rows = np.concatenate([np.flatnonzero(ids == uniq[i]) for i in d])
+    # Copies of an image are separate images (their own repeats), as in the resample.
+    new_ids = np.concatenate([np.full(np.sum(ids == uniq[i]), j) for j, i in enumerate(d)])
+    np.testing.assert_allclose(got[b], metrics.feve(pred[rows], resp[rows], new_ids), rtol=1e-9)

@@ -1,33 +1,43 @@
 """Reports on synthetic results tables whose answers are planted."""
 
+import itertools
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from jaxmouse import reports
+from jaxmouse import metrics, reports
 
 LAYERS = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1"]
 
 
-def _table(rng, *, peaks, trained_gain=0.0, n=60, energy=0.2, noise=0.05):
-  """FEVE curves peaking at a planted layer per area; random weights trail by trained_gain."""
+def _table(rng, *, peaks, trained_gain=0.0, n=60, energy=0.2, noise=0.05, val_noise=0.02,
+           recordings=None):
+  """FEVE and validation-correlation curves peaking at a planted layer per area; random
+  weights trail by trained_gain. ``recordings``: per area, a list of recording names the
+  area's neurons are spread over."""
   rows = []
   uid = 0
   for area, peak in peaks.items():
-    for _ in range(n):
+    for j in range(n):
       uid += 1
       fev = rng.uniform(0.05, 0.9)
+      rec = "" if recordings is None else recordings[area][j % len(recordings[area])]
       for kind, names in (("trained", ["vgg"]), ("random", ["random0", "random1"])):
         for w in names:
           for i, layer in enumerate(LAYERS):
-            f = 0.5 * np.exp(-0.5 * ((i - peak) / 1.0) ** 2) + noise * rng.standard_normal()
-            f -= trained_gain if kind == "random" else 0.0
+            curve = 0.5 * np.exp(-0.5 * ((i - peak) / 1.0) ** 2)
+            curve -= trained_gain if kind == "random" else 0.0
             rows.append(dict(weights=w, layer=layer, readout="factorized", area=area,
-                             neuron=uid, feve=f, fev=fev))
-      rows.append(dict(weights="energy", layer="energy", readout="factorized", area=area,
-                       neuron=uid, feve=energy + noise * rng.standard_normal(), fev=fev))
+                             neuron=uid, feve=curve + noise * rng.standard_normal(), fev=fev,
+                             val_corr=curve + val_noise * rng.standard_normal(),
+                             weights_kind=kind, recording=rec))
+      rows.append(dict(weights="energy", layer="gabor", readout="factorized", area=area,
+                       neuron=uid, feve=energy + noise * rng.standard_normal(), fev=fev,
+                       val_corr=energy + val_noise * rng.standard_normal(),
+                       weights_kind="energy", recording=rec))
   return pd.DataFrame(rows)
 
 
@@ -38,9 +48,10 @@ def test_planted_hierarchy_and_trained_gain(tmp_path):
   cfg = reports.ReportConfig(n_boot=500, n_perm=500)
   summary = reports.write_report(tmp_path, config=cfg, area_order=["V1", "LM", "AL", "RL"])
   table = pd.read_csv(tmp_path / "report" / "area_table.csv").set_index("area")
-  assert table.loc["V1", "best_layer"] == "conv2_2"
-  assert table.loc["LM", "best_layer"] == "conv3_3"
-  assert table.loc["RL", "best_layer"] == "conv3_2"
+  assert table.loc["V1", "trained_layer"] == "conv2_2"
+  assert table.loc["LM", "trained_layer"] == "conv3_3"
+  assert table.loc["RL", "trained_layer"] == "conv3_2"
+  assert (table["random_layer"] == table["trained_layer"]).all()
   # Trained beats random by the planted 0.1, and the CI excludes 0 and holds 0.1.
   assert (table["diff_ci_low"] > 0).all()
   assert ((table["diff_ci_low"] < 0.1) & (table["diff_ci_high"] > 0.1)).all()
@@ -49,43 +60,258 @@ def test_planted_hierarchy_and_trained_gain(tmp_path):
   kept = df[(df["fev"] >= 0.15)].query("area == 'V1'")["neuron"].nunique()
   assert (table.loc["V1", "n_neurons"]) == kept
   test = json.loads((tmp_path / "report" / "hierarchy.json").read_text())[0]
-  assert test["rho"] > 0.5 and test["p_value"] < 0.01
+  assert test["rho"] > 0.5 and test["p_value"] < 0.01 and test["ci_low"] > 0.3
   text = summary.read_text()
-  assert "yes, a significant order" in text and "trained better" in text
+  assert "areas higher in the hierarchy take deeper layers" in text and "trained better" in text
+  assert reports.SELECTION_RULE in text and "simulated" not in text
+  by_layer = pd.read_csv(tmp_path / "report" / "trained_vs_random_by_layer.csv")
+  assert len(by_layer) == 4 * len(LAYERS)
+  np.testing.assert_allclose(by_layer["trained_minus_random"], 0.1, atol=0.03)
   for ext in ("png", "pdf"):
     assert (tmp_path / "report" / f"feve_vs_layer_factorized.{ext}").stat().st_size > 1000
 
 
+def test_layers_are_chosen_on_validation_even_where_test_noise_favours_another():
+  """Validation peaks at conv2_2; the test FEVE has a larger bump at conv3_2 (test noise alone).
+  The report must choose conv2_2 and report its (lower) test FEVE; choosing on test would
+  pick conv3_2 and report its inflated FEVE."""
+  rng = np.random.default_rng(5)
+  df = _table(rng, peaks={"V1": 3, "LM": 3}, noise=0.01, val_noise=0.01)
+  bump = (df["layer"] == "conv3_2") & (df["weights_kind"] != "energy")
+  df.loc[bump, "feve"] += 0.4  # above the true peak 0.5 at conv2_2
+  df = reports.check_results(df)
+  cfg = reports.ReportConfig(n_boot=200, n_perm=200)
+  table = reports.area_table(reports.included(df, cfg), cfg).set_index("area")
+  for area in ("V1", "LM"):
+    assert table.loc[area, "trained_layer"] == "conv2_2"
+    assert table.loc[area, "random_layer"] == "conv2_2"
+    assert table.loc[area, "trained_feve"] == pytest.approx(0.5, abs=0.02)
+  best = reports.choose_neuron_layers(df, readout="factorized", kind="trained")
+  assert (best["layer"] == "conv2_2").mean() > 0.95
+  # Each weights kind at its own validation choice: random peaks elsewhere on validation.
+  shift = (df["weights_kind"] == "random")
+  df.loc[shift & (df["layer"] == "conv4_1"), "val_corr"] += 1.0
+  table = reports.area_table(reports.included(df, cfg), cfg).set_index("area")
+  assert (table["random_layer"] == "conv4_1").all() and (table["trained_layer"] == "conv2_2").all()
+
+
+def _write_cells(run, df, stats_by_cell):
+  """Cells in the sweep layout: RUN/cells/<id>/{cell.json, test_images.npz}."""
+  for i, ((w, layer, readout, area), st) in enumerate(stats_by_cell.items()):
+    d = run / "cells" / f"c{i}"
+    d.mkdir(parents=True)
+    (d / "cell.json").write_text(json.dumps(
+        {"cell": {"weights": w, "layer": layer, "readout": readout, "area": area}}))
+    np.savez(d / "test_images.npz", **st)
+  df.to_csv(run / "results.csv", index=False)
+
+
+def _shared_image_population(rng, *, k=150, m=30, repeats=4, image_sd=0.5):
+  """Neurons whose prediction errors share image-level terms: some images are hard for every
+  neuron. Returns a results table (one cell) and its per-image statistics."""
+  signal = rng.normal(0, 1, (m, k))
+  hard = rng.normal(0, image_sd, (m, 1))  # the same for every neuron
+  pred = signal + hard * rng.uniform(0.5, 1.5, (1, k))
+  ids = np.repeat(np.arange(m), repeats)
+  resp = signal[ids] + rng.normal(0, 0.7, (m * repeats, k))
+  st = metrics.image_stats(pred[ids], resp, ids)
+  units = np.array([f"n{i}" for i in range(k)])
+  st["unit_ids"] = units
+  f = metrics.feve(pred[ids], resp, ids)
+  df = pd.DataFrame({"weights": "vgg", "layer": "conv2_2", "readout": "ridge", "area": "V1",
+                     "neuron": units, "feve": f, "val_corr": 0.5, "weights_kind": "trained",
+                     "fev": metrics.explainable_variance_fraction(resp, ids)})
+  return df, {("vgg", "conv2_2", "ridge", "V1"): st}
+
+
+def test_two_level_bootstrap_resamples_images_and_neurons(tmp_path):
+  df, st = _shared_image_population(np.random.default_rng(0))
+  _write_cells(tmp_path, df, st)
+  cfg = reports.ReportConfig(n_boot=1000, fev_threshold=0.0)
+  images = reports.TestImages(tmp_path)
+  assert not images.empty
+  table = reports.read_results(tmp_path)
+  boot = reports.Bootstrap(table, images, cfg)
+  draws = boot.feve_draws(readout="ridge", kind="trained", area="V1", layers="conv2_2",
+                          neurons=table["neuron"])
+  assert draws.shape == (1000, len(table))
+  two = boot.ci(table["feve"].to_numpy(), draws)
+  one = boot.ci(table["feve"].to_numpy(), None)
+  assert two[0] == pytest.approx(one[0])
+  # Images shared by all neurons dominate the uncertainty: resampling neurons alone hides it.
+  assert (two[2] - two[1]) > 3 * (one[2] - one[1])
+  row = reports.area_table(table, cfg, images=images).iloc[0]
+  assert "two-level bootstrap over test images and neurons" in row["ci_method"]
+  width = two[2] - two[1]  # the table's own resample of neurons differs; the image draws agree
+  assert row["trained_ci_high"] - row["trained_ci_low"] == pytest.approx(width, rel=0.15)
+  # Coverage: over fresh image sets of the same population, the two-level interval holds the
+  # population mean FEVE far more often than the neuron-only one.
+  truth = np.mean([_shared_image_population(np.random.default_rng(100 + s))[0]["feve"].mean()
+                   for s in range(40)])
+  hits = {"two": 0, "one": 0}
+  for s in range(12):
+    dfs, sts = _shared_image_population(np.random.default_rng(1000 + s))
+    b = reports.Bootstrap(reports.check_results(dfs), _Mem(sts), reports.ReportConfig(n_boot=300))
+    d = b.feve_draws(readout="ridge", kind="trained", area="V1", layers="conv2_2",
+                     neurons=dfs["neuron"])
+    for name, dd in (("two", d), ("one", None)):
+      _, lo, hi = b.ci(dfs["feve"].to_numpy(), dd)
+      hits[name] += lo <= truth <= hi
+  assert hits["two"] >= 9 and hits["one"] <= hits["two"] - 4, hits
+
+
+class _Mem(reports.TestImages):
+  """Test-image statistics held in memory."""
+
+  def __init__(self, stats_by_cell):
+    super().__init__(None)
+    self._paths = {k: None for k in stats_by_cell}
+    self._cache = dict(stats_by_cell)
+
+
+def test_without_image_statistics_the_ci_says_it_resamples_neurons_only():
+  df, _ = _shared_image_population(np.random.default_rng(1))
+  cfg = reports.ReportConfig(n_boot=100, fev_threshold=0.0)
+  row = reports.area_table(reports.check_results(df), cfg).iloc[0]
+  assert "neurons only" in row["ci_method"] and "too narrow" in row["ci_method"]
+
+
+def _best_layer_table(rng, areas, recordings, offsets, n_per_rec=30, shift=None):
+  """Each neuron's validation curve peaks at its recording's layer (recording offset, plus an
+  area shift where given)."""
+  rows, uid = [], 0
+  for area, recs in zip(areas, recordings):
+    for rec in recs:
+      for _ in range(n_per_rec):
+        uid += 1
+        peak = offsets[rec] + (shift or {}).get(area, 0.0) + rng.normal(0, 0.5)
+        for i, layer in enumerate(LAYERS):
+          v = np.exp(-0.5 * (i - peak) ** 2)
+          rows.append(dict(weights="vgg", layer=layer, readout="ridge", area=area, neuron=uid,
+                           feve=v, val_corr=v, weights_kind="trained", recording=rec, fev=0.5))
+  return reports.check_results(pd.DataFrame(rows))
+
+
+def test_hierarchy_respects_recordings_when_areas_are_confounded_with_them():
+  """One area per recording, recording offsets random and unrelated to area: neuron-level
+  permutations call the order significant; the recording-level test does not."""
+  rng = np.random.default_rng(3)
+  recs = [["s1", "s2"], ["s3", "s4"]]
+  # Recording offsets scatter by about a layer; by chance LM's two are deeper on average.
+  offsets = {"s1": 2.0, "s2": 3.0, "s3": 4.5, "s4": 2.5}
+  df = _best_layer_table(rng, ["V1", "LM"], recs, offsets, n_per_rec=80)
+  cfg = reports.ReportConfig(n_boot=300, n_perm=2000, area_ranks={"V1": 0, "LM": 1})
+  t = reports.hierarchy_test(df, cfg, readout="ridge")
+  assert t.n_units == 4 and "level of recordings" in t.method
+  # With 4 recordings the smallest one-sided p is 1/6: the data cannot show an order.
+  assert t.p_value > 0.1 and t.ci_low < 0 < t.ci_high
+  naive = reports.hierarchy_test(df.drop(columns="recording"), cfg, readout="ridge")
+  assert naive.n_units == df["neuron"].nunique() and "exchangeable" in naive.method
+  assert naive.p_value < 0.01  # the confound, read as an order
+
+
+def test_hierarchy_permutes_within_recordings_that_span_areas():
+  rng = np.random.default_rng(4)
+  recs = [["a", "b", "c"], ["a", "b", "c"]]
+  offsets = {"a": 1.0, "b": 2.5, "c": 4.0}
+  # LM neurons peak one layer deeper than V1 neurons of the same recording.
+  df = _best_layer_table(rng, ["V1", "LM"], recs, offsets, shift={"LM": 1.0})
+  cfg = reports.ReportConfig(n_boot=300, n_perm=1000, area_ranks={"V1": 0, "LM": 1})
+  t = reports.hierarchy_test(df, cfg, readout="ridge")
+  assert "within each of 3 recordings" in t.method
+  assert t.rho > 0 and t.p_value < 0.01 and t.ci_low > 0
+
+
+def test_ordinal_area_ranks_and_the_anatomical_hierarchy():
+  ranks = reports.parse_area_ranks("anatomical")
+  order = sorted(["VISam", "VISp", "VISal", "VISl", "VISpm", "VISrl"], key=ranks.get)
+  assert order == ["VISp", "VISl", "VISrl", "VISal", "VISpm", "VISam"]
+  assert ranks["V1"] == ranks["VISp"] and ranks["AL"] == ranks["VISal"]
+  assert reports.parse_area_ranks("V1=0, LM=1,AL=2") == {"V1": 0.0, "LM": 1.0, "AL": 2.0}
+  with pytest.raises(ValueError, match="AREA=RANK"):
+    reports.parse_area_ranks("V1:0")
+  rng = np.random.default_rng(6)
+  df = reports.check_results(_table(rng, peaks={"V1": 1, "LM": 3, "RL": 5, "AL": 7}, n=30))
+  cfg = reports.ReportConfig(n_boot=200, n_perm=500, area_ranks=ranks)
+  t = reports.hierarchy_test(df, cfg, readout="factorized")
+  assert t.rho > 0.9 and t.ci_low > 0.8 and t.area_ranks == {a: ranks[a] for a in
+                                                            ("V1", "LM", "RL", "AL")}
+
+
 def test_no_hierarchy_no_gain():
   rng = np.random.default_rng(1)
-  df = reports.check_results(_table(rng, peaks={"V1": 4, "LM": 4, "AL": 4, "RL": 4}))
+  df = reports.check_results(_table(rng, peaks={"V1": 4, "LM": 4, "AL": 4, "RL": 4},
+                                   val_noise=0.15))
   cfg = reports.ReportConfig(n_boot=500, n_perm=1000, seed=3)
   df = reports.included(df, cfg)
   test = reports.hierarchy_test(df, cfg, readout="factorized")
-  assert test.p_value > 0.05
+  assert test.p_value > 0.05 and test.ci_low < 0 < test.ci_high
+  assert "the interval includes 0" in reports.verdict(test, cfg.ci)
   table = reports.area_table(df, cfg)
   # No planted gain: the CI of trained - random holds 0 in (nearly) every area.
   holds = (table["diff_ci_low"] <= 0) & (table["diff_ci_high"] >= 0)
   assert holds.sum() >= 3
 
 
-def test_permutation_p_matches_scipy():
-  """The permutation Spearman test agrees with scipy's asymptotic p on a clear effect size."""
+def _exact_p(x, y, groups=None):
+  """One-sided p of Spearman's rho by enumerating every (within-group) permutation of x."""
+  rx, ry = stats.rankdata(x), stats.rankdata(y)
+  rho = np.corrcoef(rx, ry)[0, 1]
+  groups = np.zeros(len(x), int) if groups is None else np.asarray(groups)
+  members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+  null = []
+  for perm in itertools.product(*[itertools.permutations(m) for m in members]):
+    p = rx.copy()
+    for m, pm in zip(members, perm):
+      p[m] = rx[list(pm)]
+    null.append(np.corrcoef(p, ry)[0, 1])
+  null = np.array(null)
+  return rho, np.mean(null >= rho - 1e-12)
+
+
+@pytest.mark.parametrize("groups", [None, [0, 0, 0, 0, 1, 1, 1, 1]])
+def test_permutation_p_matches_exact_enumeration(groups):
   rng = np.random.default_rng(2)
-  x = rng.integers(0, 2, 300).astype(float)
-  y = x * 0.3 + rng.standard_normal(300)
-  rho, p1, _ = reports._spearman_perm(x, y, n_perm=4000, rng=rng)
-  ref = __import__("scipy.stats", fromlist=["spearmanr"]).spearmanr(x, y)
-  assert rho == pytest.approx(ref.statistic, abs=1e-10)
-  assert p1 == pytest.approx(ref.pvalue / 2, abs=0.01)
+  x = np.array([0, 1, 0, 1, 0, 1, 1, 0], float)
+  y = x * 0.8 + rng.standard_normal(8)
+  rho_exact, p_exact = _exact_p(x, y, groups)
+  n_perm = 40000
+  rho, p1, _ = reports._spearman_perm(x, y, n_perm=n_perm, rng=rng,
+                                      groups=None if groups is None else np.array(groups))
+  assert rho == pytest.approx(rho_exact, abs=1e-12)
+  assert rho == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+  se = np.sqrt(p_exact * (1 - p_exact) / n_perm)
+  assert 0.005 < p_exact < 0.95  # not at an extreme, where any estimate looks right
+  assert abs(p1 - p_exact) < 4 * se + 1.0 / n_perm, (p1, p_exact, se)
+
+
+def test_runs_without_trained_weights_are_reported(tmp_path):
+  rng = np.random.default_rng(7)
+  full = _table(rng, peaks={"V1": 2, "LM": 5}, n=30)
+  for kinds in (("random", "energy"), ("energy",), ("trained",)):
+    run = tmp_path / "_".join(kinds)
+    run.mkdir()
+    full[full["weights_kind"].isin(kinds)].to_csv(run / "results.csv", index=False)
+    text = reports.write_report(run, config=reports.ReportConfig(n_boot=50, n_perm=50)).read_text()
+    table = pd.read_csv(run / "report" / "area_table.csv")
+    for kind in kinds:
+      assert f"{kind}_layer" in table.columns
+    if "random" in kinds:
+      assert "random CNN at" in text and "(random weights)" in text
+    if kinds == ("energy",):
+      assert "no CNN weights in this run" in text
+    assert "trained and random weights were not both part of this run" in text
 
 
 def test_bad_tables(tmp_path):
   with pytest.raises(FileNotFoundError, match="results.csv"):
     reports.read_results(tmp_path)
   pd.DataFrame({"weights": ["a"], "layer": ["conv1_1"]}).to_csv(tmp_path / "results.csv")
-  with pytest.raises(ValueError, match=r"missing columns \['readout', 'area', 'neuron', 'feve'\]"):
+  with pytest.raises(ValueError, match=r"missing columns \['readout', 'area', 'neuron', 'feve', "
+                                       r"'val_corr'\]"):
     reports.read_results(tmp_path)
+  with pytest.raises(ValueError, match="area_ranks"):
+    reports.ReportConfig(area_ranks={"V1": float("nan")})
 
 
 def test_cli_report(tmp_path, capsys):
@@ -95,5 +321,11 @@ def test_cli_report(tmp_path, capsys):
   assert main(["report", str(tmp_path), "--n-boot", "50", "--n-perm", "50",
                "--area-ranks", "V1=0,LM=1"]) == 0
   assert "report written to" in capsys.readouterr().out
+  assert main(["report", str(tmp_path), "--n-boot", "50", "--n-perm", "50",
+               "--area-ranks", "anatomical"]) == 0
+  assert "V1 -0.357, LM -0.093" in capsys.readouterr().out
+  with pytest.raises(SystemExit):  # argparse refuses it with a usage line
+    main(["report", str(tmp_path), "--area-ranks", "V1"])
+  assert "AREA=RANK" in capsys.readouterr().err
   assert main(["report", str(tmp_path / "missing")]) == 1
   assert "no results table" in capsys.readouterr().err
