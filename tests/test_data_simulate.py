@@ -116,8 +116,15 @@ def _numpy_rates(truth, images, features, idx):
     if truth.model[i] == "cnn":
       f = features[truth.layer[i]].astype(np.float64)
       h, w, c = f.shape[1:]
-      kernel = truth.spatial_mask[i, :h, :w, None] * truth.feature_weights[i, None, None, :c]
-      drive = (f * kernel).sum(axis=(1, 2, 3))
+      subunits = (truth.feature_weights[i, None] if truth.subunit_weights is None
+                  else truth.subunit_weights[i])
+      r = [(f * truth.spatial_mask[i, :h, :w, None] * wt[None, None, :c]).sum(axis=(1, 2, 3))
+           for wt in subunits]
+      if len(r) == 1:
+        drive = r[0]
+      else:
+        off, sc = truth.subunit_offset[i], truth.subunit_scale[i]
+        drive = sum(np.maximum((v - o) / s_, 0) ** 2 for v, o, s_ in zip(r, off, sc))
     else:
       (cy, cx), s = truth.rf_center[i], truth.rf_sigma[i]
       theta, freq = truth.gabor[i]
@@ -145,6 +152,38 @@ def test_truth_recomputes_independently(small, weights):
   features = extract(weights, images, layers=sorted(set(truth.layer[cnn])))
   ref = _numpy_rates(truth, images, features, idx)
   np.testing.assert_allclose(truth.rates[:50, idx], ref, rtol=2e-3, atol=1e-4)
+
+
+def test_subunit_neurons_recompute_and_lie_outside_the_linear_readout_family(weights):
+  from jaxmouse.features import extract
+
+  config = SimulationConfig.tiny(areas=("V1",), neurons_per_area=12, gabor_fraction=0.0,
+                                 layers="conv2_2", subunits=3, n_features=4, n_images=400,
+                                 drive_gain=1.0)
+  ds, truth = simulate(config, weights=weights)
+  assert truth.subunit_weights.shape[:2] == (12, 3)
+  chans = [set(np.flatnonzero(w)) for w in truth.subunit_weights[0]]
+  assert all(len(c) == 4 for c in chans) and not (chans[0] & chans[1] | chans[1] & chans[2])
+  f = extract(weights, ds.images, layers=["conv2_2"])
+  ref = _numpy_rates(truth, ds.images, f, np.arange(12))
+  np.testing.assert_allclose(truth.rates, ref, rtol=2e-3, atol=1e-4)
+  # Out of sample, a ridge readout of the whole planted layer predicts a subunit's own linear
+  # drive r_0 almost perfectly, and the neuron's drive sum_j relu(r_j)^2 much worse.
+  from sklearn.linear_model import Ridge
+
+  x = f["conv2_2"].reshape(len(f["conv2_2"]), -1).astype(np.float64)
+  h, w, c = f["conv2_2"].shape[1:]
+  mask = truth.spatial_mask[:, :h, :w]
+  r = np.einsum("nhwc,khw,ksc->nks", f["conv2_2"], mask, truth.subunit_weights[:, :, :c])
+  z = (r - truth.subunit_offset) / truth.subunit_scale
+  drives = {"linear": r[:, :, 0], "subunit": (np.maximum(z, 0) ** 2).sum(axis=2)}
+  score = {}
+  for name, d in drives.items():
+    model = Ridge(alpha=1e-3 * (x**2).sum() / len(x)).fit(x[:300], d[:300])
+    pred = model.predict(x[300:])
+    score[name] = [np.corrcoef(pred[:, i], d[300:, i])[0, 1] ** 2 for i in range(12)]
+  assert np.median(score["linear"]) > 0.95, score
+  assert np.median(score["subunit"]) < np.median(score["linear"]) - 0.15, score
 
 
 def test_truth_is_checkable_with_metrics(small):

@@ -129,14 +129,21 @@ def register(sub, *, name, help):
                    help="fraction of Gabor energy neurons: one value or one per area")
   sim.add_argument("--rf-sigma", type=_numbers(float), default=None,
                    help="receptive field size (px): one value or one per area")
-  sim.add_argument("--n-features", type=int, default=8, help="non-zero feature weights per neuron")
+  sim.add_argument("--n-features", type=int, default=8,
+                   help="non-zero feature weights per neuron (per subunit)")
+  sim.add_argument("--subunits", type=int, default=1,
+                   help="1: CNN neurons are factorized linear readouts of a layer; s > 1: a "
+                        "nonlinear subunit model, sum of s rectified-squared readouts")
+  sim.add_argument("--arch", default=None, choices=("vgg16", "vgg19"),
+                   help="network the CNN neurons read (default: that of --weights, else vgg16)")
   sim.add_argument("--mean-rate", type=float, default=2.0)
   sim.add_argument("--drive-gain", type=float, default=1.0)
   sim.add_argument("--noise", choices=("poisson", "gamma_poisson"), default="poisson")
   sim.add_argument("--noise-level", type=float, default=0.0,
                    help="gamma-Poisson overdispersion k (variance = rate + k rate^2)")
   sim.add_argument("--weights", default=None,
-                   help="weights checkpoint folder (jaxmouse weights ...); default random VGG16")
+                   help="weights checkpoint folder (jaxmouse weights ...); default random "
+                        "weights of --arch")
   sim.add_argument("--weights-seed", type=int, default=0, help="seed of the default random weights")
   sim.add_argument("--batch-size", type=int, default=128, help="images per CNN call")
   sim.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -172,6 +179,12 @@ def _convert(args):
   print(f"read {t1 - t0:.1f} s, wrote {t2 - t1:.1f} s")
 
 
+def _arch_of(weights_dir) -> str:
+  from jaxmouse.weights import read_metadata
+
+  return str(read_metadata(weights_dir)["arch"])
+
+
 def _simulate(args):
   from pathlib import Path
 
@@ -187,7 +200,8 @@ def _simulate(args):
       hierarchy=not args.no_hierarchy, layers=args.layers, gabor_fraction=args.gabor_fraction,
       rf_sigma=args.rf_sigma, n_features=args.n_features, mean_rate=args.mean_rate,
       drive_gain=args.drive_gain, noise=args.noise, noise_level=args.noise_level,
-      weights_seed=args.weights_seed, name=args.name)
+      weights_seed=args.weights_seed, name=args.name, subunits=args.subunits,
+      arch=args.arch or (_arch_of(args.weights) if args.weights else "vgg16"))
   weights = None
   if args.weights:
     from jaxmouse.weights import load as load_weights

@@ -7,7 +7,11 @@ where ``drive`` is one of
       neuron's receptive-field centre, orientation, spatial frequency and size;
   (b) a factorized readout of a named VGG layer (Klindt et al. 2017):
       ``sum_{h,w,c} features[h, w, c] * spatial_mask[h, w] * feature_weights[c]`` with a Gaussian
-      spatial mask of area-specific size and a few non-zero feature weights.
+      spatial mask of area-specific size and a few non-zero feature weights; or, with
+      ``subunits = s > 1``, a nonlinear subunit model over that layer:
+      ``sum_j relu((r_j - offset_j) / scale_j)^2`` where each subunit ``r_j`` is such a readout
+      with the shared mask and its own channels and weights, thresholded at its mean input. No linear readout of any layer equals it, so a simulated
+      mouse with subunits is outside the family of the readouts that are fitted to it.
 
 ``gain`` and ``bias`` standardize each neuron's drive over the image set (mean 0, standard
 deviation ``drive_gain``), and ``scale`` sets its mean rate. Trials draw Poisson or gamma-Poisson
@@ -77,7 +81,11 @@ class SimulationConfig:
     gabor_fraction: per area, the fraction of Gabor energy neurons (the rest are CNN readouts).
     rf_sigma: per area, the receptive field (Gaussian mask / Gabor envelope) standard deviation
       in input pixels; each neuron scatters around it by a log-normal factor (sigma 0.15).
-    n_features: non-zero feature weights of a CNN neuron.
+    n_features: non-zero feature weights of a CNN neuron (of each subunit).
+    subunits: 1 for the factorized linear readout of a layer, ``s > 1`` for a nonlinear
+      subunit model (``sum_j relu((r_j - offset_j) / scale_j)^2`` over ``s`` factorized
+      subunits of the layer, sharing the mask, with distinct channels, each thresholded at its
+      mean input over the images).
     mean_rate: the population's mean rate per trial; neurons scatter log-normally (``rate_spread``).
     drive_gain: standard deviation of the standardized drive fed to ELU(x - 1) + 1.
     noise: ``"poisson"`` or ``"gamma_poisson"`` (Poisson with a Gamma(1/k, k) gain per trial and
@@ -100,6 +108,7 @@ class SimulationConfig:
   gabor_fraction: float | tuple[float, ...] | None = None
   rf_sigma: float | tuple[float, ...] | None = None
   n_features: int = 8
+  subunits: int = 1
   mean_rate: float = 2.0
   rate_spread: float = 0.5
   drive_gain: float = 1.0
@@ -116,8 +125,9 @@ class SimulationConfig:
       raise ValueError(f"SimulationConfig.areas: expected distinct area names, got {areas!r}")
     set_("areas", areas)
     k = len(areas)
-    if self.n_features < 1:
-      raise ValueError(f"SimulationConfig.n_features must be >= 1, got {self.n_features}")
+    if self.n_features < 1 or self.subunits < 1:
+      raise ValueError(f"SimulationConfig.n_features and subunits must be >= 1, got "
+                       f"{self.n_features} and {self.subunits}")
     counts = tuple(int(n) for n in _per_area(self.neurons_per_area, k, "neurons_per_area"))
     if min(counts) < 1:
       raise ValueError(f"SimulationConfig.neurons_per_area: expected >= 1 per area, got {counts}")
@@ -155,9 +165,9 @@ class SimulationConfig:
         if h < 1 or w < 1:
           raise ValueError(f"SimulationConfig: images of {shape[0]}x{shape[1]} are too small for "
                            f"layer {l} of {self.arch} (output {h}x{w})")
-        if self.n_features > c:
-          raise ValueError(f"SimulationConfig.n_features={self.n_features} exceeds the {c} "
-                           f"channels of layer {l}")
+        if self.n_features * self.subunits > c:
+          raise ValueError(f"SimulationConfig: n_features={self.n_features} x subunits="
+                           f"{self.subunits} exceeds the {c} channels of layer {l}")
     set_("layers", layers)
 
     if self.gabor_fraction is None:
@@ -227,7 +237,8 @@ class Truth:
   """The planted models. Neuron-indexed arrays have a leading axis ``n`` in data-set order.
 
   ``rate = scale * (ELU(gain * drive + bias - 1) + 1)`` with ``drive`` the Gabor energy (model
-  ``"gabor"``) or the factorized readout of ``layer`` (model ``"cnn"``).
+  ``"gabor"``) or the factorized readout of ``layer`` (model ``"cnn"``; with subunits,
+  ``sum_j relu((r_j - offset_j) / scale_j)^2`` over the subunit readouts ``r_j``).
 
   Attributes:
     unit_ids, areas: ``(n,)`` as in the data set.
@@ -237,7 +248,12 @@ class Truth:
     rf_sigma: ``(n,)`` receptive field size (Gaussian standard deviation) in input pixels.
     spatial_mask: ``(n, hm, wm)`` the CNN neuron's mask on its layer's grid ``(h, w)`` in the top
       left corner, zero elsewhere (and all zero for Gabor neurons); each mask sums to 1.
-    feature_weights: ``(n, cm)`` the CNN neuron's channel weights (first ``c`` entries; unit norm).
+    feature_weights: ``(n, cm)`` the CNN neuron's channel weights (first ``c`` entries; unit norm);
+      of its first subunit when it has several.
+    subunit_weights: ``(n, s, cm)`` every subunit's channel weights, or None for the linear
+      readout (``s = 1``).
+    subunit_offset, subunit_scale: ``(n, s)`` each subunit's threshold and scale (its mean and
+      standard deviation over the images): ``drive = sum_j relu((r_j - offset) / scale)^2``.
     gabor: ``(n, 2)`` orientation (radians) and spatial frequency (cycles per pixel) of Gabor
       neurons, NaN for CNN neurons.
     gain, bias, scale: ``(n,)`` the output nonlinearity's parameters.
@@ -264,6 +280,9 @@ class Truth:
   noise_level: float
   config: dict = dataclasses.field(default_factory=dict)
   weights: dict = dataclasses.field(default_factory=dict)
+  subunit_weights: np.ndarray | None = None
+  subunit_offset: np.ndarray | None = None
+  subunit_scale: np.ndarray | None = None
 
   def __post_init__(self):
     n = np.asarray(self.unit_ids).shape[0]
@@ -400,14 +419,14 @@ def _draw_neurons(config: SimulationConfig, rng: np.random.Generator, arch: str)
     sig = sigma * np.exp(0.15 * rng.standard_normal(count))
     orientation = rng.uniform(0, np.pi, count)
     wavelength = np.maximum(rng.uniform(1.5, 3.0, count) * sig, 3.0)  # >= 3 px: below Nyquist
-    k = config.n_features
-    channels = np.zeros((count, k), np.int64)
-    for l in layers:  # k distinct channels of the neuron's layer
+    k, s = config.n_features, config.subunits
+    channels = np.zeros((count, s, k), np.int64)
+    for l in layers:  # s x k distinct channels of the neuron's layer, k per subunit
       rows = np.flatnonzero(layer == l)
       c = vgg.output_shape(arch, l, H, W)[2]
-      channels[rows] = np.argsort(rng.random((rows.size, c)), axis=1)[:, :k]
-    weights = rng.standard_normal((count, k))
-    weights /= np.linalg.norm(weights, axis=1, keepdims=True)
+      channels[rows] = np.argsort(rng.random((rows.size, c)), axis=1)[:, :s * k].reshape(-1, s, k)
+    weights = rng.standard_normal((count, s, k))
+    weights /= np.linalg.norm(weights, axis=2, keepdims=True)
     rate = config.mean_rate * np.exp(config.rate_spread * rng.standard_normal(count)
                                      - 0.5 * config.rate_spread**2)
     for key, v in (("area", np.full(count, area)), ("model", model), ("layer", layer),
@@ -467,20 +486,22 @@ def simulate(config: SimulationConfig, *, weights=None, batch_size: int = 128,
   hm = max([g[0] for g in grids.values()], default=1)
   wm = max([g[1] for g in grids.values()], default=1)
   cm = max([g[2] for g in grids.values()], default=1)
+  n_sub = config.subunits
   spatial = np.zeros((n, hm, wm), np.float32)
-  feature_w = np.zeros((n, cm), np.float32)
+  subunit_w = np.zeros((n, n_sub, cm), np.float32)
   per_layer = {}
   for l in layers:
     idx = np.flatnonzero(nrn["layer"] == l)
     h, w, c = grids[l]
     masks = spatial_masks(nrn["center"][idx], nrn["sigma"][idx], (H, W), (h, w))
-    fw = np.zeros((idx.size, c), np.float32)
-    np.put_along_axis(fw, nrn["channels"][idx], nrn["channel_weights"][idx].astype(np.float32), 1)
+    fw = np.zeros((idx.size, n_sub, c), np.float32)
+    np.put_along_axis(fw, nrn["channels"][idx], nrn["channel_weights"][idx].astype(np.float32), 2)
     spatial[idx, :h, :w] = masks
-    feature_w[idx, :c] = fw
+    subunit_w[idx, :, :c] = fw
     per_layer[l] = (idx, masks, fw)
 
   drive = np.zeros((config.n_images, n), np.float32)
+  sub_raw = np.zeros((config.n_images, n, n_sub), np.float32) if n_sub > 1 else None
   if per_layer:
     from jaxmouse.features import iter_features
 
@@ -491,9 +512,23 @@ def simulate(config: SimulationConfig, *, weights=None, batch_size: int = 128,
         chunk = min(neuron_chunk, idx.size)  # one compile per layer; only the last chunk pads
         for s in range(0, idx.size, chunk):
           sl = slice(s, s + chunk)
-          m, wts = _pad_rows(masks[sl], chunk), _pad_rows(fw[sl], chunk)
-          out = np.asarray(factorized_readout(f, m, wts))[:, :idx[sl].size]
-          drive[start:start + len(f), idx[sl]] = out
+          m = _pad_rows(masks[sl], chunk)
+          for j in range(n_sub):
+            r = np.asarray(factorized_readout(f, m, _pad_rows(fw[sl, j], chunk)))
+            if sub_raw is None:
+              drive[start:start + len(f), idx[sl]] = r[:, :idx[sl].size]
+            else:
+              sub_raw[start:start + len(f), idx[sl], j] = r[:, :idx[sl].size]
+  sub_offset = sub_scale = None
+  if sub_raw is not None:
+    # Each subunit is thresholded at its mean input over the images and scaled by its spread,
+    # so the rectification bites: drive = sum_j relu((r_j - offset_j) / scale_j)^2.
+    sub_offset = sub_raw.mean(axis=0, dtype=np.float64).astype(np.float32)  # (n, s)
+    spread = sub_raw.std(axis=0, dtype=np.float64)
+    sub_scale = np.where(spread > 1e-12, spread, 1.0).astype(np.float32)
+    z = np.maximum((sub_raw - sub_offset) / sub_scale, 0.0)
+    drive[:, is_cnn] = (z**2).sum(axis=2)[:, is_cnn]
+    del sub_raw, z
 
   gab = np.flatnonzero(~is_cnn)
   gchunk = max(1, min(neuron_chunk, gab.size))
@@ -528,7 +563,9 @@ def simulate(config: SimulationConfig, *, weights=None, batch_size: int = 128,
   gabor[gab, 1] = nrn["frequency"][gab]
   truth = Truth(unit_ids=unit_ids, areas=nrn["area"], model=nrn["model"], layer=nrn["layer"],
                 rf_center=nrn["center"].astype(np.float32), rf_sigma=nrn["sigma"].astype(np.float32),
-                spatial_mask=spatial, feature_weights=feature_w, gabor=gabor,
+                spatial_mask=spatial, feature_weights=subunit_w[:, 0],
+                subunit_weights=subunit_w if n_sub > 1 else None, subunit_offset=sub_offset,
+                subunit_scale=sub_scale, gabor=gabor,
                 gain=gain, bias=bias, scale=scale, rates=rates, noise=config.noise,
                 noise_level=float(config.noise_level), config=config.to_dict(),
                 weights=_weights_info(weights))
@@ -579,6 +616,9 @@ def save_truth(truth: Truth, path: str | os.PathLike) -> Path:
   path = Path(path)
   arrays = {k: np.asarray(getattr(truth, k)) for k in _TRUTH_ARRAYS}
   arrays = {k: v.astype(str) if v.dtype.kind in "OS" else v for k, v in arrays.items()}
+  for k in ("subunit_weights", "subunit_offset", "subunit_scale"):
+    if getattr(truth, k) is not None:
+      arrays[k] = np.asarray(getattr(truth, k))
   arrays["noise"] = np.array(truth.noise)
   arrays["noise_level"] = np.array(truth.noise_level)
   arrays["config"] = np.array(json.dumps(truth.config))
@@ -604,4 +644,6 @@ def load_truth(path: str | os.PathLike) -> Truth:
   return Truth(**{k: a[k] for k in _TRUTH_ARRAYS}, noise=str(a["noise"]),
                noise_level=float(a["noise_level"]),
                config=json.loads(str(a.get("config", "{}"))),
-               weights=json.loads(str(a.get("weights", "{}"))))
+               weights=json.loads(str(a.get("weights", "{}"))),
+               subunit_weights=a.get("subunit_weights"), subunit_offset=a.get("subunit_offset"),
+               subunit_scale=a.get("subunit_scale"))
