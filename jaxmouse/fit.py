@@ -64,7 +64,8 @@ class FitConfig:
     max_decays: decays before a pair stops.
     tolerance: minimal improvement of validation correlation that counts.
     batch_norm: standardize each channel on the training images and apply ReLU before the
-      readout (the studies' batch norm + ReLU, with the affine part left to the readout);
+      readout (the studies' batch norm + ReLU, with the affine part left to the readout; sweeps
+      apply it to CNN layers, not to the energy model's already rectified features);
       otherwise the features are only divided by one global scale so that penalty strengths
       mean the same for every layer.
     init_scale: scale of the initial feature weights (None: the readout's default).

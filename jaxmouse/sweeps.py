@@ -444,8 +444,10 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
           feature_cache.ensure(labels[label], ds.images, config.layers)
           ensured.add(label)
         raw = feature_cache.layer(labels[label], ds.images, layer)
+      # Batch norm + ReLU is for CNN layers; the energy model's features are rectified
+      # already (ReLU of the simple subunits, the energy's norm) and are only scaled.
       feats = fitlib.prepare_features(raw, train_images=train_images,
-                                      batch_norm=config.fit.batch_norm)
+                                      batch_norm=config.fit.batch_norm and (label, layer) != ENERGY)
       del raw
       for readout, group in by_readout.items():
         if all(is_done(out, c) for c in group):

@@ -1,11 +1,21 @@
-"""The classical energy model as a feature space: a fixed bank of Gabor quadrature pairs.
+"""The classical subunit energy model as a feature space: a fixed bank of Gabor quadrature pairs.
 
-The bank follows the companion code of Cadena et al. 2019: kernel sizes 6, 11 and 21 pixels;
-1, 2 and 3 cycles per kernel size (wavelength = size / cycles); 8 orientations; phases 0 and
-pi/2; stride 6. "Simple" features are ReLU(Gabor) of both phases, "energy" features are
-sqrt(even^2 + odd^2) of each pair. Every kernel is zero mean with unit L2 norm, and its Gaussian
-envelope has sigma = size / 4 (the kernel spans +-2 sigma); smaller kernels are zero-padded to the
-largest so that the whole bank is one strided convolution with "SAME" padding.
+The bank follows the companion code of Cadena et al. 2019 in its filters (kernel sizes 6, 11 and
+21 pixels; 1, 2 and 3 cycles per kernel size, wavelength = size / cycles, leaving out the one
+wavelength of 2 px, at the Nyquist limit; 8 orientations; quadrature pairs, phases 0 and pi/2:
+64 pairs) and the classical energy model in how they are used:
+
+- positions are dense (stride 2 by default, so that neighbouring filters of every size overlap
+  and a receptive field anywhere is covered; the companion code's stride 6 left the small
+  filters barely overlapping on 36x64 images);
+- "simple" subunits are half-wave rectified filters of both polarities, ReLU(+-even) and
+  ReLU(+-odd) (phases 0, pi/2, pi and 3 pi/2), so ON and OFF subunits are both present;
+- "energy" (complex) units are sqrt(even^2 + odd^2) of each pair;
+- every kernel is zero mean by subtracting its Gaussian-weighted mean (the carrier minus its
+  mean under the envelope, times the envelope), so it has no response to uniform light and no
+  DC pedestal over the kernel square; unit L2 norm. The envelope has sigma = size / 4 (the
+  kernel spans +-2 sigma); smaller kernels are zero-padded to the largest so that the whole bank
+  is one strided convolution with "SAME" padding.
 
 ``features(images)`` returns ``(n, ceil(H / stride), ceil(W / stride), c)`` float32 maps, used by
 the fit engine like any CNN layer.
@@ -27,12 +37,16 @@ KINDS = ("simple", "energy", "both")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GaborBank:
-  """Parameters of the fixed bank (defaults: the studies' bank, 72 quadrature pairs)."""
+  """Parameters of the fixed bank (defaults: the studies' filters, 64 quadrature pairs, at dense
+  positions)."""
   sizes: tuple[int, ...] = (6, 11, 21)
   cycles: tuple[float, ...] = (1.0, 2.0, 3.0)
   orientations: int = 8
-  stride: int = 6
+  stride: int = 2
   envelope: float = 0.25  # sigma of the Gaussian envelope as a fraction of the kernel size
+  # Filters whose wavelength (size / cycles) is below this are left out: at 2 px (size 6, 3
+  # cycles) a sampled carrier is at the Nyquist limit, and the even member of a pair can vanish.
+  min_wavelength: float = 3.0
 
   def __post_init__(self):
     if not self.sizes or any(int(s) < 2 for s in self.sizes):
@@ -42,21 +56,36 @@ class GaborBank:
     if self.orientations < 1 or self.stride < 1 or not self.envelope > 0:
       raise ValueError(f"GaborBank needs orientations >= 1, stride >= 1 and envelope > 0, got "
                        f"{self.orientations}, {self.stride}, {self.envelope}")
+    if not self.scales:
+      raise ValueError(f"GaborBank: no (size, cycles) with a wavelength >= {self.min_wavelength} "
+                       f"px among sizes {self.sizes} and cycles {self.cycles}")
+
+  @property
+  def scales(self) -> tuple[tuple[int, float], ...]:
+    """The ``(size, cycles)`` combinations in the bank (wavelength >= ``min_wavelength``)."""
+    return tuple((int(s), float(c)) for s in self.sizes for c in self.cycles
+                 if s / c >= self.min_wavelength)
 
   @property
   def n_pairs(self) -> int:
-    return len(self.sizes) * len(self.cycles) * self.orientations
+    return len(self.scales) * self.orientations
 
 
 def gabor(size: int, cycles: float, theta: float, phase: float, *, envelope: float = 0.25
           ) -> np.ndarray:
-  """One ``(size, size)`` Gabor kernel, zero mean, unit L2 norm."""
+  """One ``(size, size)`` Gabor kernel, zero mean, unit L2 norm.
+
+  The mean is removed under the envelope: ``env * (carrier - c)`` with ``c`` the
+  envelope-weighted mean of the carrier, which sums to zero and vanishes where the envelope does
+  (subtracting the mean over the square would leave a constant pedestal out to its corners).
+  """
   r = np.arange(size) - (size - 1) / 2
   y, x = np.meshgrid(r, r, indexing="ij")
   along = x * np.cos(theta) + y * np.sin(theta)
   sigma = envelope * size
-  g = np.exp(-(x**2 + y**2) / (2 * sigma**2)) * np.cos(2 * np.pi * cycles / size * along + phase)
-  g -= g.mean()
+  env = np.exp(-(x**2 + y**2) / (2 * sigma**2))
+  carrier = np.cos(2 * np.pi * cycles / size * along + phase)
+  g = env * (carrier - np.sum(env * carrier) / np.sum(env))
   return g / np.linalg.norm(g)
 
 
@@ -69,24 +98,23 @@ def kernels(bank: GaborBank = GaborBank()) -> tuple[np.ndarray, dict[str, np.nda
   """
   big = max(bank.sizes)
   out, info = [], {"size": [], "cycles": [], "orientation": []}
-  for size in bank.sizes:
-    for cyc in bank.cycles:
-      for o in range(bank.orientations):
-        theta = np.pi * o / bank.orientations
-        for phase in (0.0, np.pi / 2):
-          k = np.zeros((big, big))
-          lo = (big - size) // 2
-          k[lo:lo + size, lo:lo + size] = gabor(size, cyc, theta, phase, envelope=bank.envelope)
-          out.append(k)
-        info["size"].append(size)
-        info["cycles"].append(cyc)
-        info["orientation"].append(theta)
+  for size, cyc in bank.scales:
+    for o in range(bank.orientations):
+      theta = np.pi * o / bank.orientations
+      for phase in (0.0, np.pi / 2):
+        k = np.zeros((big, big))
+        lo = (big - size) // 2
+        k[lo:lo + size, lo:lo + size] = gabor(size, cyc, theta, phase, envelope=bank.envelope)
+        out.append(k)
+      info["size"].append(size)
+      info["cycles"].append(cyc)
+      info["orientation"].append(theta)
   hwio = np.stack(out, axis=-1)[:, :, None, :].astype(np.float32)
   return hwio, {k: np.asarray(v) for k, v in info.items()}
 
 
 def n_channels(kind: str = "both", bank: GaborBank = GaborBank()) -> int:
-  return {"simple": 2 * bank.n_pairs, "energy": bank.n_pairs, "both": 3 * bank.n_pairs}[kind]
+  return {"simple": 4 * bank.n_pairs, "energy": bank.n_pairs, "both": 5 * bank.n_pairs}[kind]
 
 
 @functools.partial(jax.jit, static_argnames=("stride", "kind"))
@@ -95,7 +123,9 @@ def _apply(images, kernel, *, stride: int, kind: str):
   resp = jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME",
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))  # (b, h, w, 2p)
   even, odd = resp[..., 0::2], resp[..., 1::2]
-  simple = jax.nn.relu(resp)
+  # Per pair: ReLU(+even), ReLU(+odd), ReLU(-even), ReLU(-odd) (ON and OFF subunits).
+  b, h, w, _ = resp.shape
+  simple = jax.nn.relu(jnp.stack([even, odd, -even, -odd], axis=-1)).reshape(b, h, w, -1)
   energy = jnp.sqrt(even**2 + odd**2)
   return {"simple": simple, "energy": energy,
           "both": jnp.concatenate([simple, energy], axis=-1)}[kind]
@@ -107,8 +137,9 @@ def features(images, *, kind: str = "both", bank: GaborBank = GaborBank(), batch
 
   Args:
     images: ``(n, H, W)`` on a 0-255 scale.
-    kind: ``simple`` (ReLU of both phases, ``2p`` channels), ``energy`` (``p`` channels) or
-      ``both`` (simple then energy, ``3p`` channels); ``p = bank.n_pairs`` (72 by default).
+    kind: ``simple`` (ReLU of both phases and both polarities, ``4p`` channels: per pair
+      ``+even, +odd, -even, -odd``), ``energy`` (``p`` channels) or ``both`` (simple then
+      energy, ``5p`` channels); ``p = bank.n_pairs`` (64 by default).
     bank: the GaborBank.
     batch_size: images per jitted call.
 
@@ -144,7 +175,7 @@ def channel_names(kind: str = "both", bank: GaborBank = GaborBank()) -> list[str
   _, info = kernels(bank)
   pairs = [f"s{s}_c{c:g}_o{np.degrees(o):.1f}" for s, c, o in
            zip(info["size"], info["cycles"], info["orientation"])]
-  simple = [f"simple_{p}_{ph}" for p in pairs for ph in ("even", "odd")]
+  simple = [f"simple_{p}_{ph}" for p in pairs for ph in ("even", "odd", "-even", "-odd")]
   energy = [f"energy_{p}" for p in pairs]
   return {"simple": simple, "energy": energy, "both": simple + energy}[kind]
 
