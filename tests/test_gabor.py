@@ -13,7 +13,8 @@ from jaxmouse.models import gabor
 def test_bank_has_the_studies_layout_and_quadrature_pairs():
   bank = gabor.GaborBank()
   kernel, info = gabor.kernels(bank)
-  assert kernel.shape == (21, 21, 1, 2 * 64)
+  assert kernel.shape == (33, 33, 1, 2 * 64)  # the largest (size 21) out to +-3 sigma
+  assert [gabor.support(s) for s in (6, 11, 21)] == [11, 19, 33]
   assert bank.n_pairs == (3 * 3 - 1) * 8  # size 6 at 3 cycles (a 2 px wavelength) left out
   assert (6, 3.0) not in bank.scales and (11, 3.0) in bank.scales
   assert sorted(set(info["size"].tolist())) == [6, 11, 21]
@@ -24,11 +25,12 @@ def test_bank_has_the_studies_layout_and_quadrature_pairs():
   # envelope is exactly affine in the carrier. A mean removed over the square instead adds a
   # constant pedestal, and pedestal / envelope is not (it grows towards the corners).
   for (size, cycles), theta, phase in itertools.product(bank.scales, (0.0, 1.1), (0.0, np.pi / 2)):
-    r = np.arange(size) - (size - 1) / 2
+    n = gabor.support(size)
+    r = np.arange(n) - (n - 1) / 2
     y, x = np.meshgrid(r, r, indexing="ij")
     env = np.exp(-(x**2 + y**2) / (2 * (size / 4) ** 2))
     carrier = np.cos(2 * np.pi * cycles / size * (x * np.cos(theta) + y * np.sin(theta)) + phase)
-    design = np.stack([carrier.ravel(), np.ones(size * size)], axis=1)
+    design = np.stack([carrier.ravel(), np.ones(n * n)], axis=1)
     for k, affine in ((gabor.gabor(size, cycles, theta, phase), True),
                       (env * carrier - (env * carrier).mean(), False)):
       ratio = (k / env).ravel()
@@ -117,37 +119,56 @@ def test_bad_images_are_rejected():
     gabor.GaborBank(sizes=(1,))
 
 
+def _grid_pixel(index, *, size, stride, support):
+  """Input pixel at which output ``index`` of a "SAME" strided convolution is centred."""
+  out = -(-size // stride)
+  before = max((out - 1) * stride + support - size, 0) // 2
+  return index * stride - before + (support - 1) / 2
+
+
 @pytest.mark.slow
 def test_planted_energy_cells_are_predicted_by_the_energy_model():
-  """Complex cells of the energy model's family (a quadrature pair's energy, at a position
-  between the bank's grid points, through ELU(x - 1) + 1 and Poisson noise) are predicted by the
-  energy model's features with a factorized readout at FEVE >= 0.9."""
+  """Complex cells (a quadrature pair's energy through ELU(x - 1) + 1, Poisson trials) of the
+  bank's sizes, frequencies and orientations, centred on the dense grid, are predicted by the
+  energy model's features with a factorized readout at FEVE >= 0.9. The coarse stride-6 grid of
+  the companion code does not hold them."""
   from jaxmouse import fit as fitlib
   from jaxmouse.data import simulation
   from jaxmouse.data.stimuli import natural_images
 
-  H, W, n_img, n_test, reps = 14, 20, 2000, 50, 10
+  H, W, n_img, n_test, reps = 14, 20, 5000, 50, 10
   rng = np.random.default_rng(0)
   images = natural_images(n_img, (H, W), seed=1)
+  bank = gabor.GaborBank()
+  kernel, info = gabor.kernels(bank)
   scales = [(6, 1.0), (11, 2.0), (6, 2.0), (11, 3.0)]  # (size, cycles) of bank filters
-  sigma = np.array([s / 4 for s, _ in scales])
-  freq = np.array([c / s for s, c in scales])
   k = len(scales)
-  centers = np.stack([rng.uniform(0.4, 0.6, k) * (H - 1), rng.uniform(0.4, 0.6, k) * (W - 1)], 1)
+  gy, gx = np.array([3, 4, 3, 4]), np.array([4, 5, 5, 4])  # grid cells, off the stride-6 grid
+  centers = np.stack([_grid_pixel(gy, size=H, stride=2, support=kernel.shape[0]),
+                      _grid_pixel(gx, size=W, stride=2, support=kernel.shape[0])], axis=1)
   orientation = rng.integers(0, 8, k) * np.pi / 8
-  even, odd = simulation.gabor_pairs(centers, sigma, orientation, freq, (H, W))
+  even, odd = simulation.gabor_pairs(centers, np.array([s / 4 for s, _ in scales]), orientation,
+                                     np.array([c / s for s, c in scales]), (H, W))
   drive = np.asarray(simulation.gabor_energy(images, even, odd))
+  feats = gabor.features(images)
+  coarse = gabor.features(images, bank=gabor.GaborBank(stride=6), kind="energy")
+  for i, (size, cycles) in enumerate(scales):
+    pair = np.flatnonzero((info["size"] == size) & (info["cycles"] == cycles)
+                          & np.isclose(info["orientation"], orientation[i]))[0]
+    assert np.corrcoef(feats[:, gy[i], gx[i], 4 * bank.n_pairs + pair], drive[:, i])[0, 1] > 0.98
+    best = max(abs(np.corrcoef(coarse[:, y, x, pair], drive[:, i])[0, 1])
+               for y in range(coarse.shape[1]) for x in range(coarse.shape[2]))
+    assert best < 0.95, (i, best)
   z = (drive - drive.mean(0)) / drive.std(0)
-  rates = 10.0 * np.asarray(simulation.elu_plus_one(z))
-  test, val = np.arange(n_test), np.arange(n_test, n_test + 300)
-  train = np.arange(n_test + 300, n_img)
+  rates = np.asarray(simulation.elu_plus_one(6.0 * z + 15.0))  # mean ~15 per trial
+  test, val = np.arange(n_test), np.arange(n_test, n_test + 400)
+  train = np.arange(n_test + 400, n_img)
   draw = lambda ix: rng.poisson(rates[ix]).astype(np.float32)
   ti = np.repeat(test, reps)
   tiers = dict(train=fitlib.Trials(train, draw(train)), validation=fitlib.Trials(val, draw(val)),
                test=fitlib.Trials(ti, draw(ti)))
   assert np.all(np.abs(fitlib.scores(rates[ti], tiers["test"])["feve"] - 1) < 0.03)
   cfg = fitlib.FitConfig(max_steps=2500, eval_every=100, batch_size=256, lr=2e-2, patience=5)
-  res = fitlib.fit_and_score(gabor.features(images), readout="factorized", config=cfg,
+  res = fitlib.fit_and_score(feats, readout="factorized", config=cfg,
                              grid={"l1": [1e-4], "smooth": [1e-3]}, **tiers)
-  feve = res.scores["feve"]
-  assert np.median(feve) >= 0.9 and feve.min() >= 0.8, feve
+  assert np.all(res.scores["feve"] >= 0.9), res.scores["feve"]

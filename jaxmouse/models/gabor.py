@@ -13,9 +13,10 @@ wavelength of 2 px, at the Nyquist limit; 8 orientations; quadrature pairs, phas
 - "energy" (complex) units are sqrt(even^2 + odd^2) of each pair;
 - every kernel is zero mean by subtracting its Gaussian-weighted mean (the carrier minus its
   mean under the envelope, times the envelope), so it has no response to uniform light and no
-  DC pedestal over the kernel square; unit L2 norm. The envelope has sigma = size / 4 (the
-  kernel spans +-2 sigma); smaller kernels are zero-padded to the largest so that the whole bank
-  is one strided convolution with "SAME" padding.
+  DC pedestal over the kernel square; unit L2 norm. The envelope has sigma = size / 4 and is
+  drawn out to +-3 sigma (the nominal size spans +-2 sigma, where a cut envelope is still at 13%
+  of its peak), centred on a pixel; smaller kernels are zero-padded to the largest so that the
+  whole bank is one strided convolution with "SAME" padding.
 
 ``features(images)`` returns ``(n, ceil(H / stride), ceil(W / stride), c)`` float32 maps, used by
 the fit engine like any CNN layer.
@@ -71,15 +72,23 @@ class GaborBank:
     return len(self.scales) * self.orientations
 
 
+def support(size: int, envelope: float = 0.25) -> int:
+  """Width of the array a Gabor of nominal ``size`` is drawn on: +-3 sigma around a centre pixel
+  (the nominal square, +-2 sigma, would cut the envelope at 13% of its peak)."""
+  return 2 * math.ceil(3 * envelope * size) + 1
+
+
 def gabor(size: int, cycles: float, theta: float, phase: float, *, envelope: float = 0.25
           ) -> np.ndarray:
-  """One ``(size, size)`` Gabor kernel, zero mean, unit L2 norm.
+  """One Gabor kernel of nominal ``size`` (sigma = ``envelope * size``, wavelength
+  ``size / cycles``), drawn on ``support(size)`` pixels, zero mean, unit L2 norm.
 
   The mean is removed under the envelope: ``env * (carrier - c)`` with ``c`` the
   envelope-weighted mean of the carrier, which sums to zero and vanishes where the envelope does
   (subtracting the mean over the square would leave a constant pedestal out to its corners).
   """
-  r = np.arange(size) - (size - 1) / 2
+  n = support(size, envelope)
+  r = np.arange(n) - (n - 1) / 2
   y, x = np.meshgrid(r, r, indexing="ij")
   along = x * np.cos(theta) + y * np.sin(theta)
   sigma = envelope * size
@@ -96,15 +105,16 @@ def kernels(bank: GaborBank = GaborBank()) -> tuple[np.ndarray, dict[str, np.nda
   Filters come in pairs: channel ``2i`` is the even (phase 0) and ``2i + 1`` the odd (phase
   pi/2) member of pair ``i``. ``info`` holds per-pair ``size``, ``cycles``, ``orientation``.
   """
-  big = max(bank.sizes)
+  big = max(support(s, bank.envelope) for s in bank.sizes)
   out, info = [], {"size": [], "cycles": [], "orientation": []}
   for size, cyc in bank.scales:
     for o in range(bank.orientations):
       theta = np.pi * o / bank.orientations
       for phase in (0.0, np.pi / 2):
         k = np.zeros((big, big))
-        lo = (big - size) // 2
-        k[lo:lo + size, lo:lo + size] = gabor(size, cyc, theta, phase, envelope=bank.envelope)
+        n = support(size, bank.envelope)
+        lo = (big - n) // 2
+        k[lo:lo + n, lo:lo + n] = gabor(size, cyc, theta, phase, envelope=bank.envelope)
         out.append(k)
       info["size"].append(size)
       info["cycles"].append(cyc)
