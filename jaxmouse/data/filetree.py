@@ -131,7 +131,8 @@ def load(path: str | os.PathLike, *, final_test: str = "test", check_images: boo
   try:
     return NeuralDataset(images=images, responses=responses, trial_image=trial_image.reshape(-1),
                          tiers=tiers[index], unit_ids=unit_ids, areas=areas, neuron_meta=meta,
-                         name=name or config.get("jaxmouse", {}).get("name") or root.name)
+                         name=name or config.get("jaxmouse", {}).get("name") or root.name,
+                         info=config.get("jaxmouse", {}).get("info", {}))
   except ValueError as e:
     raise ValueError(f"{root}: {e}") from None
 
@@ -220,5 +221,6 @@ def save(ds: NeuralDataset, path: str | os.PathLike, *, progress: bool = False) 
     np.save(tmp / "meta/trials/tiers.npy", ds.tiers)
     np.save(tmp / "meta/trials/trial_idx.npy", np.arange(ds.n_trials))
     _write_statistics(tmp / "meta/statistics", ds)
-    (tmp / "config.json").write_text(json.dumps({"links": {}, "jaxmouse": {"name": ds.name}}))
+    (tmp / "config.json").write_text(json.dumps(
+        {"links": {}, "jaxmouse": {"name": ds.name, "info": dict(ds.info)}}))
   return root
