@@ -272,3 +272,41 @@ def test_helpers():
   assert allen.cre_line("Slc17a7-IRES2-Cre/wt;Camk2a-tTA/wt;Ai93(TITL-GCaMP6f)/wt") == "Slc17a7-IRES2-Cre"
   assert allen.cell_class("Pvalb-IRES-Cre") == "inhibitory"
   assert allen.cell_class("Emx1-IRES-Cre") == "excitatory"
+
+
+def test_data_info_states_responses_and_flags_choices(experiments, capsys):
+  from jaxmouse.cli import main
+  from jaxmouse.data import summary
+
+  paths, _, _ = experiments
+  folder = paths[0].parent
+  allen.write_nwb(folder / "601.nwb", dff=np.zeros((2, 50)), frames=None, frame_duration=None,
+                  cell_specimen_ids=np.arange(2), template=None, location="VISp",
+                  imaging_depth_um=175, genotype="Cux2-CreERT2/wt", session_id=601,
+                  session_type="three_session_A")
+  assert main(["data", "info", str(folder), "--test-images", "2"]) == 0
+  out, err = capsys.readouterr()
+  assert err.strip().startswith("jaxmouse data: warning: skipped 1 NWB file(s)") and "601.nwb" in err
+  assert len(err.strip().splitlines()) == 1
+  assert "responses  dF/F;" in out and "% negative" in out
+  assert "window   [start, start + 2 x duration) after onset" in out and "(0-467 ms)" in out
+  assert "loss     gaussian with a linear output (auto: " in out
+  assert "split    by image: 2 test images drawn with seed 0" in out
+  rows = {l.split()[0]: l.split() for l in out.splitlines() if l.split()}
+  for area, n in (("VISp", "4"), ("VISal", "3"), ("VISpm", "2")):
+    assert rows[area][1] == n and rows[area][3].endswith("%")  # neurons, ..., negative share
+  assert "warning: 4 training images are few for CNN readouts" in out
+  assert "warning: left out while reading: NWB files without natural_scenes: 601.nwb" in out
+  # A presentation-only window is flagged as too short for calcium; so are shared images.
+  ds = load(paths[0], n_test_images=2, window="presentation")
+  assert ds.info["response_window_ms"] == "0-233"
+  assert any("ends 233 ms after onset" in w for w in summary.checks(ds))
+  shared = ds.replace(tiers=np.where(ds.tiers == "validation", "train", ds.tiers))
+  first = np.flatnonzero(shared.tiers == "train")[:2]
+  shared = shared.replace(tiers=np.where(np.isin(np.arange(ds.n_trials), first), "validation",
+                                         shared.tiers))
+  warnings_ = summary.checks(shared)
+  assert any("in both the train and validation tiers" in w for w in warnings_), warnings_
+  assert "images in both train and validation" in summary.split_statement(shared)
+  assert summary.split_statement(ds) == ("by image: 4 train / 1 validation / 2 test images, no "
+                                         "image in two tiers")

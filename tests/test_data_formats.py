@@ -126,6 +126,8 @@ def test_sensorium_withheld_tiers_are_left_out(tmp_path):
   named = sorted(str(w.message).split("tier ")[1].split(" ")[0] for w in caught)
   assert named == ["'final_test'", "'test'"]
   assert ds.tier_names == ("train", "validation")
+  from jaxmouse.data import summary
+  assert "no 'test' trials: nothing to score (withheld?)" in summary.checks(ds)
   # Present final_test responses join test, as before.
   full = tmp_path / "static-released"
   _, tiers, _, responses = write_sensorium_tree(full, rng=rng)
