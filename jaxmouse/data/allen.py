@@ -484,7 +484,9 @@ def load(paths, *, stimulus: str = "natural_scenes", response: str = "auto",
   ms = [e["window_ms"] for e in exps if e["window_ms"] is not None]
   test_rule = (f"{len(np.unique(trial_image[tiers == 'test']))} test images "
                + ("given" if test_images is not None else f"drawn with seed {seed}"))
-  info = {"source": "Allen Brain Observatory Visual Coding NWB 1 (natural scenes)",
+  stored = with_template[0]["template_shape"][1:]
+  info = {"source": "Allen Brain Observatory Visual Coding NWB 1, natural scenes",
+          "image_size": f"{stored[0]}x{stored[1]}",
           "response_type": RESPONSE_TYPES[response],
           "response_window": describe_window(window),
           "split": f"by image: {test_rule}, {validation_fraction:.0%} of the others in "

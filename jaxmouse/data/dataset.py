@@ -16,8 +16,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 TIERS = ("train", "validation", "test")
-INFO_KEYS = ("response_type", "response_window", "response_window_ms", "source", "split",
-             "left_out")
+INFO_KEYS = ("response_type", "response_window", "response_window_ms", "source", "image_size",
+             "split", "left_out")
 RESIZE_FITS = ("pad", "crop", "stretch")
 
 
@@ -56,6 +56,7 @@ class NeuralDataset:
       (``"dF/F"``, ``"L0 events"``, ``"spike counts (simulated)"``, ...), ``response_window``
       (how a trial's response was taken from the traces), ``response_window_ms`` (``"0-500"``,
       the window in ms after onset where it is known), ``source`` (the format it was read from),
+      ``image_size`` (``"918x1174"``: the images as stored, before any resize while reading),
       ``split`` (how the tiers were drawn) and ``left_out`` (trials the loader dropped, and why).
   """
 

@@ -276,7 +276,9 @@ def _load(tree: _Tree, *, final_test, check_images, image_shape, name, allow_pic
   if isinstance(jm.get("info"), dict):  # written by jaxmouse: the data set's own facts
     info = dict(jm["info"])
   else:
+    first = _read_image(tree, images_dir, int(index[0]))
     info = {"source": "Sensorium / neuralpredictors static file tree",
+            "image_size": f"{first.shape[0]}x{first.shape[1]}",
             "response_type": "not stated in the file tree",
             "split": f"as stored in meta/trials/tiers.npy (images identified by {identity})"}
   if left_out:
