@@ -111,7 +111,8 @@ def test_config_errors():
   with pytest.raises(ValueError, match="unknown cadena2019 config"):
     cadena2019.get_config("huge")
   with pytest.raises(ValueError, match=r"per_format\['allen'\] names unknown fields \['readout'\]"):
-    cadena2019.StudyConfig(name="x", layers=("conv1_1",), per_format={"allen": {"readout": "ridge"}})
+    cadena2019.StudyConfig(name="x", layers=("conv1_1",),
+                           per_format={"allen": {"readout": "ridge"}})
   with pytest.raises(ValueError, match="image_fit"):
     cadena2019.StudyConfig(name="x", layers=("conv1_1",), image_fit="stretch")
 

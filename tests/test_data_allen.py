@@ -286,7 +286,8 @@ def test_data_info_states_responses_and_flags_choices(experiments, capsys):
                   session_type="three_session_A")
   assert main(["data", "info", str(folder), "--test-images", "2"]) == 0
   out, err = capsys.readouterr()
-  assert err.strip().startswith("jaxmouse data: warning: skipped 1 NWB file(s)") and "601.nwb" in err
+  assert err.strip().startswith("jaxmouse data: warning: skipped 1 NWB file(s)")
+  assert "601.nwb" in err
   assert len(err.strip().splitlines()) == 1
   assert "responses  dF/F;" in out and "% negative" in out
   assert "window   [start, start + 2 x duration) after onset" in out and "(0-467 ms)" in out

@@ -353,8 +353,9 @@ def test_dff_with_negative_values_fits_under_the_default_loss():
   # A linear output predicts negative responses; the fit explains most of the planted signal.
   assert np.isfinite(res.scores["feve"]).all()
   assert np.median(res.scores["feve"]) > 0.5, res.scores["feve"]
-  pred = fitlib.predict(res.params, fitlib.prepare_features(feats, train_images=tiers["train"].image),
-                        tiers["test"].image, readout="factorized", output="linear")
+  prepared = fitlib.prepare_features(feats, train_images=tiers["train"].image)
+  pred = fitlib.predict(res.params, prepared, tiers["test"].image, readout="factorized",
+                        output="linear")
   assert (pred < 0).mean() > 0.2
 
 

@@ -177,7 +177,8 @@ def test_dff_like_responses_get_a_gaussian_loss_by_default_and_poisson_is_refuse
   assert main([*args, "--out", str(tmp_path / "a")]) == 0
   assert "loss: gaussian (auto: " in capsys.readouterr().out
   manifest = json.loads((tmp_path / "a" / "sweep.json").read_text())
-  assert manifest["loss"].startswith("gaussian (auto: ") and manifest["config"]["fit"]["loss"] == "auto"
+  assert manifest["loss"].startswith("gaussian (auto: ")
+  assert manifest["config"]["fit"]["loss"] == "auto"
   table = pd.read_csv(tmp_path / "a" / "results.csv")
   # Finite scores, and the readouts predict the repeat averages (with 140 training images the
   # factorized readout's FEVE stays low: the few-images regime).

@@ -239,7 +239,8 @@ def _load(tree: _Tree, *, final_test, check_images, image_shape, name, allow_pic
     r = tree.npy(rel, f"responses of trial {i}")
     if r.shape != (n_neurons,):
       raise ValueError(f"{tree.show(rel)}: responses of shape {r.shape}, but "
-                       f"meta/neurons/unit_ids.npy has {n_neurons} neurons; expected ({n_neurons},)")
+                       f"meta/neurons/unit_ids.npy has {n_neurons} neurons; expected "
+                       f"({n_neurons},)")
     if not np.all(np.isfinite(r)):
       raise ValueError(f"{tree.show(rel)}: field 'responses': {int(np.sum(~np.isfinite(r)))} "
                        f"non-finite values (NaN or inf) in shape {r.shape}")
