@@ -86,7 +86,8 @@ def register(sub, *, name: str, help: str) -> None:
   p.add_argument("--select", choices=("neuron", "area"), default="neuron",
                  help="choose the config per neuron or one per area (on validation)")
   p.add_argument("--resize", type=_shape, default=None, metavar="HxW",
-                 help="resize the images first, e.g. 36x64")
+                 help="resize the images first, e.g. 36x64, keeping their aspect ratio (padded "
+                 "with the images' mean gray)")
   p.add_argument("--steps", type=int, default=5000, help="maximum steps per fit")
   p.add_argument("--batch-size", type=int, default=256)
   p.add_argument("--lr", type=float, default=None,
