@@ -102,6 +102,12 @@ def test_sensorium_tree_as_shipped(tmp_path):
   np.testing.assert_array_equal(dropped.responses, responses[:8])
   small = load(root, image_shape=(3, 5))
   assert small.image_shape == (3, 5)
+  # The tree does not say what its responses are; data info says so, whatever their sign.
+  from jaxmouse.data import summary
+  assert ds.info["response_type"] == "not stated in the file tree"
+  shifted = summary.checks(ds.replace(responses=ds.responses - 1.0))
+  assert any("response type is not stated" in w for w in shifted)
+  assert not any("stated to be" in w for w in shifted), shifted
 
 
 def test_sensorium_withheld_tiers_are_left_out(tmp_path):

@@ -132,9 +132,12 @@ def _depth(v) -> int:
   return int(np.asarray(v).reshape(-1)[0])
 
 
-def parse_window(window) -> str | tuple[float, float] | tuple[int, int]:
-  """``"allen"`` | ``"presentation"`` | ``"A-Bms"`` -> ``("ms", A, B)`` | ``(a, b)`` frames;
-  also accepts ``"a:b"`` (frames) as the command line writes it."""
+def parse_window(window) -> str | tuple:
+  """A response window in one form: ``"allen"`` | ``"presentation"`` | ``("ms", A, B)`` |
+  ``(a, b)`` imaging frames. Accepts those, ``None`` (the default), ``"A-Bms"`` and ``"a:b"``
+  (frames, as the command line writes them)."""
+  bad = ValueError(f"window must be 'allen', 'presentation', 'A-Bms' (e.g. '0-500ms') or frames "
+                   f"'a:b' / (a, b), got {window!r}")
   if window is None:
     return DEFAULT_WINDOW
   if isinstance(window, str):
@@ -143,27 +146,22 @@ def parse_window(window) -> str | tuple[float, float] | tuple[int, int]:
       return text
     m = _MS.match(text)
     if m:
-      a, b = float(m.group(1)), float(m.group(2))
-      if b <= a:
-        raise ValueError(f"window {window!r}: the end must come after the start")
-      return ("ms", a, b)
-    if ":" in text:
-      try:
-        window = tuple(int(x) for x in text.split(":"))
-      except ValueError:
-        window = None
-    if not isinstance(window, tuple):
-      raise ValueError(f"window must be 'allen', 'presentation', 'A-Bms' (e.g. '0-500ms') or "
-                       f"frames 'a:b', got {window!r}")
+      window = ("ms", float(m.group(1)), float(m.group(2)))
+    elif ":" in text:
+      window = tuple(text.split(":"))
+    else:
+      raise bad
   if isinstance(window, (tuple, list)) and len(window) == 3 and window[0] == "ms":
-    return ("ms", float(window[1]), float(window[2]))
+    a, b = float(window[1]), float(window[2])
+    if b <= a:
+      raise ValueError(f"window {a:g}-{b:g} ms: the end must come after the start")
+    return ("ms", a, b)
   try:
     a, b = (int(x) for x in window)
   except (TypeError, ValueError):
-    raise ValueError(f"window must be 'allen', 'presentation', 'A-Bms' or (a, b) frames, got "
-                     f"{window!r}") from None
+    raise bad from None
   if b <= a:
-    raise ValueError(f"window must be (a, b) with b > a, got {tuple(window)}")
+    raise ValueError(f"window must be (a, b) frames with b > a, got ({a}, {b})")
   return (a, b)
 
 

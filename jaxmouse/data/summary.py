@@ -45,11 +45,12 @@ def checks(ds: NeuralDataset, *, tier: str = "test", threshold: float = EV_THRES
   """One line per choice that looks wrong for this data set (loss, window, tiers, size)."""
   out = []
   kind = response_type(ds)
+  stated = not kind.startswith("not stated")
   negative = float(np.mean(ds.responses < 0))
-  if negative and kind not in ("dF/F", "not stated"):
+  if negative and stated and kind != "dF/F":
     out.append(f"responses are stated to be {kind!r}, yet {negative:.1%} are negative: check the "
                "files; a Poisson loss cannot fit them")
-  if kind == "not stated":
+  if not stated:
     out.append(f"the response type is not stated in the files ({negative:.1%} negative values): "
                "--loss auto fits Poisson to non-negative responses, Gaussian otherwise")
   ms = ds.info.get("response_window_ms")
