@@ -353,16 +353,17 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
 
   # One loss for every cell, fitted to the response type (FitConfig.loss "auto": Gaussian when
   # any training response of the swept neurons is negative); recorded in sweep.json.
-  fit_config, why = config.fit, "ridge only: least squares"
+  fit_config, loss = config.fit, "least squares (ridge readouts only)"
   if any(r != "ridge" for r in config.readouts):
     fit_config, why = fitlib.resolve_loss(config.fit,
                                           ds.tier("train")[1][:, np.isin(ds.areas, areas)])
+    loss = f"{fit_config.loss} ({why})"
   out.mkdir(parents=True, exist_ok=True)
   _clean_temporaries(out)
   manifest = {"format": SWEEP_FORMAT, "data": data_fingerprint(ds), "data_name": ds.name,
               "config": config.to_dict(),
               "weights": {l: str(Path(p).resolve()) for l, p in labels.items()},
-              "loss": f"{fit_config.loss} ({why})"}
+              "loss": loss}
   _check_manifest(out, manifest)
 
   cells = plan(config, areas)
