@@ -7,9 +7,15 @@ so one optimizer over the whole pytree is exactly one Adam per pair. A step is t
 jitted function of the whole grid, compiled once per feature shape (penalty strengths are data).
 
 Per pair, as in the studies' training loops (Cadena et al. 2019; neuralpredictors):
-  - Poisson loss ``mean_b (pred - r log(pred))`` plus the readout's penalties (the log taken
-    exactly, see ``log_output_fn``, instead of the studies' ``log(pred + 1e-9)`` guard);
-  - output nonlinearity ELU(x - 1) + 1 (or softplus), bias initialised from the mean response;
+  - a loss that fits the response type, plus the readout's penalties:
+    Poisson ``mean_b (pred - r log(pred))`` for non-negative responses (spike counts,
+    deconvolved events; the log taken exactly, see ``log_output_fn``, instead of the studies'
+    ``log(pred + 1e-9)`` guard), or Gaussian ``mean_b (pred - r)^2`` (mean squared error) for
+    responses that can be negative (dF/F). ``loss="auto"`` picks Gaussian when any training
+    response is negative, else Poisson (``resolve_loss``); an explicit Poisson loss on negative
+    responses is refused;
+  - output nonlinearity ELU(x - 1) + 1 (or softplus) for Poisson, the identity (``linear``) for
+    Gaussian; bias initialised so that the output equals the mean response;
   - validation correlation every ``eval_every`` steps; after ``patience`` checks without
     improvement the pair's best parameters are restored and its learning rate divided by
     ``lr_decay``; after ``max_decays`` such decays the pair stops (its updates become zero);
@@ -40,7 +46,10 @@ from jaxmouse import metrics
 from jaxmouse import readouts as readouts_lib
 from jaxmouse.readouts import ridge as ridge_lib
 
-OUTPUTS = ("elu", "softplus")
+LOSSES = ("poisson", "gaussian")
+RATE_OUTPUTS = ("elu", "softplus")  # positive outputs: a Poisson rate
+OUTPUTS = (*RATE_OUTPUTS, "linear")
+DEFAULT_OUTPUT = {"poisson": "elu", "gaussian": "linear"}
 DEFAULT_LR = {"factorized": 5e-3, "gaussian": 5e-3, "full": 1e-4}
 _LOG_EPS = 1e-9
 
@@ -52,7 +61,14 @@ class FitConfig:
   """How readouts are trained. Every field has the studies' convention or a tested default.
 
   Attributes:
-    output: ``"elu"`` (ELU(x - 1) + 1) or ``"softplus"``.
+    loss: ``"poisson"`` (non-negative responses: spike counts, deconvolved events),
+      ``"gaussian"`` (mean squared error; responses that can be negative, such as dF/F) or
+      ``"auto"`` (Gaussian when any training response is negative, else Poisson; resolved by
+      ``resolve_loss`` when a fit starts).
+    output: ``"elu"`` (ELU(x - 1) + 1), ``"softplus"`` or ``"linear"`` (the identity); None
+      takes the loss's default (Poisson ``elu``, Gaussian ``linear``). A Poisson rate must be
+      positive, so Poisson with ``linear`` is refused; Gaussian with ``elu``/``softplus`` (a
+      shifted positive output) is allowed for non-negative responses.
     lr: Adam learning rate (per pair; divided by ``lr_decay`` on each plateau); None takes the
       readout's default ``DEFAULT_LR`` (the full readout has h*w*c weights per neuron and
       needs a much smaller step than the factorized one, as in Cadena et al. 2019).
@@ -73,7 +89,8 @@ class FitConfig:
       micro-batches whose gradients are summed (the same result, less memory).
     seed: initialisation and minibatch order.
   """
-  output: str = "elu"
+  loss: str = "auto"
+  output: str | None = None
   lr: float | None = None
   batch_size: int = 256
   max_steps: int = 5000
@@ -88,8 +105,13 @@ class FitConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if self.output not in OUTPUTS:
+    if self.loss not in (*LOSSES, "auto"):
+      raise ValueError(f"FitConfig.loss must be one of {(*LOSSES, 'auto')}, got {self.loss!r}")
+    if self.output is not None and self.output not in OUTPUTS:
       raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+    if self.loss == "poisson" and self.output == "linear":
+      raise ValueError("FitConfig: a Poisson loss needs a positive rate; output 'linear' can be "
+                       f"negative (use one of {RATE_OUTPUTS}, or loss='gaussian')")
     for name in ("batch_size", "max_steps", "eval_every", "patience"):
       v = getattr(self, name)
       if not isinstance(v, (int, np.integer)) or v < 1:
@@ -105,6 +127,34 @@ class FitConfig:
                        f"{self.tolerance!r}, {self.memory_mb!r}")
     if self.init_scale is not None and not self.init_scale > 0:
       raise ValueError(f"FitConfig.init_scale must be positive or None, got {self.init_scale!r}")
+
+
+def resolve_loss(config: FitConfig, train_responses) -> tuple[FitConfig, str]:
+  """The config with a concrete loss and output for these training responses ``(t, k)``, and a
+  readable account of the choice (e.g. ``"auto: 12% of training responses are negative"``).
+
+  ``"auto"``: Gaussian when any training response is negative (dF/F), else Poisson (counts,
+  events). The choice is a property of the response type, made on the training trials only.
+  Raises ValueError for an explicit Poisson loss on negative responses.
+  """
+  y = np.asarray(train_responses)
+  n_neg = int(np.count_nonzero(y < 0))
+  share = f"{100.0 * n_neg / max(y.size, 1):.3g}%"
+  if config.loss == "auto":
+    loss = "gaussian" if n_neg else "poisson"
+    why = (f"auto: {share} of training responses are negative" if n_neg else
+           "auto: no training response is negative")
+  else:
+    loss, why = config.loss, "as configured"
+    if loss == "poisson" and n_neg:
+      raise ValueError(f"a Poisson loss needs non-negative responses, but {n_neg} of {y.size} "
+                       f"training responses ({share}) are negative (min {float(y.min()):.3g}; "
+                       "dF/F?); use loss 'gaussian' or 'auto' (--loss gaussian), or "
+                       "non-negative responses such as L0 events")
+  output = config.output or DEFAULT_OUTPUT[loss]
+  if loss == "poisson" and output not in RATE_OUTPUTS:
+    raise ValueError(f"a Poisson loss needs a positive output ({RATE_OUTPUTS}), got {output!r}")
+  return dataclasses.replace(config, loss=loss, output=output), why
 
 
 class Trials(NamedTuple):
@@ -175,11 +225,14 @@ def prepare_features(features, *, train_images, batch_norm: bool = False) -> np.
 # ---- outputs and loss ------------------------------------------------------------------------
 
 def output_fn(name: str):
-  """The output nonlinearity: ``elu`` is ELU(x - 1) + 1, ``softplus`` log(1 + e^x)."""
+  """The output nonlinearity: ``elu`` is ELU(x - 1) + 1, ``softplus`` log(1 + e^x), ``linear``
+  the identity."""
   if name == "elu":
     return lambda z: jax.nn.elu(z - 1.0) + 1.0
   if name == "softplus":
     return jax.nn.softplus
+  if name == "linear":
+    return lambda z: z
   raise ValueError(f"output must be one of {OUTPUTS}, got {name!r}")
 
 
@@ -198,11 +251,17 @@ def log_output_fn(name: str):
       small = z < -15.0  # softplus(z) = e^z (1 - e^z / 2 + ...): log is z to float32 precision
       return jnp.where(small, z, jnp.log(jax.nn.softplus(jnp.where(small, 0.0, z))))
     return log_softplus
-  raise ValueError(f"output must be one of {OUTPUTS}, got {name!r}")
+  raise ValueError(f"a log rate needs a positive output, one of {RATE_OUTPUTS}; got {name!r}")
 
 
 def initial_bias(mean_response, output: str):
-  """The bias whose output equals the mean response: ``(k,)`` -> ``(k,)``."""
+  """The bias whose output equals the mean response: ``(k,)`` -> ``(k,)``.
+
+  ``linear``: the mean itself (negative for a neuron whose mean dF/F is negative); the positive
+  outputs clip the mean at 1e-3, the smallest rate they start from.
+  """
+  if output == "linear":
+    return np.asarray(mean_response, np.float32)
   m = np.maximum(np.asarray(mean_response, np.float64), 1e-3)
   if output == "elu":
     b = np.where(m >= 1.0, m, 1.0 + np.log(m))
@@ -220,29 +279,47 @@ def poisson_loss(z, y, *, output: str = "elu"):
   return jnp.sum(rate - y[:, None, :] * log_output_fn(output)(z), axis=0)
 
 
-def data_loss(params, x, y, *, readout: str, output: str, key=None, n_total=None):
-  """The Poisson loss of a batch, ``(g, k)``: summed over ``x (b, ...)``, divided by ``n_total``
-  (default ``b``; a micro-batch passes the full batch size so that its parts sum to the mean)."""
+def gaussian_loss(z, y, *, output: str = "linear"):
+  """Squared error ``(pred - y)^2`` summed over the batch, per (config, neuron): ``z (b, g, k)``
+  linear predictions, ``y (b, k)`` -> ``(g, k)``. The negative log likelihood of a Gaussian with
+  fixed variance, up to scale and a constant."""
+  return jnp.sum((output_fn(output)(z) - y[:, None, :]) ** 2, axis=0)
+
+
+def data_loss(params, x, y, *, readout: str, output: str, key=None, n_total=None,
+              loss: str = "poisson"):
+  """The loss of a batch, ``(g, k)``: summed over ``x (b, ...)``, divided by ``n_total``
+  (default ``b``; a micro-batch passes the full batch size so that its parts sum to the mean).
+  ``loss``: ``"poisson"`` or ``"gaussian"`` (mean squared error)."""
   z = readouts_lib.get(readout).predict(params, x, key=key)  # (b, g, k)
   n = x.shape[0] if n_total is None else n_total
-  return poisson_loss(z, y, output=output) / n
+  if loss == "poisson":
+    return poisson_loss(z, y, output=output) / n
+  if loss == "gaussian":
+    return gaussian_loss(z, y, output=output) / n
+  raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
-def loss_per_pair(params, x, y, reg, *, readout: str, output: str, key=None):
-  """Poisson loss (mean over the batch) plus penalties, ``(g, k)``: the objective of a step."""
-  return (data_loss(params, x, y, readout=readout, output=output, key=key)
+def loss_per_pair(params, x, y, reg, *, readout: str, output: str, key=None,
+                  loss: str = "poisson"):
+  """The loss (mean over the batch) plus penalties, ``(g, k)``: the objective of a step."""
+  return (data_loss(params, x, y, readout=readout, output=output, key=key, loss=loss)
           + readouts_lib.get(readout).penalty(params, reg))
 
 
-def reference_loss_one(p, x, y, reg, *, readout: str, output: str):
+def reference_loss_one(p, x, y, reg, *, readout: str, output: str, loss: str = "poisson"):
   """One (config, neuron): the readable per-neuron loss the batched step is tested against.
 
   ``p``: one pair's parameters; ``x (b, h, w, c)``; ``y (b,)``; ``reg``: ``{name: ()}``.
   """
   r = readouts_lib.get(readout)
   z = r.predict_one(p, x)  # (b,)
-  rate = output_fn(output)(z)
-  return jnp.mean(rate - y * jnp.log(rate + _LOG_EPS)) + r.penalty_one(p, reg)
+  pred = output_fn(output)(z)
+  if loss == "gaussian":
+    data = jnp.mean((pred - y) ** 2)
+  else:
+    data = jnp.mean(pred - y * jnp.log(pred + _LOG_EPS))
+  return data + r.penalty_one(p, reg)
 
 
 # ---- the state of a fit ----------------------------------------------------------------------
@@ -272,6 +349,7 @@ class _Spec(NamedTuple):
   tolerance: float
   eval_batch: int
   mesh: Mesh | None
+  loss: str = "poisson"
 
 
 _ADAM = optax.scale_by_adam()
@@ -308,7 +386,7 @@ def step_value_and_grad(params, idx, features, train_image, train_resp, reg, *, 
     x = features[train_image[sub]]  # (m, h, w, c)
     y = train_resp[sub]  # (m, k)
     total = lambda p: jnp.sum(data_loss(p, x, y, readout=spec.readout, output=spec.output,
-                                        key=key, n_total=b))
+                                        key=key, n_total=b, loss=spec.loss))
     value, g = jax.value_and_grad(total)(params)
     return jax.tree.map(jnp.add, acc, (value, g)), None
 
@@ -481,6 +559,7 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
   """
   r = readouts_lib.get(readout)
   _, k = check_inputs(features, {"train": train, "validation": validation})
+  config, _ = resolve_loss(config, train.responses)
   reg = readouts_lib.check_grid(grid or {}, r.penalties, readout=readout)
   g = readouts_lib.grid_size(reg)
   if not prepared:
@@ -525,7 +604,7 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
                microbatch=_microbatch(batch, gp * kp, (h, w, c), config.memory_mb),
                patience=config.patience, lr_decay=float(config.lr_decay),
                max_decays=config.max_decays, tolerance=float(config.tolerance),
-               eval_batch=eval_batch, mesh=mesh)
+               eval_batch=eval_batch, mesh=mesh, loss=config.loss)
 
   replicated = (lambda a: jax.device_put(a)) if mesh is None else \
       (lambda a: jax.device_put(a, NamedSharding(mesh, P())))
@@ -600,6 +679,9 @@ def _predict_chunk(params, x, *, readout, output):
 def predict(params, features, images=None, *, readout: str, output: str = "elu",
             batch_size: int = 256) -> np.ndarray:
   """Predicted responses of the chosen readouts: leaves ``(k, ...)`` -> ``(m, k)``.
+
+  ``output`` must be the one the readouts were fitted with (``FitConfig.output`` after
+  ``resolve_loss``: ``linear`` for a Gaussian fit).
 
   ``features`` must be prepared like the training features; ``images (m,)`` selects rows
   (default: all).
@@ -716,11 +798,14 @@ def fit_and_score(features, *, train: Trials, validation: Trials, test: Trials,
   """Fits a readout over its grid, picks a config per neuron (``select="neuron"``) or per group
   (``"area"``, with ``groups (k,)``), and scores the chosen readouts on the test trials.
 
-  For ``readout="ridge"`` the grid is ``{"alpha": (a,)}`` multiples of the mean eigenvalue.
+  For ``readout="ridge"`` the grid is ``{"alpha": (a,)}`` multiples of the mean eigenvalue
+  (least squares, whatever ``config.loss``).
   """
   if select not in ("neuron", "area"):
     raise ValueError(f"select must be 'neuron' or 'area', got {select!r}")
   check_inputs(features, {"train": train, "validation": validation, "test": test})
+  if readout != "ridge":
+    config, _ = resolve_loss(config, train.responses)
   grid = default_grid(readout) if grid is None else dict(grid)
   if not prepared:
     features = prepare_features(features, train_images=train.image, batch_norm=config.batch_norm)

@@ -397,11 +397,19 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
   for t in ("train", "validation", "test"):
     ds.tier(t)  # a missing tier is an error before any work
 
+  # One loss for every cell, fitted to the response type (FitConfig.loss "auto": Gaussian when
+  # any training response of the swept neurons is negative); recorded in sweep.json.
+  fit_config, loss = config.fit, "least squares (ridge readouts only)"
+  if any(r != "ridge" for r in config.readouts):
+    fit_config, why = fitlib.resolve_loss(config.fit,
+                                          ds.tier("train")[1][:, np.isin(ds.areas, areas)])
+    loss = f"{fit_config.loss} ({why})"
   out.mkdir(parents=True, exist_ok=True)
   _clean_temporaries(out)
   manifest = {"format": SWEEP_FORMAT, "data": data_fingerprint(ds), "data_name": ds.name,
               "config": config.to_dict(),
-              "weights": {l: str(Path(p).resolve()) for l, p in labels.items()}}
+              "weights": {l: str(Path(p).resolve()) for l, p in labels.items()},
+              "loss": loss}
   _check_manifest(out, manifest)
 
   cells = plan(config, areas)
@@ -459,7 +467,7 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
         grid = config.grid(readout)
         result = fitlib.fit_and_score(
             feats, train=tiers["train"], validation=tiers["validation"], test=tiers["test"],
-            readout=readout, grid=grid, config=config.fit, select=config.select,
+            readout=readout, grid=grid, config=fit_config, select=config.select,
             groups=neuron_area, mesh=mesh, prepared=True)
         for cell in group:
           if is_done(out, cell):

@@ -123,6 +123,21 @@ def test_config_errors():
                            readout_layers={"ridge": ("conv2_2",)})
   with pytest.raises(ValueError, match="unknown cadena2019 config"):
     cadena2019.get_config("huge")
+  with pytest.raises(ValueError, match=r"per_format\['allen'\] names unknown fields \['readout'\]"):
+    cadena2019.StudyConfig(name="x", layers=("conv1_1",),
+                           per_format={"allen": {"readout": "ridge"}})
+  with pytest.raises(ValueError, match="image_fit"):
+    cadena2019.StudyConfig(name="x", layers=("conv1_1",), image_fit="stretch")
+
+
+def test_allen_data_get_ridge_at_their_aspect_ratio():
+  for config in (cadena2019.QUICK, cadena2019.FULL):
+    allen = config.for_format("allen")
+    assert allen.readouts == ("ridge",) and allen.image_shape == (36, 46)
+    assert allen.per_format == {} and allen.for_format("allen") is allen
+    for fmt in ("filetree", None):
+      other = config.for_format(fmt)
+      assert other == dataclasses.replace(config, per_format={}), fmt
 
 
 def _small_full(trained, *, image_shape):
@@ -186,8 +201,109 @@ def test_full_path_on_allen_nwb_files(tmp_path):
   trained = tmp_path / "vggA"
   wlib.save(oriented_network(100), trained)
   out = tmp_path / "run"
-  cadena2019.run(_small_full(trained, image_shape=(24, 32)), out=out, data=tmp_path / "nwb",
-                 log=lambda s: None, progress=False)
+  # The factorized readout on Allen files too (the study's default there is ridge only).
+  config = dataclasses.replace(_small_full(trained, image_shape=(24, 32)), per_format={})
+  cadena2019.run(config, out=out, data=tmp_path / "nwb", log=lambda s: None, progress=False)
   _check_report(out, ("VISp", "VISl"))
   hierarchy = json.loads((out / "report" / "hierarchy.json").read_text())
   assert {h["readout"] for h in hierarchy} == {"ridge", "factorized"}
+
+
+def write_allen_dff_experiments(folder, *, rng, n_images=60, repeats=5, shape=(72, 96)):
+  """Allen-layout files where AllenSDK's cache keeps them (ophys_experiment_data/<id>.nwb): two
+  session B experiments whose dF/F (negative values included) follows the luminance of the left
+  or right half of the images with a calcium lag, and one session A file without natural
+  scenes."""
+  from jaxmouse.data import allen
+
+  # Images: a gray level per half, plus texture.
+  levels = rng.uniform(40, 215, (n_images, 1, 2)).repeat(shape[1] // 2, axis=2)
+  template = np.clip(levels + rng.normal(0, 25, (n_images, *shape)), 0, 255).astype(np.uint8)
+  data = folder / "ophys_experiment_data"
+  step, duration = 8, 7  # back-to-back presentations, as in the Brain Observatory
+  for k, area in enumerate(("VISp", "VISl")):
+    seq = rng.permutation(np.concatenate([np.repeat(np.arange(n_images), repeats),
+                                          np.full(10, -1)]))
+    starts = 30 + np.arange(seq.size) * step
+    n_cells = 6
+    # Each cell reads the mean luminance of one half of the image.
+    half = rng.integers(0, 2, n_cells)
+    lum = np.stack([template[:, :, h * shape[1] // 2:(h + 1) * shape[1] // 2].mean(axis=(1, 2))
+                    for h in half])
+    drive = (lum - lum.mean(axis=1, keepdims=True)) / lum.std(axis=1, keepdims=True)  # (c, i)
+    dff = rng.normal(0.0, 0.3, (n_cells, starts[-1] + 40)).astype(np.float32)
+    for s, frame in zip(starts, seq):
+      if frame >= 0:
+        dff[:, s + 2:s + 12] += 0.4 * drive[:, frame, None]  # lagged calcium transient
+    allen.write_nwb(data / f"{700 + k}.nwb", dff=dff, frames=seq,
+                    frame_duration=np.stack([starts, starts + duration], 1),
+                    cell_specimen_ids=(700 + k) * 1000 + np.arange(n_cells), template=template,
+                    location=area, imaging_depth_um=175,
+                    genotype="Cux2-CreERT2/wt;Camk2a-tTA/wt;Ai93(TITL-GCaMP6f)/wt",
+                    session_id=700 + k)
+  allen.write_nwb(data / "710.nwb", dff=rng.normal(size=(3, 300)), frames=None,
+                  frame_duration=None, cell_specimen_ids=np.arange(3), template=None,
+                  location="VISp", imaging_depth_um=175, genotype="Cux2-CreERT2/wt",
+                  session_id=710, session_type="three_session_A")
+  return data
+
+
+def test_full_config_on_allen_dff_files(tmp_path, monkeypatch, capsys):
+  from jaxmouse import data as dlib
+  from jaxmouse.cli import main
+
+  data = write_allen_dff_experiments(tmp_path, rng=np.random.default_rng(0))
+  trained = tmp_path / "vggA"
+  wlib.save(oriented_network(100), trained)
+  # The full config through the same code path, on two layers and one random seed.
+  small = dataclasses.replace(cadena2019.FULL, layers=("conv1_2", "conv2_2"), random_seeds=(0,))
+  monkeypatch.setitem(cadena2019.CONFIGS, "full", small)
+  out = tmp_path / "run"
+  pattern = str(data / "*.nwb")
+  assert main(["run", "cadena2019", "--config", "full", "--data", pattern, "--trained",
+               str(trained), "--out", str(out)]) == 0
+  err = capsys.readouterr().err
+  assert "warning: skipped 1 NWB file(s) without the natural_scenes stimulus" in err
+  assert "710.nwb" in err
+
+  results = pd.read_csv(out / "results.csv")
+  assert set(results["readout"]) == {"ridge"}  # Allen's few images: ridge per neuron
+  assert {"vggA", "random0", "energy"} <= set(results["weights"])
+  assert np.isfinite(results["feve"]).all()
+  assert results.loc[results["weights"] == "vggA", "feve"].median() > 0.2
+  # No image in two tiers, in the data set the run read.
+  ds = dlib.load(pattern, image_shape=(36, 46))
+  tiers = {t: set(ds.tier_images(t).tolist()) for t in ds.tier_names}
+  assert set(tiers) == {"train", "validation", "test"}
+  assert not (tiers["train"] & tiers["validation"] or tiers["train"] & tiers["test"]
+              or tiers["validation"] & tiers["test"])
+  record = json.loads((out / "data.json").read_text())
+  assert record["response_type"] == "dF/F"
+  assert record["response_window"].startswith("[start, start + 2 x duration) after onset")
+  assert record["loss"].startswith("gaussian: least squares of the ridge readouts (auto: ")
+  assert record["split"] == (f"by image: {len(tiers['train'])} train / "
+                             f"{len(tiers['validation'])} validation / {len(tiers['test'])} test "
+                             "images, no image in two tiers")
+  assert record["input_size"] == ("36x46 (72x96 images scaled to 34x46, keeping the aspect "
+                                  "ratio, and padded with the mean gray)")
+  assert "few for readouts trained by gradient descent" in record["images"]
+  assert all(isinstance(v, str) for v in record.values())
+  study = json.loads((out / "study.json").read_text())
+  assert study["config"]["readouts"] == ["ridge"] and study["config"]["image_shape"] == [36, 46]
+
+
+def test_a_poisson_loss_on_dff_is_refused_before_the_run_folder_is_claimed(tmp_path, capsys):
+  from jaxmouse import data as dlib
+  from jaxmouse.cli import main
+
+  ds, _ = dlib.simulate(dlib.SimulationConfig.tiny(neurons_per_area=3, layers=("conv1_2",)),
+                        progress=False)
+  dff = ds.replace(responses=ds.responses - ds.responses.mean(axis=0),
+                   info={"response_type": "dF/F"})
+  path = dlib.save(dff, tmp_path / "dff.npz")
+  out = tmp_path / "run"
+  assert main(["run", "cadena2019", "--config", "full", "--data", str(path), "--loss", "poisson",
+               "--out", str(out)]) == 1
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "Poisson loss needs non-negative responses" in err
+  assert not out.exists()

@@ -141,6 +141,46 @@ def test_resize_and_crop():
     ds.crop(top=10, left=0, height=10, width=4)
 
 
+def test_resize_keeps_the_aspect_ratio():
+  # A 20x40 image, dark left half, bright right half, into a square 10x10.
+  img = np.zeros((20, 40), np.float32)
+  img[:, 20:] = 255.0
+  ds = make(shape=(20, 40)).replace(images=np.broadcast_to(img, (19, 20, 40)))
+  pad = ds.resize((10, 10))  # the default: the whole image, scaled by 1/4 to 5x10, centred
+  assert pad.image_shape == (10, 10)
+  np.testing.assert_allclose(pad.images[:, :2], 127.5)  # margins: the images' mean gray
+  np.testing.assert_allclose(pad.images[:, 7:], 127.5)
+  np.testing.assert_allclose(pad.images[0, 2:7, :4], 0.0, atol=1e-3)
+  np.testing.assert_allclose(pad.images[0, 2:7, 6:], 255.0, atol=1e-3)
+  crop = ds.resize((10, 10), fit="crop")  # the central 20x20 window, scaled by 1/2
+  np.testing.assert_allclose(crop.images[0, :, :4], 0.0, atol=1e-3)
+  np.testing.assert_allclose(crop.images[0, :, 6:], 255.0, atol=1e-3)
+  stretch = ds.resize((10, 10), fit="stretch")
+  np.testing.assert_allclose(stretch.images[0, :, :4], 0.0, atol=1e-3)
+  np.testing.assert_allclose(stretch.images[0, :, 6:], 255.0, atol=1e-3)
+  assert not np.allclose(stretch.images, pad.images)
+  # The target's own aspect ratio: all three agree (Sensorium's 144x256 -> 36x64).
+  same = [ds.resize((5, 10), fit=f).images for f in ("pad", "crop", "stretch")]
+  np.testing.assert_allclose(same[0], same[1], atol=1e-4)
+  np.testing.assert_allclose(same[0], same[2], atol=1e-4)
+  # Allen's 918x1174 templates into 36x64 and 36x46 (their own aspect ratio).
+  from jaxmouse.data.dataset import fitted_shape
+  assert fitted_shape((918, 1174), (36, 64)) == (36, 46)
+  assert fitted_shape((918, 1174), (36, 46)) == (36, 46)
+  assert fitted_shape((918, 1174), (36, 64), "crop") == (50, 64)
+  with pytest.raises(ValueError, match="resize fit must be one of"):
+    ds.resize((10, 10), fit="squash")
+
+
+def test_info_is_validated_and_kept():
+  ds = make(info={"response_type": np.bytes_(b"dF/F"), "response_window": "0-500 ms"})
+  assert ds.info == {"response_type": "dF/F", "response_window": "0-500 ms"}
+  assert ds.select_areas("V1").info == ds.info and ds.resize((4, 6)).info == ds.info
+  assert not ds.equals(ds.replace(info={}))
+  with pytest.raises(ValueError, match=r"field \"info\['response_type'\]\".*one string"):
+    make(info={"response_type": np.array(["a", "b"])})
+
+
 def test_normalize_responses_divides_by_train_std():
   ds = make(seed=3)
   norm = ds.normalize_responses()

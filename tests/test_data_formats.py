@@ -102,6 +102,107 @@ def test_sensorium_tree_as_shipped(tmp_path):
   np.testing.assert_array_equal(dropped.responses, responses[:8])
   small = load(root, image_shape=(3, 5))
   assert small.image_shape == (3, 5)
+  # The tree does not say what its responses are; data info says so, whatever their sign.
+  from jaxmouse.data import summary
+  assert ds.info["response_type"] == "not stated in the file tree"
+  shifted = summary.checks(ds.replace(responses=ds.responses - 1.0))
+  assert any("response type is not stated" in w for w in shifted)
+  assert not any("stated to be" in w for w in shifted), shifted
+
+
+def test_sensorium_withheld_tiers_are_left_out(tmp_path):
+  rng = np.random.default_rng(5)
+  root = tmp_path / "static-competition"
+  frame_ids, tiers, distinct, responses = write_sensorium_tree(root, rng=rng)
+  # A competition release: final_test responses withheld (zeros), test ones present.
+  for t in np.flatnonzero(tiers == "final_test"):
+    np.save(root / f"data/responses/{t}.npy", np.zeros(4, np.float32))
+  with pytest.warns(UserWarning, match=r"tier 'final_test' has all-zero responses in its 3 "
+                    r"trials \(withheld"):
+    ds = load(root)
+  # final_test never folds into test when withheld: test keeps only its own 4 trials.
+  assert ds.n_trials == 8 and np.sum(ds.tiers == "test") == 4
+  np.testing.assert_array_equal(ds.responses, responses[:8])
+  assert "final_test" in ds.info["left_out"] and "withheld" in ds.info["left_out"]
+  # Both withheld: the tree holds no scorable tier; both are named.
+  for t in np.flatnonzero(tiers == "test"):
+    np.save(root / f"data/responses/{t}.npy", np.zeros(4, np.float32))
+  with pytest.warns(UserWarning) as caught:
+    ds = load(root)
+  named = sorted(str(w.message).split("tier ")[1].split(" ")[0] for w in caught)
+  assert named == ["'final_test'", "'test'"]
+  assert ds.tier_names == ("train", "validation")
+  from jaxmouse.data import summary
+  assert "no 'test' trials: nothing to score (withheld?)" in summary.checks(ds)
+  # Present final_test responses join test, as before.
+  full = tmp_path / "static-released"
+  _, tiers, _, responses = write_sensorium_tree(full, rng=rng)
+  assert np.sum(load(full).tiers == "test") == 7
+
+
+def test_sensorium_image_identity_is_class_and_id(tmp_path):
+  rng = np.random.default_rng(6)
+  root = tmp_path / "tree"
+  write_sensorium_tree(root, rng=rng)
+  # Ids restart per class: (imagenet, 1) and (gabor, 1) are different images.
+  classes = np.array(["imagenet"] * 4 + ["gabor"] * 4 + ["imagenet"] * 3)
+  ids = np.array([1, 2, 3, 4, 1, 1, 2, 2, 5, 5, 5])
+  np.save(root / "meta/trials/frame_image_class.npy", classes)
+  np.save(root / "meta/trials/frame_image_id.npy", ids)
+  pixels = {key: 20 * k for k, key in enumerate(sorted(set(zip(classes, ids))))}
+  for t, key in enumerate(zip(classes, ids)):
+    np.save(root / f"data/images/{t}.npy", np.full((1, 6, 10), pixels[key], np.uint8))
+  ds = load(root, check_images=True)
+  assert ds.n_images == 7  # (imagenet, 1..5) and (gabor, 1..2)
+  key = lambda t: (classes[t], ids[t])
+  for a in range(ds.n_trials):
+    for b in range(ds.n_trials):
+      assert (ds.trial_image[a] == ds.trial_image[b]) == (key(a) == key(b))
+  assert "frame_image_class" in ds.info["split"]
+  # With ids alone, (imagenet, 1) and (gabor, 1) would be one image shown in train and test.
+  (root / "meta/trials/frame_image_class.npy").unlink()
+  with pytest.raises(ValueError, match="show test images"):
+    load(root)
+
+
+def test_sensorium_config_links_rename_data_folders(tmp_path):
+  rng = np.random.default_rng(7)
+  root = tmp_path / "tree"
+  _, _, _, responses = write_sensorium_tree(root, rng=rng)
+  # neuralpredictors' FileTreeDataset.add_link("responses", "targets") keeps data/responses and
+  # maps "targets" onto it; a tree may equally store data/targets and link "responses" to it.
+  (root / "data/responses").rename(root / "data/targets")
+  with pytest.raises(FileNotFoundError, match=r"data/responses: missing folder of responses"):
+    load(root)
+  (root / "config.json").write_text(json.dumps({"links": {"responses": "targets"}}))
+  np.testing.assert_array_equal(load(root).responses, responses)
+  (root / "config.json").write_text(json.dumps({"links": {"responses": "spikes"}}))
+  with pytest.raises(FileNotFoundError, match=r"data/spikes: missing folder of responses "
+                     r"\(config.json links 'responses' -> 'spikes'\)"):
+    load(root)
+
+
+def test_sensorium_zip_is_read_directly(tmp_path):
+  rng = np.random.default_rng(8)
+  name = "static26872-17-20-GrayImageNet-94c6ff995dac583098847cfecd43e7b6"
+  root = tmp_path / "unpacked" / name
+  frame_ids, tiers, distinct, responses = write_sensorium_tree(root, rng=rng)
+  archive = tmp_path / f"{name}.zip"
+  with zipfile.ZipFile(archive, "w") as z:  # as distributed: the tree's folder at the top
+    for f in sorted(root.rglob("*")):
+      z.write(f, f.relative_to(root.parent).as_posix())
+  assert io.detect_format(archive) == "filetree"
+  ds = load(archive)
+  assert ds.equals(load(root)) and ds.name == name
+  np.testing.assert_array_equal(ds.responses, responses)
+  # A damaged member is named inside the archive.
+  bad = tmp_path / "bad.zip"
+  with zipfile.ZipFile(archive) as src, zipfile.ZipFile(bad, "w") as dst:
+    for m in src.namelist():
+      data = src.read(m)
+      dst.writestr(m, data[:-6] if m.endswith("data/responses/5.npy") else data)
+  with pytest.raises(ValueError, match=rf"bad.zip:{name}/data/responses/5.npy: unreadable .npy"):
+    load(bad)
 
 
 def test_sensorium_bad_files_are_named(tmp_path):

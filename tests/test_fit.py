@@ -123,7 +123,7 @@ def test_one_compile_for_a_whole_grid(planted, monkeypatch):
     fitlib._jitted.cache_clear()
 
 
-@pytest.mark.parametrize("output", fitlib.OUTPUTS)
+@pytest.mark.parametrize("output", fitlib.RATE_OUTPUTS)
 def test_log_rate_is_exact_and_its_gradient_finite_where_the_rate_underflows(output):
   z = jnp.array([-200.0, -30.0, -5.0, 0.3, 1.0, 1.5, 40.0, 500.0])
   rate = np.asarray(fitlib.output_fn(output)(z), np.float64)
@@ -312,3 +312,102 @@ def test_a_fit_does_not_depend_on_how_a_batch_is_split(planted, readout, grid):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  res.params, fits[0].params)
     np.testing.assert_allclose(res.val_corr, fits[0].val_corr, atol=1e-5)
+
+
+def planted_dff(seed=0, *, n=500, n_test=40, repeats=4, k=6):
+  """dF/F-like responses: a linear factorized drive plus Gaussian noise around means of either
+  sign, so that a sizeable share of responses (and some neurons' means) are negative."""
+  rng = np.random.default_rng(seed)
+  feats = rng.standard_normal((n, H, W, C)).astype(np.float32)
+  masks = rng.standard_normal((k, H, W)) * (rng.random((k, H, W)) < 0.2)
+  weights = rng.standard_normal((k, C))
+  lin = np.einsum("nhwc,khw,kc->nk", feats, masks, weights)  # (n, k)
+  lin /= lin.std(axis=0)
+  mean = np.linspace(-0.3, 0.2, k)
+  signal = (0.2 * lin + mean).astype(np.float32)  # (n, k) noise-free dF/F
+  n_train = n - n_test - 100
+  tr, va = np.arange(n_train), np.arange(n_train, n - n_test)
+  te = np.repeat(np.arange(n - n_test, n), repeats)
+  draw = lambda ix: (signal[ix] + rng.normal(0, 0.1, (ix.size, k))).astype(np.float32)
+  tiers = {"train": fitlib.Trials(tr, draw(tr)), "validation": fitlib.Trials(va, draw(va)),
+           "test": fitlib.Trials(te, draw(te))}
+  return feats, tiers, signal, mean
+
+
+def test_dff_with_negative_values_fits_under_the_default_loss():
+  feats, tiers, signal, mean = planted_dff()
+  assert (tiers["train"].responses < 0).mean() > 0.3
+  cfg = fitlib.FitConfig(max_steps=300, eval_every=50, batch_size=64, lr=2e-2)
+  resolved, why = fitlib.resolve_loss(cfg, tiers["train"].responses)
+  assert (resolved.loss, resolved.output) == ("gaussian", "linear")
+  assert why.startswith("auto: ") and "% of training responses are negative" in why
+  # The bias starts at each neuron's mean response, negative ones included.
+  bias0 = fitlib.initial_bias(tiers["train"].responses.mean(axis=0), "linear")
+  np.testing.assert_allclose(bias0, tiers["train"].responses.mean(axis=0), rtol=1e-6)
+  res = fitlib.fit_and_score(feats, readout="factorized", grid={"l1": [0.0, 1e-3]}, config=cfg,
+                             **tiers)
+  for leaf in jax.tree.leaves(res.params):
+    assert np.isfinite(leaf).all()
+  bias = res.params["bias"]
+  assert np.isfinite(bias).all() and (bias[mean < -0.1] < 0).all(), bias
+  # A linear output predicts negative responses; the fit explains most of the planted signal.
+  assert np.isfinite(res.scores["feve"]).all()
+  assert np.median(res.scores["feve"]) > 0.5, res.scores["feve"]
+  prepared = fitlib.prepare_features(feats, train_images=tiers["train"].image)
+  pred = fitlib.predict(res.params, prepared, tiers["test"].image, readout="factorized",
+                        output="linear")
+  assert (pred < 0).mean() > 0.2
+
+
+def test_an_explicit_poisson_loss_on_negative_responses_is_refused():
+  feats, tiers, *_ = planted_dff(n=200, n_test=20)
+  with pytest.raises(ValueError) as e:
+    fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"],
+               config=fitlib.FitConfig(loss="poisson", max_steps=10))
+  msg = str(e.value)
+  assert "\n" not in msg and "Poisson loss needs non-negative responses" in msg
+  assert "training responses" in msg and "gaussian" in msg
+  with pytest.raises(ValueError, match="positive rate"):
+    fitlib.FitConfig(loss="poisson", output="linear")
+  with pytest.raises(ValueError, match="FitConfig.loss"):
+    fitlib.FitConfig(loss="mse")
+  counts = fitlib.Trials(tiers["train"].image, np.abs(tiers["train"].responses))
+  resolved, why = fitlib.resolve_loss(fitlib.FitConfig(), counts.responses)
+  assert (resolved.loss, resolved.output, why) == ("poisson", "elu",
+                                                   "auto: no training response is negative")
+  # An explicit output is kept (a shifted positive output under a Gaussian loss).
+  resolved, _ = fitlib.resolve_loss(fitlib.FitConfig(loss="gaussian", output="softplus"),
+                                    counts.responses)
+  assert (resolved.loss, resolved.output) == ("gaussian", "softplus")
+
+
+@pytest.mark.parametrize("readout", ["factorized", "full"])
+def test_gaussian_batched_loss_matches_the_per_neuron_reference(readout):
+  rng = np.random.default_rng(4)
+  g, k, b = 2, 3, 10
+  x = jnp.asarray(rng.standard_normal((b, 4, 5, 3)), jnp.float32)
+  y = jnp.asarray(rng.normal(-0.2, 1.0, (b, k)), jnp.float32)
+  r = fitlib.readouts_lib.get(readout)
+  params = r.init(jax.random.key(0), n_configs=g, n_neurons=k, feature_shape=(4, 5, 3),
+                  bias=np.full(k, -0.1, np.float32), init_scale=0.3)
+  reg = fitlib.readouts_lib.check_grid({r.penalties[0]: [0.0, 0.1]}, r.penalties, readout=readout)
+
+  def ref_total(p):
+    one = lambda pp, yy, rr: fitlib.reference_loss_one(pp, x, yy, rr, readout=readout,
+                                                       output="linear", loss="gaussian")
+    return jnp.sum(jax.vmap(jax.vmap(one, in_axes=(0, 1, None)), in_axes=(0, None, 0))(p, y, reg))
+
+  def fast_total(p):
+    return jnp.sum(fitlib.loss_per_pair(p, x, y, reg, readout=readout, output="linear",
+                                        loss="gaussian"))
+
+  v_ref, g_ref = jax.value_and_grad(ref_total)(params)
+  v_fast, g_fast = jax.value_and_grad(fast_total)(params)
+  np.testing.assert_allclose(v_fast, v_ref, rtol=1e-5)
+  for a, c in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
+  # An independent check of the data term: numpy's mean squared error of the linear prediction.
+  z = np.asarray(r.predict(params, x))  # (b, g, k)
+  mse = ((z - np.asarray(y)[:, None, :]) ** 2).mean(axis=0)
+  np.testing.assert_allclose(fitlib.data_loss(params, x, y, readout=readout, output="linear",
+                                              loss="gaussian"), mse, rtol=1e-5)

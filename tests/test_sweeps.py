@@ -152,3 +152,37 @@ def test_kill_9_mid_sweep_then_resume_gives_the_uninterrupted_results(planted, t
   for d in cells.iterdir():
     meta = json.loads((d / "cell.json").read_text())
     sweeps.load_cell(killed, sweeps.Cell(**meta["cell"]))  # every checkpoint restores
+
+
+def test_dff_like_responses_get_a_gaussian_loss_by_default_and_poisson_is_refused(tmp_path,
+                                                                                   capsys):
+  from jaxmouse.cli import main
+  from jaxmouse.data import SimulationConfig, save, simulate
+
+  # Gabor energy neurons whose counts become dF/F-like: centred, scaled, with Gaussian noise.
+  ds, _ = simulate(SimulationConfig.tiny(areas=("V1",), gabor_fraction=0.9, layers=("conv1_2",),
+                                         mean_rate=20.0))
+  rng = np.random.default_rng(0)
+  r = ds.responses
+  dff = (r - r.mean(axis=0)) / (r.std(axis=0) + 1e-6) * 0.2 + rng.normal(0, 0.05, r.shape)
+  dff = ds.replace(responses=dff.astype(np.float32), info={"response_type": "dF/F"})
+  assert (dff.responses < 0).mean() > 0.3
+  path = save(dff, tmp_path / "dff.npz")
+  args = ["sweep", "--data", str(path), "--energy", "--readout", "factorized", "--steps", "200",
+          "--eval-every", "50", "--batch-size", "32", "--lr", "0.003", "--grid", "l1=0.001",
+          "--no-progress"]
+  assert main([*args, "--loss", "poisson", "--out", str(tmp_path / "p")]) == 1
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "Poisson loss needs non-negative responses" in err
+  assert main([*args, "--out", str(tmp_path / "a")]) == 0
+  assert "loss: gaussian (auto: " in capsys.readouterr().out
+  manifest = json.loads((tmp_path / "a" / "sweep.json").read_text())
+  assert manifest["loss"].startswith("gaussian (auto: ")
+  assert manifest["config"]["fit"]["loss"] == "auto"
+  table = pd.read_csv(tmp_path / "a" / "results.csv")
+  # Finite scores, and the readouts predict the repeat averages (with 140 training images the
+  # factorized readout's FEVE stays low: the few-images regime).
+  assert np.isfinite(table["feve"]).all() and table["corr_avg"].median() > 0.3, table.describe()
+  cell = sweeps.load_cell(tmp_path / "a", sweeps.Cell("energy", "gabor", "factorized", "V1"))
+  bias = cell["state"]["params"]["bias"]
+  assert np.isfinite(bias).all() and (bias < 0).any()  # linear output: centred responses

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from pathlib import Path
 
 # (module, summary) in the order of the data flow.
 SUBCOMMANDS = {
@@ -60,10 +62,22 @@ def main(argv: list[str] | None = None) -> int:
   if not getattr(args, "func", None):
     parser.print_help()
     return 2
+  show = warnings.showwarning
+
+  def one_line(message, category, filename, lineno, file=None, line=None):
+    # jaxmouse's own warnings (a skipped file, a withheld tier) are one line, not a trace.
+    if issubclass(category, UserWarning) and "jaxmouse" in Path(filename).parts:
+      print(f"jaxmouse {args.command}: warning: {message}", file=sys.stderr)
+    else:
+      show(message, category, filename, lineno, file, line)
+
+  warnings.showwarning = one_line
   try:
     result = args.func(args)
   except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"jaxmouse {args.command}: error: {msg}", file=sys.stderr)
     return 1
+  finally:
+    warnings.showwarning = show
   return int(result or 0)

@@ -9,6 +9,8 @@ EXAMPLES = """examples:
   jaxmouse data info runs/sim.npz
   jaxmouse data info path/to/static26872-17-20-GrayImageNet-94c6ff995dac583098847cfecd43e7b6
   jaxmouse data info allen_nwb/ --test-images 20
+  jaxmouse data info 'allen/ophys_experiment_data/*.nwb' --response dff --window 0-500ms
+  jaxmouse data info static26872-17-20-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip
   jaxmouse data simulate --out runs/sim.npz --format npz --neurons 100 --n-images 1000
   jaxmouse data simulate --out runs/sim_tree --format filetree --areas VISp,VISl,VISal,VISrl,VISpm,VISam
   jaxmouse data simulate --out runs/flat.npz --no-hierarchy --noise gamma_poisson --noise-level 0.3
@@ -49,13 +51,22 @@ def _load_options(p):
   g.add_argument("--format", dest="in_format", default=None,
                  help="input format (default: detected): npz, hdf5, filetree, allen, tfds")
   g.add_argument("--image-shape", type=_shape, default=None,
-                 help="filetree/allen: resize images to HxW while reading")
+                 help="filetree/allen: resize images to HxW while reading, keeping the aspect "
+                 "ratio (padded with the images' mean gray)")
   g.add_argument("--final-test", choices=("test", "drop"), default="test",
-                 help="filetree: keep Sensorium's final_test trials as test, or drop them")
-  g.add_argument("--response", choices=("dff", "events"), default="dff",
-                 help="allen: dF/F traces or L0 events")
+                 help="filetree: keep Sensorium's final_test trials as test (when their "
+                 "responses are not withheld), or drop them")
+  g.add_argument("--response", choices=("auto", "dff", "events"), default="auto",
+                 help="allen: L0 events when every file has an events file (auto, default), "
+                 "dF/F traces, or L0 events")
+  g.add_argument("--window", default="allen",
+                 help="allen: response window after onset: allen ([start, start + 2 x "
+                 "duration), AllenSDK's convention; default), presentation ([start, end)), "
+                 "A-Bms (e.g. 0-500ms), or a:b imaging frames")
   g.add_argument("--test-images", type=int, default=20,
                  help="allen: number of images held out as the repeated test tier")
+  g.add_argument("--validation-fraction", type=float, default=0.2,
+                 help="allen: fraction of the other images held out for validation")
   g.add_argument("--split-seed", type=int, default=0, help="allen: seed of the tier split")
 
 
@@ -67,7 +78,8 @@ def _load(args):
   if fmt == "filetree":
     options = {"final_test": args.final_test, "image_shape": args.image_shape}
   elif fmt == "allen":
-    options = {"response": args.response, "n_test_images": args.test_images,
+    options = {"response": args.response, "window": args.window,
+               "n_test_images": args.test_images, "validation_fraction": args.validation_fraction,
                "seed": args.split_seed, "image_shape": args.image_shape}
   ds = io.load(args.path, format=fmt, **options)
   if args.image_shape is not None and ds.image_shape != tuple(args.image_shape):
@@ -164,7 +176,21 @@ def _info(args):
     if truth.n_neurons != ds.n_neurons:
       truth = None
   print(summary.describe(ds, source=f"{fmt}: {args.path}", tier=args.tier,
-                         threshold=args.threshold, truth=truth))
+                         threshold=args.threshold, truth=truth, loss=_loss_statement(ds)))
+
+
+def _loss_statement(ds) -> str | None:
+  """What ``--loss auto`` fits to this data set's training responses."""
+  if "train" not in ds.tier_names:
+    return None
+  from jaxmouse import fit
+
+  config, why = fit.resolve_loss(fit.FitConfig(), ds.tier("train")[1])
+  text = f"{config.loss} with a {config.output} output ({why}; --loss auto)"
+  if ds.info.get("response_type") == "dF/F":
+    text += ("; the studies' Poisson loss fits L0 events (AllenSDK's "
+             "ophys_experiment_events/<id>_events.npz)")
+  return text
 
 
 def _convert(args):

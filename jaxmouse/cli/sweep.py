@@ -86,14 +86,20 @@ def register(sub, *, name: str, help: str) -> None:
   p.add_argument("--select", choices=("neuron", "area"), default="neuron",
                  help="choose the config per neuron or one per area (on validation)")
   p.add_argument("--resize", type=_shape, default=None, metavar="HxW",
-                 help="resize the images first, e.g. 36x64")
+                 help="resize the images first, e.g. 36x64, keeping their aspect ratio (padded "
+                 "with the images' mean gray)")
   p.add_argument("--steps", type=int, default=5000, help="maximum steps per fit")
   p.add_argument("--batch-size", type=int, default=256)
   p.add_argument("--lr", type=float, default=None,
                  help="Adam learning rate (default per readout: factorized/gaussian 5e-3, full 1e-4)")
   p.add_argument("--eval-every", type=int, default=100, help="steps between validation checks")
   p.add_argument("--patience", type=int, default=10, help="checks without improvement per decay")
-  p.add_argument("--output", choices=("elu", "softplus"), default="elu")
+  p.add_argument("--loss", choices=("auto", "poisson", "gaussian"), default="auto",
+                 help="poisson for non-negative responses (spike counts, events), gaussian (MSE) "
+                 "for responses that can be negative (dF/F); auto (default) picks gaussian when "
+                 "any training response is negative")
+  p.add_argument("--output", choices=("elu", "softplus", "linear"), default=None,
+                 help="output nonlinearity (default: elu for poisson, linear for gaussian)")
   p.add_argument("--batch-norm", action="store_true",
                  help="standardize channels and apply ReLU before the readout")
   p.add_argument("--seed", type=int, default=0)
@@ -106,8 +112,9 @@ def config_from_args(args):
   from jaxmouse import fit as fitlib
   from jaxmouse import sweeps
 
-  fit = fitlib.FitConfig(output=args.output, lr=args.lr, batch_size=args.batch_size,
-                         max_steps=args.steps, eval_every=args.eval_every, patience=args.patience,
+  fit = fitlib.FitConfig(loss=args.loss, output=args.output, lr=args.lr,
+                         batch_size=args.batch_size, max_steps=args.steps,
+                         eval_every=args.eval_every, patience=args.patience,
                          batch_norm=args.batch_norm, seed=args.seed)
   return sweeps.SweepConfig(weights=args.weights, layers=args.layers, readouts=args.readout,
                             energy=args.energy, areas=args.areas,
@@ -116,7 +123,11 @@ def config_from_args(args):
 
 
 def run(args) -> None:
+  import json
   import time
+  from pathlib import Path
+
+  import pandas as pd
 
   from jaxmouse import data, sweeps
 
@@ -129,9 +140,9 @@ def run(args) -> None:
              [["feve", "corr", "corr_avg", "oracle"]].mean())
   summary.insert(0, "neurons", table.groupby(["weights", "layer", "readout", "area"],
                                              sort=False).size())
-  import pandas as pd
-
   with pd.option_context("display.width", 120, "display.max_rows", 200,
                          "display.float_format", "{:.3f}".format):
     print(summary)
-  print(f"{len(table)} rows in {args.out}/results.csv ({time.perf_counter() - t0:.1f} s)")
+  loss = json.loads((Path(args.out) / "sweep.json").read_text())["loss"]
+  print(f"{len(table)} rows in {args.out}/results.csv ({time.perf_counter() - t0:.1f} s); "
+        f"loss: {loss}")

@@ -16,6 +16,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 TIERS = ("train", "validation", "test")
+INFO_KEYS = ("response_type", "response_window", "response_window_ms", "source", "image_size",
+             "split", "left_out")
+RESIZE_FITS = ("pad", "crop", "stretch")
 
 
 def _fail(field: str, msg: str, name: str) -> ValueError:
@@ -48,6 +51,13 @@ class NeuralDataset:
     neuron_meta: optional per-neuron fields, each ``(n_neurons,)`` (e.g. ``depth``, ``cre_line``,
       ``animal``).
     name: a short name for tables and reports.
+    info: optional facts about the whole data set as readable strings, set by the loaders and
+      kept by every format jaxmouse writes. Keys in use (see ``INFO_KEYS``): ``response_type``
+      (``"dF/F"``, ``"L0 events"``, ``"spike counts (simulated)"``, ...), ``response_window``
+      (how a trial's response was taken from the traces), ``response_window_ms`` (``"0-500"``,
+      the window in ms after onset where it is known), ``source`` (the format it was read from),
+      ``image_size`` (``"918x1174"``: the images as stored, before any resize while reading),
+      ``split`` (how the tiers were drawn) and ``left_out`` (trials the loader dropped, and why).
   """
 
   images: np.ndarray
@@ -58,11 +68,21 @@ class NeuralDataset:
   areas: np.ndarray
   neuron_meta: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
   name: str = "dataset"
+  info: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     name = str(self.name)
     set_ = lambda k, v: object.__setattr__(self, k, v)
     set_("name", name)
+    info = {}
+    for key, value in dict(self.info or {}).items():
+      value = np.asarray(value)
+      if value.ndim != 0 or value.dtype.kind not in "USO":
+        raise _fail(f"info[{key!r}]", f"expected one string, got {value.dtype} of shape "
+                    f"{value.shape}", name)
+      value = value.item()
+      info[str(key)] = value.decode() if isinstance(value, bytes) else str(value)
+    set_("info", info)
 
     images = np.asarray(self.images)
     if images.ndim != 3:
@@ -273,22 +293,21 @@ class NeuralDataset:
     return self.replace(images=self.images[used], responses=self.responses[mask],
                         trial_image=remap.reshape(-1), tiers=self.tiers[mask])
 
-  def resize(self, shape: Sequence[int]) -> "NeuralDataset":
-    """Images resized to ``(h, w)`` with antialiased linear interpolation (e.g. 144x256 -> 36x64)."""
+  def resize(self, shape: Sequence[int], *, fit: str = "pad") -> "NeuralDataset":
+    """Images resized to ``(h, w)`` (antialiased linear interpolation), keeping the aspect ratio.
+
+    ``fit`` (see ``resize_images``): ``"pad"`` (default) scales the whole image into ``(h, w)``
+    and fills the margins with the images' mean gray, as the screen around a stimulus;
+    ``"crop"`` scales it to cover ``(h, w)`` and cuts the centre; ``"stretch"`` ignores the
+    aspect ratio. Images of the target's aspect ratio (Sensorium's 144x256 -> 36x64) are
+    scaled alike by all three.
+    """
     h, w = (int(s) for s in shape)
     if h < 1 or w < 1:
       raise ValueError(f"resize: expected a positive (h, w), got {tuple(shape)}")
     if (h, w) == self.image_shape:
       return self
-    import jax
-
-    out = np.empty((self.n_images, h, w), np.float32)
-    step = 512  # bounded memory for large image sets
-    for s in range(0, self.n_images, step):
-      chunk = self.images[s:s + step]
-      out[s:s + step] = np.asarray(jax.image.resize(chunk, (chunk.shape[0], h, w),
-                                                    method="linear", antialias=True))
-    return self.replace(images=out)
+    return self.replace(images=resize_images(self.images, (h, w), fit=fit))
 
   def crop(self, *, top: int, left: int, height: int, width: int) -> "NeuralDataset":
     """Images cut to ``images[:, top:top+height, left:left+width]``."""
@@ -327,9 +346,62 @@ class NeuralDataset:
     fields = ("images", "responses", "trial_image", "tiers", "unit_ids", "areas")
     if any(not _same(getattr(self, f), getattr(other, f)) for f in fields):
       return False
-    if set(self.neuron_meta) != set(other.neuron_meta):
+    if set(self.neuron_meta) != set(other.neuron_meta) or self.info != other.info:
       return False
     return all(_same(v, other.neuron_meta[k]) for k, v in self.neuron_meta.items())
+
+
+def fitted_shape(shape: Sequence[int], target: Sequence[int], fit: str = "pad") -> tuple[int, int]:
+  """The size an image of ``shape`` is scaled to on its way to ``target``: inside it for
+  ``pad`` (then padded), covering it for ``crop`` (then cut), ``target`` itself for ``stretch``."""
+  (H, W), (h, w) = shape, target
+  if fit == "pad":
+    s = min(h / H, w / W)
+    return min(h, max(1, round(H * s))), min(w, max(1, round(W * s)))
+  if fit == "crop":
+    s = max(h / H, w / W)
+    return max(h, round(H * s)), max(w, round(W * s))
+  return int(h), int(w)
+
+
+def resize_images(images: np.ndarray, shape: Sequence[int], *, fit: str = "pad",
+                  fill: float | None = None, chunk: int = 512) -> np.ndarray:
+  """``images (n, H, W)`` -> ``(n, h, w)`` float32, keeping the aspect ratio.
+
+  ``pad``: scaled to fit inside ``(h, w)``, centred, margins filled with ``fill`` (default the
+  mean over all pixels of ``images``); ``crop``: the centre window of the target's aspect ratio
+  is cut first, then scaled; ``stretch``: scaled to ``(h, w)`` regardless of the aspect ratio.
+  Scaling is antialiased linear interpolation (``jax.image.resize``) in chunks of ``chunk``
+  images.
+  """
+  import jax
+
+  if fit not in RESIZE_FITS:
+    raise ValueError(f"resize fit must be one of {RESIZE_FITS}, got {fit!r}")
+  images = np.asarray(images)
+  if images.ndim != 3:
+    raise ValueError(f"resize: expected images (n, H, W), got shape {images.shape}")
+  n, H, W = images.shape
+  h, w = (int(s) for s in shape)
+  top = left = 0
+  inner = (h, w)
+  if fit == "crop":
+    # Cut the centre window of the target's aspect ratio, then scale it (exact, no margin).
+    ch, cw = (H, min(W, round(H * w / h))) if W * h > H * w else (min(H, round(W * h / w)), W)
+    r0, c0 = (H - ch) // 2, (W - cw) // 2
+    images = images[:, r0:r0 + ch, c0:c0 + cw]
+  elif fit == "pad":
+    inner = fitted_shape((H, W), (h, w), "pad")
+    top, left = (h - inner[0]) // 2, (w - inner[1]) // 2
+  value = float(np.mean(images, dtype=np.float64)) if fill is None else float(fill)
+  out = np.full((n, h, w), value, np.float32)
+  for s in range(0, n, chunk):
+    block = np.asarray(images[s:s + chunk], np.float32)
+    if block.shape[1:] != inner:
+      block = np.asarray(jax.image.resize(block, (block.shape[0], *inner), method="linear",
+                                          antialias=True))
+    out[s:s + chunk, top:top + inner[0], left:left + inner[1]] = block
+  return out
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:

@@ -3,14 +3,17 @@
 Formats:
   npz       one ``.npz`` file in the plain layout (``jaxmouse.data.plain``)
   hdf5      one ``.h5``/``.hdf5`` file in the same plain layout
-  filetree  the Sensorium / neuralpredictors "static" folder (``jaxmouse.data.filetree``)
+  filetree  the Sensorium / neuralpredictors "static" folder, or a .zip of it as Sensorium
+            distributes them (``jaxmouse.data.filetree``)
   allen     Allen Brain Observatory Visual Coding NWB 1 files, natural scenes (read only;
-            ``jaxmouse.data.allen``); a folder of ``.nwb`` files or a list of them combine
+            ``jaxmouse.data.allen``); a folder of ``.nwb`` files, a list of them or a glob
+            pattern (``"allen/*.nwb"``) combine
   tfds      a tensorflow-datasets ArrayRecord folder (``jaxmouse.data.tfds``)
 """
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 from typing import Sequence
@@ -25,8 +28,23 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
+def expand(path):
+  """A path as given, or the sorted files a glob pattern (``"allen/*.nwb"``) matches, as a list;
+  a pattern that matches nothing is a FileNotFoundError."""
+  if isinstance(path, (list, tuple)) or Path(path).exists():
+    return path
+  text = str(path)
+  if any(c in text for c in "*?["):
+    files = sorted(glob.glob(os.path.expanduser(text)))
+    if not files:
+      raise FileNotFoundError(f"{text}: no file matches this pattern")
+    return files[0] if len(files) == 1 else files
+  return path
+
+
 def detect_format(path: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
   """The format of a data set path (see the module docstring); raises if none fits."""
+  path = expand(path)
   if isinstance(path, (list, tuple)):
     return "allen"
   path = Path(path)
@@ -46,7 +64,9 @@ def detect_format(path: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
   with open(path, "rb") as f:
     head = f.read(8)
   if head.startswith(_ZIP_MAGIC):
-    return "npz"
+    from jaxmouse.data import filetree
+
+    return "filetree" if filetree.is_filetree(path) else "npz"
   if head == _HDF5_MAGIC:
     from jaxmouse.data import plain
 
@@ -66,6 +86,7 @@ def load(path: str | os.PathLike | Sequence[str | os.PathLike], *, format: str |
   ``options`` go to the format's loader, e.g. ``final_test="test"`` (filetree) or
   ``response="dff"``, ``n_test_images=...`` (allen); see each module.
   """
+  path = expand(path)
   format = format or detect_format(path)
   if format == "npz":
     from jaxmouse.data import plain

@@ -9,6 +9,7 @@ Both containers hold the same named arrays (HDF5: datasets at the file root):
   unit_ids       (n_neurons,)            int or str
   areas          (n_neurons,)            str
   neuron_meta/<key>  (n_neurons, ...)    optional per-neuron fields (depth, cre_line, animal, ...)
+  info/<key>     ()                      str, optional facts about the data set (response_type, ...)
   name           ()                      str, optional (default: the file name)
   format         ()                      "jaxmouse.NeuralDataset", optional
   format_version ()                      1, optional
@@ -32,12 +33,14 @@ FORMAT = "jaxmouse.NeuralDataset"
 FORMAT_VERSION = 1
 REQUIRED = ("images", "responses", "trial_image", "tiers", "unit_ids", "areas")
 META_PREFIX = "neuron_meta/"
+INFO_PREFIX = "info/"
 
 
 def to_arrays(ds: NeuralDataset) -> dict[str, np.ndarray]:
   """The named arrays of the plain layout."""
   arrays = {k: getattr(ds, k) for k in REQUIRED}
   arrays.update({META_PREFIX + k: v for k, v in ds.neuron_meta.items()})
+  arrays.update({INFO_PREFIX + k: np.array(v) for k, v in ds.info.items()})
   arrays["name"] = np.array(ds.name)
   arrays["format"] = np.array(FORMAT)
   arrays["format_version"] = np.array(FORMAT_VERSION)
@@ -57,8 +60,10 @@ def from_arrays(arrays: dict[str, np.ndarray], *, source: str, default_name: str
   name = arrays.get("name")
   name = default_name if name is None else _to_str(np.asarray(name).reshape(()).item())
   meta = {k[len(META_PREFIX):]: v for k, v in arrays.items() if k.startswith(META_PREFIX)}
+  info = {k[len(INFO_PREFIX):]: v for k, v in arrays.items() if k.startswith(INFO_PREFIX)}
   try:
-    return NeuralDataset(**{k: arrays[k] for k in REQUIRED}, neuron_meta=meta, name=name)
+    return NeuralDataset(**{k: arrays[k] for k in REQUIRED}, neuron_meta=meta, name=name,
+                         info=info)
   except ValueError as e:
     raise ValueError(f"{source}: {e}") from None
 

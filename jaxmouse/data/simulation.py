@@ -557,7 +557,9 @@ def simulate(config: SimulationConfig, *, weights=None, batch_size: int = 128,
                              noise_level=config.noise_level)
   unit_ids = np.arange(n, dtype=np.int64)
   ds = NeuralDataset(images=images, responses=responses, trial_image=trial_image, tiers=tiers,
-                     unit_ids=unit_ids, areas=nrn["area"], name=config.name)
+                     unit_ids=unit_ids, areas=nrn["area"], name=config.name,
+                     info={"response_type": "spike counts (simulated)",
+                           "response_window": "one count per trial (simulated)"})
   gabor = np.full((n, 2), np.nan, np.float32)
   gabor[gab, 0] = nrn["orientation"][gab]
   gabor[gab, 1] = nrn["frequency"][gab]

