@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -21,6 +22,18 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
   return path
+
+
+def read_json(path: str | os.PathLike, *, what: str) -> dict:
+  """A JSON object from ``path``; bad JSON is a ValueError naming the file and ``what`` it is."""
+  path = Path(path)
+  try:
+    value = json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+    raise ValueError(f"{path}: not valid JSON ({e}); expected {what}") from None
+  if not isinstance(value, dict):
+    raise ValueError(f"{path}: holds a JSON {type(value).__name__}, expected {what} (an object)")
+  return value
 
 
 @contextlib.contextmanager

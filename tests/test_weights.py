@@ -388,3 +388,42 @@ def test_check_params_names_non_float_tensors(params):
                                        r"conv4_1/kernel int8"):
     check_params("vgg16", bad, source="mine")
 
+
+# ---- checkpoints are verified on load --------------------------------------------------------------
+
+def test_flipped_bytes_in_a_checkpoint_are_refused(tmp_path, capsys):
+  from jaxmouse.cli import main
+
+  save(random_init("vgg16", seed=0), tmp_path / "w")
+  data = max((p for p in (tmp_path / "w" / "params").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  raw[len(raw) // 2:len(raw) // 2 + 4] = bytes(b ^ 0xFF for b in raw[len(raw) // 2:len(raw) // 2 + 4])
+  data.write_bytes(bytes(raw))
+  with pytest.raises(ValueError, match=r"weights checkpoint .*w is corrupt: .*params_sha256"):
+    load(tmp_path / "w")
+  np.save(tmp_path / "images.npy", np.full((2, 32, 32), 100.0, np.float32))
+  assert main(["extract", "--weights", str(tmp_path / "w"), "--images",
+               str(tmp_path / "images.npy"), "--layers", "conv1_1", "--out",
+               str(tmp_path / "f.npz"), "--no-progress"]) == 1
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and "is corrupt" in err and not (tmp_path / "f.npz").exists()
+
+
+def test_checkpoint_metadata_must_be_json_with_a_hash(tmp_path):
+  save(random_init("vgg16", seed=0), tmp_path / "w")
+  meta_path = tmp_path / "w" / "metadata.json"
+  meta = json.loads(meta_path.read_text())
+  meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "params_sha256"}))
+  with pytest.raises(ValueError, match="lacks the string field 'params_sha256'"):
+    load(tmp_path / "w")
+  meta_path.write_text(json.dumps({**meta, "normalization": "caffe"}))  # edited by hand
+  with pytest.raises(ValueError, match="is corrupt"):
+    load(tmp_path / "w")
+  meta_path.write_text('{"arch": "vgg16",')
+  with pytest.raises(ValueError, match=r"metadata.json: not valid JSON .*expected a weights "
+                                       r"checkpoint's metadata"):
+    load(tmp_path / "w")
+  meta_path.write_text("[1, 2]")
+  with pytest.raises(ValueError, match=r"metadata.json: holds a JSON list"):
+    load(tmp_path / "w")

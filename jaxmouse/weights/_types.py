@@ -87,6 +87,17 @@ def _check_values(expected, flat_got, source, labels) -> dict:
   return out
 
 
+def fingerprint(arch: str, normalization: str, params: Mapping[str, Mapping[str, Any]]) -> str:
+  """sha256 of the architecture, normalization and every parameter's float32 bytes."""
+  h = hashlib.sha256(f"{arch}|{normalization}".encode())
+  for layer in sorted(params):
+    for k in sorted(params[layer]):
+      a = np.ascontiguousarray(params[layer][k], np.float32)
+      h.update(f"|{layer}/{k}{a.shape}".encode())
+      h.update(a.tobytes())
+  return h.hexdigest()
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class Weights:
   """A CNN's weights and how its inputs are normalized.
@@ -122,13 +133,7 @@ class Weights:
   @functools.cached_property
   def fingerprint(self) -> str:
     """sha256 of the architecture, normalization and every parameter's bytes (a cache key)."""
-    h = hashlib.sha256(f"{self.arch}|{self.normalization}".encode())
-    for layer in sorted(self.params):
-      for k in sorted(self.params[layer]):
-        a = np.ascontiguousarray(self.params[layer][k], np.float32)
-        h.update(f"|{layer}/{k}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    return fingerprint(self.arch, self.normalization, self.params)
 
   def __repr__(self) -> str:
     n = sum(a.size for d in self.params.values() for a in d.values())
