@@ -222,6 +222,23 @@ def test_every_truncation_is_refused(tmp_path, small, fmt):
       readers.read_torch(path)
 
 
+@pytest.mark.parametrize("slot,pickled,match", [
+    ("body", b"\x80\x05\x96" + (3).to_bytes(8, "little") + b"abc.", "opcode BYTEARRAY8"),
+    ("body", b"\x80\x05\x96" + (2**62).to_bytes(8, "little") + b"abc.",
+     "ends inside its tensor pickle"),
+    ("body", b"\x80\x04\x8e" + (2**62).to_bytes(8, "little") + b"abc.",
+     "ends inside its tensor pickle"),
+    ("sys_info", b"\x80\x02\xff.", "system info is not a valid pickle"),
+    ("keys", b"\x80\x02]q\x00(X\x01\x00\x00\x00", "its list of storage keys is not a valid pickle"),
+    ("protocol", b"\x80\x02K\x07.", "unsupported legacy protocol version 7"),
+])
+def test_malformed_pickles_are_refused(tmp_path, small, slot, pickled, match):
+  path = tmp_path / "bad.pth"
+  path.write_bytes(with_legacy_slot(small["legacy"].read_bytes(), slot, pickled))
+  with pytest.raises(ValueError, match=match):
+    readers.read_torch(path)
+
+
 # ---- the extent check ------------------------------------------------------------------------
 
 @settings(max_examples=300, deadline=None)

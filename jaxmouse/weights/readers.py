@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import collections
 import io
+import lzma
 import math
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,10 @@ class _Storage:
   def __init__(self, stype: _StorageType, key: str):
     self.stype, self.key = stype, key
     self.data: np.ndarray | None = None
+    self.missing = ""  # why ``data`` could not be read
+
+  def refusal(self) -> str:
+    return f"storage {self.key!r} is missing: {self.missing or 'the file is truncated'}"
 
 
 class _LazyTensor:
@@ -147,18 +154,16 @@ class _TorchUnpickler(pickle.Unpickler):
     return self._load_storage(pid)
 
 
-class _Bounded(io.RawIOBase):
+class _Bounded:
   """A read-only view of a file that never reads (or allocates) past its end.
 
   A pickle may claim a length larger than the file; reads are clamped to what is left, and the
-  unpickler then reports truncated data instead of allocating the claimed size.
+  unpickler then reports truncated data instead of allocating the claimed size. (No
+  ``readinto``: the unpickler then reads through ``read`` only.)
   """
 
   def __init__(self, f, size: int):
     self._f, self._size = f, size
-
-  def readable(self):
-    return True
 
   def left(self) -> int:
     return max(0, self._size - self._f.tell())
@@ -167,17 +172,49 @@ class _Bounded(io.RawIOBase):
     n = self.left() if n is None or n < 0 else min(n, self.left())
     return self._f.read(n)
 
-  def readinto(self, b):
-    data = self.read(len(b))
-    b[:len(data)] = data
-    return len(data)
-
   def readline(self, size=-1):
     size = self.left() if size is None or size < 0 else min(size, self.left())
     return self._f.readline(size)
 
   def tell(self):
     return self._f.tell()
+
+  def seek(self, pos):
+    return self._f.seek(pos)
+
+
+# Out-of-band buffers (pickle protocol 5) are never in a torch file; a corrupt length in one
+# would make the unpickler allocate it before reading.
+_REFUSED_OPCODES = {"BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"}
+
+
+def _unpickle(f, what: str, load_storage=None):
+  """The next pickle of ``f`` (``what`` it should be, for messages), restricted.
+
+  Its opcodes are parsed first by ``pickletools`` (which runs nothing and reads lengths only as
+  far as the data goes), then the same bytes are loaded by ``_TorchUnpickler``.
+  """
+  start = f.tell()
+  try:
+    for op, _arg, _pos in pickletools.genops(f):
+      if op.name in _REFUSED_OPCODES:
+        raise _Refused(f"its {what} holds the opcode {op.name}, which torch files never use")
+  except ValueError as e:
+    if isinstance(e, _Refused):
+      raise
+    if f.tell() == start or "exhausted" in str(e) or "remain" in str(e):
+      where = "before" if f.tell() == start else "inside"
+      raise _Refused(f"the file ends {where} its {what} (truncated?)") from None
+    raise _Refused(f"its {what} is not a valid pickle: {e}") from None
+  f.seek(start)
+  try:
+    return _TorchUnpickler(f, load_storage).load()
+  except EOFError:
+    raise _Refused(f"the file ends inside its {what} (truncated?)") from None
+  except pickle.UnpicklingError as e:
+    if load_storage is None:
+      raise _Refused(f"its {what} is not a plain pickle: {e}") from None
+    raise
 
 
 def _read_torch_zip(path: Path) -> Any:
@@ -201,38 +238,24 @@ def _read_torch_zip(path: Path) -> Any:
         storages[key].data = stype.view(zf.read(member), key)
       return storages[key]
 
-    return _TorchUnpickler(io.BytesIO(zf.read(pkl)), load_storage).load()
-
-
-def _header(f, what: str):
-  """One of the small pickles before a legacy file's body: plain values only, no classes."""
-  try:
-    return _TorchUnpickler(f).load()
-  except EOFError:
-    raise _Refused(f"the file ends before its {what} (truncated?)") from None
-  except pickle.UnpicklingError as e:
-    if "truncated" in str(e):
-      raise _Refused(f"the file ends inside its {what} (truncated?)") from None
-    raise _Refused(f"its {what} is not a plain pickle: {e}") from None
+    return _unpickle(io.BytesIO(zf.read(pkl)), pkl, load_storage), storages
 
 
 def _read_torch_legacy(path: Path) -> Any:
   with open(path, "rb") as raw:
     f = _Bounded(raw, os.fstat(raw.fileno()).st_size)
     try:
-      magic = _TorchUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
-            OverflowError) as e:
-      raise _Refused(f"it is neither a zip nor a legacy torch.save file (no PyTorch magic "
-                     f"number at its start: {e})") from None
+      magic = _unpickle(f, "magic number")
+    except _Refused as e:
+      raise _Refused(f"it is neither a zip nor a legacy torch.save file ({e})") from None
     if type(magic) is not int or magic != _LEGACY_MAGIC:
       raise _Refused("it is neither a zip nor a legacy torch.save file (no PyTorch magic number "
                      "at its start)")
-    protocol = _header(f, "protocol version")
+    protocol = _unpickle(f, "protocol version")
     if protocol != _LEGACY_PROTOCOL:
       raise _Refused(f"unsupported legacy protocol version {protocol!r:.40} (expected "
                      f"{_LEGACY_PROTOCOL})")
-    sys_info = _header(f, "system info")
+    sys_info = _unpickle(f, "system info")
     if not isinstance(sys_info, dict):
       raise _Refused(f"its system info is a {type(sys_info).__name__}, expected a dict")
     if sys_info.get("little_endian") is False:
@@ -254,15 +277,8 @@ def _read_torch_legacy(path: Path) -> Any:
         raise _Refused(f"storage {key!r}: unsupported view {view!r:.80}")
       return _StorageView(storage, *view[1:])
 
-    try:
-      body = _TorchUnpickler(f, load_storage).load()
-    except EOFError:
-      raise _Refused("the file ends before its tensor pickle (truncated?)") from None
-    except pickle.UnpicklingError as e:
-      if "truncated" in str(e):
-        raise _Refused("the file ends inside its tensor pickle (truncated?)") from None
-      raise
-    keys = _header(f, "list of storage keys")
+    body = _unpickle(f, "tensor pickle", load_storage)
+    keys = _unpickle(f, "list of storage keys")
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
       raise _Refused(f"its storage keys are a {type(keys).__name__}, expected a list of strings")
     for key in keys:
@@ -271,14 +287,17 @@ def _read_torch_legacy(path: Path) -> Any:
       storage = storages[key]
       head = f.read(8)
       if len(head) < 8:
-        raise _Refused(f"the file ends before storage {key!r} (truncated?)")
+        storage.missing = "the file ends before it (truncated?)"
+        break
       (count,) = struct.unpack("<q", head)
       nbytes = count * storage.stype.itemsize
       if count < 0 or nbytes > f.left():
-        raise _Refused(f"storage {key!r} claims {count} elements ({nbytes} bytes) but only "
-                       f"{f.left()} bytes are left in the file (truncated?)")
+        storage.missing = (f"it claims {count} elements ({nbytes} bytes) but only {f.left()} "
+                           "bytes are left in the file (truncated?)")
+        break
       storage.data = storage.stype.view(f.read(nbytes), key)
-  return body
+  # Tensors of storages that could not be read are refused by name when they are built.
+  return body, storages
 
 
 class _StorageView:
@@ -300,8 +319,7 @@ def _storage_data(storage, name: str) -> np.ndarray:
   if not isinstance(storage, _Storage):
     raise _Refused(f"tensor {name!r}: its storage is a {type(storage).__name__}, not a storage")
   if storage.data is None:
-    raise _Refused(f"tensor {name!r}: the bytes of storage {storage.key!r} are missing (the file "
-                   "is truncated)")
+    raise _Refused(f"tensor {name!r}: its {storage.refusal()}")
   return storage.data
 
 
@@ -317,7 +335,8 @@ def _resolve(obj, name: str = ""):
 # Everything a damaged or hostile pickle can make the readers raise.
 _BROKEN = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
            AttributeError, struct.error, OverflowError, RecursionError, zipfile.BadZipFile,
-           zipfile.LargeZipFile, UnicodeDecodeError)
+           zipfile.LargeZipFile, UnicodeDecodeError, NotImplementedError, zlib.error,
+           lzma.LZMAError, RuntimeError, OSError)  # zipfile: encrypted members, bad offsets
 
 
 def read_torch(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -325,17 +344,20 @@ def read_torch(path: str | os.PathLike) -> dict[str, np.ndarray]:
   path = Path(path)
   try:
     if zipfile.is_zipfile(path):
-      obj = _read_torch_zip(path)
+      obj, storages = _read_torch_zip(path)
     else:
       with open(path, "rb") as f:
         if f.read(2) == b"PK":
           raise _Refused("it starts like a zip file but has no zip directory (truncated?)")
-      obj = _read_torch_legacy(path)
+      obj, storages = _read_torch_legacy(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
       obj = obj["state_dict"]
     if not isinstance(obj, dict):
       raise _Refused(f"it holds a {type(obj).__name__}, expected a state dict of tensors")
     obj = _resolve(obj)
+    unread = [st for st in storages.values() if st.data is None]
+    if unread:  # used only outside the state dict, but a damaged file all the same
+      raise _Refused(unread[0].refusal())
   except MemoryError:
     raise ValueError(f"cannot read {path} as a PyTorch state dict: out of memory while reading "
                      "it (a corrupt length field?)") from None
