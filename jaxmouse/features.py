@@ -21,42 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmouse import _io
+from jaxmouse.data.stimuli import IMAGE_RANGE, check_images  # noqa: F401 (part of this API)
 from jaxmouse.models import vgg
 from jaxmouse.weights import Weights, load as load_weights
 
-# Images may overshoot 0-255 a little after interpolation; beyond this margin the scale is wrong.
-IMAGE_RANGE = (-25.5, 280.5)
 _CHECK_CHUNK = 1024
-
-
-def check_images(images, *, name: str = "images"):
-  """Validates images ``(n, H, W)`` or ``(n, H, W, 3)`` on a 0-255 scale; returns them unchanged.
-
-  Reads memory-mapped arrays in chunks, so a large file is never loaded whole.
-  """
-  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
-    images = np.asarray(images)
-  shape = tuple(images.shape)
-  if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] == 3)):
-    raise ValueError(f"{name} must be (n, H, W) grayscale or (n, H, W, 3) RGB on a 0-255 scale, "
-                     f"got shape {shape}")
-  if shape[0] == 0:
-    raise ValueError(f"{name} is empty: shape {shape}")
-  if not (np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_) or \
-      np.issubdtype(images.dtype, np.complexfloating):
-    raise ValueError(f"{name} must be real numbers, got dtype {images.dtype}")
-  lo, hi = np.inf, -np.inf
-  for start in range(0, shape[0], _CHECK_CHUNK):
-    chunk = np.asarray(images[start:start + _CHECK_CHUNK], np.float32)
-    if not np.isfinite(chunk).all():
-      bad = start + np.flatnonzero(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1))
-      raise ValueError(f"{name} contains NaN or inf in {len(bad)} image(s), first indices "
-                       f"{bad[:10].tolist()}")
-    lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-  if lo < IMAGE_RANGE[0] or hi > IMAGE_RANGE[1]:
-    raise ValueError(f"{name} values span [{lo:g}, {hi:g}], far outside the expected 0-255 scale")
-  return images
-
 
 def _check_sizes(arch: str, layers: Sequence[str], shape: tuple[int, ...]) -> None:
   h, w = shape[1], shape[2]

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+
+from jaxmouse import JaxmouseWarning
 
 # (module, summary) in the order of the data flow.
 SUBCOMMANDS = {
@@ -60,10 +63,23 @@ def main(argv: list[str] | None = None) -> int:
   if not getattr(args, "func", None):
     parser.print_help()
     return 2
-  try:
-    result = args.func(args)
-  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"jaxmouse {args.command}: error: {msg}", file=sys.stderr)
-    return 1
+  prefix = f"jaxmouse {args.command}"
+  with warnings.catch_warnings():
+    # jaxmouse's own warnings (e.g. images on a 0-1 scale) as one line each, like the errors.
+    warnings.simplefilter("default")
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+      if issubclass(category, JaxmouseWarning):
+        print(f"{prefix}: warning: {message}", file=sys.stderr)
+      else:
+        shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+      result = args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+      msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+      print(f"{prefix}: error: {msg}", file=sys.stderr)
+      return 1
   return int(result or 0)
