@@ -9,6 +9,7 @@ missing layers in one pass over the images and then reads one layer at a time, m
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -141,11 +142,11 @@ def extract_to_dir(weights: Weights, images, out_dir: str | os.PathLike, *,
   _check_sizes(weights.arch, layers, tuple(images.shape))
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
+  _io.clean_stale_temporaries(out_dir)  # layers of a killed extraction
   shapes = feature_shapes(weights, images.shape, layers)
   with contextlib.ExitStack() as stack:
     tmp = {l: stack.enter_context(_io.atomic_path(out_dir / f"{l}.npy")) for l in layers}
-    maps = {l: np.lib.format.open_memmap(tmp[l], mode="w+", dtype=np.float32, shape=shapes[l])
-            for l in layers}
+    maps = {l: _open_memmap(tmp[l], shapes[l]) for l in layers}
     for start, feats in iter_features(weights, images, layers=layers, batch_size=batch_size,
                                       progress=progress):
       for l, f in feats.items():
@@ -154,6 +155,21 @@ def extract_to_dir(weights: Weights, images, out_dir: str | os.PathLike, *,
       m.flush()
     del maps
   return {l: out_dir / f"{l}.npy" for l in layers}
+
+
+def _open_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+  """A new float32 ``.npy`` memmap whose blocks are reserved on disk first: a full disk is an
+  OSError (ENOSPC) here, not a crash (SIGBUS) when a page of a sparse file is written later."""
+  m = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+  if hasattr(os, "posix_fallocate"):
+    with open(path, "r+b") as f:
+      try:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+      except OSError as e:
+        if e.errno == errno.ENOSPC:
+          raise OSError(e.errno, e.strerror, str(path)) from None
+        # file systems without fallocate: write as before
+  return m
 
 
 def images_fingerprint(images) -> str:
@@ -209,6 +225,7 @@ class FeatureCache:
     layers = vgg.check_layers(w.arch, layers)
     images = check_images(images)
     folder = self.folder(w, images)
+    _io.clean_stale_temporaries(folder)
     missing = [l for l in layers if not (folder / f"{l}.npy").is_file()]
     if missing:
       extract_to_dir(w, images, folder, layers=missing, batch_size=self.batch_size,
@@ -221,6 +238,13 @@ class FeatureCache:
               "weights_metadata": w.metadata, "images_shape": list(images.shape),
               "images_sha256": self._images_key(images)}, indent=2) + "\n")
     return {l: folder / f"{l}.npy" for l in layers}
+
+  def clean(self) -> None:
+    """Removes temporaries that killed extractions left in any folder of the cache."""
+    if self.root.is_dir():
+      for folder in self.root.iterdir():
+        if folder.is_dir():
+          _io.clean_stale_temporaries(folder)
 
   def layer(self, weights, images, layer: str) -> np.ndarray:
     """``(n, h, w, c)`` float32 features of one layer, memory-mapped read-only."""

@@ -9,6 +9,7 @@ subcommand does not break the others.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import warnings
@@ -57,6 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def describe_error(e: BaseException) -> str | None:
+  """The one line the CLI prints for an expected failure, or None for a bug (a traceback).
+
+  Expected: bad input (ValueError, KeyError), missing or existing files, a folder in use, and
+  every OSError (read-only folder, disk full, ...) with the path and the cause; out of memory.
+  """
+  from jaxmouse._io import FolderLocked
+
+  if isinstance(e, OSError) and e.errno is not None and e.strerror:
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    cause = e.strerror + (" (the disk is full)" if e.errno == errno.ENOSPC else "")
+    return f"{paths}: {cause}" if paths else cause
+  if isinstance(e, MemoryError):
+    return f"out of memory: {e}" if str(e) else "out of memory"
+  if isinstance(e, RuntimeError) and str(e).startswith("RESOURCE_EXHAUSTED"):  # XLA
+    return "out of accelerator memory: " + str(e).splitlines()[0]
+  if isinstance(e, (ValueError, OSError, KeyError, FolderLocked)):
+    return str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+  return None
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
@@ -78,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = show
     try:
       result = args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-      msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    except Exception as e:  # noqa: BLE001 -- sorted into expected failures and bugs below
+      msg = describe_error(e)
+      if msg is None:
+        raise
       print(f"{prefix}: error: {msg}", file=sys.stderr)
       return 1
   return int(result or 0)
