@@ -1,8 +1,9 @@
 """File helpers shared by the stateful shells: atomic writes, output-path checks, run-folder
-locks and stale temporaries.
+locks, stale temporaries and the memory check.
 
 Nothing here touches arrays or models; it only guarantees that a file or folder a user sees is
-either complete or absent, and that two runs never write into one folder at once.
+either complete or absent, that two runs never write into one folder at once, and that a run
+that cannot fit in memory is refused before it starts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ except ImportError:  # not POSIX: folders are not locked
 
 LOCK_NAME = ".jaxmouse.lock"
 NO_LOCK_ENV = "JAXMOUSE_NO_LOCK"
+MEMORY_CHECK_ENV = "JAXMOUSE_MEMORY_CHECK"
 
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
@@ -328,6 +330,68 @@ def lock_folder(folder: str | os.PathLike) -> Iterator[FolderLock]:
     yield lock
   finally:
     lock.release()
+
+
+# ---- memory -------------------------------------------------------------------------------------
+
+def _read_int(path: str) -> int | None:
+  try:
+    return int(Path(path).read_text().split()[0])
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def _stat_field(path: str, names: tuple[str, ...]) -> int:
+  try:
+    lines = Path(path).read_text().splitlines()
+  except OSError:
+    return 0
+  fields = dict(line.split()[:2] for line in lines if len(line.split()) >= 2)
+  for n in names:
+    if n in fields and fields[n].isdigit():
+      return int(fields[n])
+  return 0
+
+
+def available_memory() -> int | None:
+  """Bytes this process can still allocate: ``MemAvailable`` plus free swap from /proc/meminfo,
+  capped by the cgroup's limit less its usage (page cache counted as free); None if unknown."""
+  try:
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    avail = int(info["MemAvailable"].split()[0]) * 1024
+    avail += int(info.get("SwapFree", "0 kB").split()[0]) * 1024
+  except (OSError, KeyError, ValueError):
+    return None
+  for limit_f, usage_f, stat_f, cache in (
+      ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat",
+       ("file",)),
+      ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+       "/sys/fs/cgroup/memory/memory.stat", ("total_cache", "cache"))):
+    limit, usage = _read_int(limit_f), _read_int(usage_f)
+    if limit is not None and usage is not None and limit < 1 << 60:
+      avail = min(avail, max(0, limit - usage + _stat_field(stat_f, cache)))
+      break
+  return avail
+
+
+def gib(n: float) -> str:
+  return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def check_memory(need: int, *, what: str, hint: str = "") -> None:
+  """Refuses (MemoryError) work estimated to need ``need`` bytes when less is available.
+
+  The estimates count only the largest arrays, so a refusal means the work cannot fit; set
+  ``JAXMOUSE_MEMORY_CHECK=0`` to skip the check.
+  """
+  if os.environ.get(MEMORY_CHECK_ENV, "1").lower() in ("0", "off", "no", "false"):
+    return
+  avail = available_memory()
+  if avail is None or need <= avail:
+    return
+  raise MemoryError(f"{what} needs at least {gib(need)} of memory, but only {gib(avail)} is "
+                    f"available{'; ' + hint if hint else ''} (set {MEMORY_CHECK_ENV}=0 to try "
+                    "anyway)")
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:

@@ -13,6 +13,7 @@ import errno
 import functools
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -99,6 +100,26 @@ def feature_shapes(weights: Weights, image_shape: Sequence[int], layers: Sequenc
   n, h, w = image_shape[:3]
   return {l: (n,) + vgg.output_shape(weights.arch, l, h, w)
           for l in vgg.check_layers(weights.arch, layers)}
+
+
+def extraction_bytes(arch: str, image_shape: Sequence[int], layers: Sequence[str], *,
+                     batch_size: int, in_memory: bool = False) -> int:
+  """A lower bound on the memory (bytes) that extracting ``layers`` of ``image_shape`` needs.
+
+  Counts the parameters on host and device, and for two batches in flight the input, the largest
+  activation up to the deepest layer (as a layer's input and output) and the kept outputs;
+  ``in_memory`` (``extract``) adds every image's outputs. Streaming to disk (``extract_to_dir``,
+  ``FeatureCache``) keeps only the batches.
+  """
+  layers = vgg.check_layers(arch, layers)
+  n, h, w = (int(s) for s in image_shape[:3])
+  b = max(1, min(int(batch_size), n))
+  params = sum(math.prod(s) for d in vgg.param_shapes(arch).values() for s in d.values())
+  deepest = max(vgg.LAYERS[arch].index(l) for l in layers)
+  sizes = {l: math.prod(vgg.output_shape(arch, l, h, w)) for l in vgg.LAYERS[arch][:deepest + 1]}
+  kept = sum(sizes[l] for l in layers)
+  per_batch = b * (h * w * 3 + 2 * max(sizes.values()) + kept)
+  return 4 * (2 * params + 2 * per_batch + (n * kept if in_memory else 0))
 
 
 def extract(weights: Weights, images, *, layers: Sequence[str], batch_size: int = 32,

@@ -360,12 +360,37 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
     archs[label] = arch
   for t in ("train", "validation", "test"):
     ds.tier(t)  # a missing tier is an error before any work
+  _check_memory(ds, config, archs, areas, out)
 
   # Nothing is written before this point; from here on the run folder is this process's alone.
   out.mkdir(parents=True, exist_ok=True)
   with _io.lock_folder(out):
     return _run_locked(ds, config, out, areas=areas, labels=labels, feature_cache=feature_cache,
                        progress=progress, mesh=mesh)
+
+
+def _check_memory(ds, config: SweepConfig, archs: Mapping[str, str], areas, out: Path) -> None:
+  """Refuses (MemoryError) a sweep whose largest unfinished fit cannot fit in memory."""
+  from jaxmouse.models import gabor, vgg
+
+  h, w = ds.images.shape[1:3]
+  n_neurons = int(np.isin(ds.areas, list(areas)).sum())
+  n_train = len(np.unique(np.asarray(ds.tier("train")[0])))
+  need, what = 0, ""
+  for label, layer, readout in dict.fromkeys((c.weights, c.layer, c.readout)
+                                             for c in plan(config, areas) if not is_done(out, c)):
+    shape = (gabor.feature_shape((h, w)) if (label, layer) == ENERGY
+             else vgg.output_shape(archs[label], layer, h, w))
+    g = 1 if readout == "ridge" else len(next(iter(config.grid(readout).values())))
+    n = fitlib.memory_bytes(readout=readout, feature_shape=shape, n_images=ds.n_images,
+                            n_train_images=n_train, n_neurons=n_neurons, n_configs=g)
+    if n > need:
+      need = n
+      what = (f"fitting the {readout} readout on {label} {layer} ({ds.n_images} images x "
+              f"{'x'.join(map(str, shape))} features, {n_neurons} neurons x {g} configs)")
+  if need:
+    _io.check_memory(need, what=what, hint="fit fewer areas or configs, fewer layers at a time, "
+                     "or smaller images (--resize)")
 
 
 def _run_locked(ds, config: SweepConfig, out: Path, *, areas, labels, feature_cache, progress,

@@ -1,6 +1,6 @@
 """Run folders: one sweep per folder at a time, a second command never harms the first, only a
-dead process's temporaries are cleaned, a finished run re-runs in a read-only folder, and
-arguments are checked before anything is written."""
+dead process's temporaries are cleaned, a finished run re-runs in a read-only folder, arguments
+are checked before anything is written, and what cannot fit in memory is refused up front."""
 
 import json
 import os
@@ -328,3 +328,56 @@ def test_cadena2019_areas(tmp_path):
     cadena2019.run(cadena2019.QUICK, out=tmp_path / "study", data=tmp_path / "missing.npz")
   assert not (tmp_path / "study").exists()
 
+
+# ---- memory ------------------------------------------------------------------------------------
+
+def test_memory_estimates_count_the_largest_arrays():
+  from jaxmouse import fit as fitlib
+  from jaxmouse.features import extraction_bytes
+
+  feats = 4 * 100 * 9 * 16 * 64
+  # factorized: spatial (h*w) + features (c) + bias per pair, four copies (params, best, 2 Adam)
+  assert fitlib.memory_bytes(readout="factorized", feature_shape=(9, 16, 64), n_images=100,
+                             n_train_images=80, n_neurons=10, n_configs=3) == \
+      2 * feats + 16 * 3 * 10 * (9 * 16 + 64 + 1)
+  assert fitlib.memory_bytes(readout="full", feature_shape=(9, 16, 64), n_images=100,
+                             n_train_images=80, n_neurons=10, n_configs=3) == \
+      2 * feats + 16 * 3 * 10 * (9 * 16 * 64 + 1)
+  assert fitlib.memory_bytes(readout="ridge", feature_shape=(9, 16, 64), n_images=100,
+                             n_train_images=80, n_neurons=10, n_configs=3) == \
+      feats + 3 * 4 * 80 * 9 * 16 * 64 + 4 * 10 * 9 * 16 * 64
+  # conv1_1 of 8 images of 32x32, batches of 4: params, input, conv1_1 as input/output, output.
+  from jaxmouse.models import vgg
+  params = sum(np.prod(s) for d in vgg.param_shapes("vgg16").values() for s in d.values())
+  batch = 4 * (32 * 32 * 3 + 2 * 32 * 32 * 64 + 32 * 32 * 64)
+  assert extraction_bytes("vgg16", (8, 32, 32), ["conv1_1"], batch_size=4) == \
+      4 * (2 * params + 2 * batch)
+  assert extraction_bytes("vgg16", (8, 32, 32), ["conv1_1"], batch_size=4, in_memory=True) == \
+      4 * (2 * params + 2 * batch + 8 * 32 * 32 * 64)
+
+
+def test_sweep_that_cannot_fit_is_refused_with_the_estimate(tmp_path, data_file, monkeypatch,
+                                                            capsys):
+  monkeypatch.setattr(_io, "available_memory", lambda: 1000)
+  assert main(_sweep_args(data_file, tmp_path / "run")) == 1
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1, err
+  assert "fitting the ridge readout on energy gabor (60 images x 4x6x216 features" in err, err
+  assert "but only 1000 MiB" not in err and "only 0 MiB is available" in err, err
+  assert "JAXMOUSE_MEMORY_CHECK=0" in err
+  assert not (tmp_path / "run").exists()
+  monkeypatch.setenv("JAXMOUSE_MEMORY_CHECK", "0")
+  assert main(_sweep_args(data_file, tmp_path / "run")) == 0
+
+
+def test_extraction_that_cannot_fit_is_refused(tmp_path, monkeypatch, capsys):
+  from jaxmouse.weights import random_init, save
+
+  save(random_init("vgg16", 0), tmp_path / "w")
+  np.save(tmp_path / "images.npy", np.full((4, 32, 32), 100.0, np.float32))
+  monkeypatch.setattr(_io, "available_memory", lambda: 50 * 2**20)
+  assert main(["extract", "--weights", str(tmp_path / "w"), "--images", str(tmp_path / "images.npy"),
+               "--layers", "conv1_1", "--out", str(tmp_path / "f.npz"), "--no-progress"]) == 1
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and "extracting conv1_1" in err and "50 MiB" in err, err
+  assert not (tmp_path / "f.npz").exists()

@@ -63,6 +63,10 @@ def run(args) -> None:
   layers = vgg.check_layers(weights.arch, args.layers)
   images = features.check_images(load_images(args.images, args.images_key),
                                  name=str(args.images))
+  need = features.extraction_bytes(weights.arch, images.shape, layers, batch_size=args.batch_size)
+  _io.check_memory(need, what=f"extracting {','.join(layers)} of {len(images)} images of "
+                   f"{images.shape[1]}x{images.shape[2]} in batches of {args.batch_size}",
+                   hint="use a smaller --batch-size")
   t0 = time.perf_counter()
   if out.suffix == ".npz":
     out.parent.mkdir(parents=True, exist_ok=True)
