@@ -176,6 +176,21 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
       shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_free_space(path: str | os.PathLike, need: int) -> None:
+  """Refuses (OSError ENOSPC naming ``path``) a write of about ``need`` bytes that the disk
+  holding ``path`` has no room for, before any of it is written.
+
+  Writers that fail midway (orbax's background threads) report a full disk with pages of
+  tracebacks; this check turns the common case into one clear error.
+  """
+  path = Path(path)
+  folder = next((p for p in [path.parent, *path.parents] if p.exists()), Path("."))
+  free = shutil.disk_usage(folder).free
+  if need > free:
+    raise OSError(errno.ENOSPC, f"No space left on device: writing it needs about {gib(need)}, "
+                  f"{gib(free)} is free", str(path))
+
+
 def write_if_changed(path: str | os.PathLike, data: bytes) -> bool:
   """Writes ``data`` atomically unless ``path`` already holds exactly it; returns whether it
   wrote (so a finished run re-read in a read-only folder writes nothing)."""

@@ -217,6 +217,7 @@ def cell_rows(cell: Cell, result: fitlib.ReadoutFit, unit_ids) -> "pandas.DataFr
 
 def save_cell(run, cell: Cell, result: fitlib.ReadoutFit, unit_ids, grid) -> Path:
   """Writes a finished cell atomically (orbax state, rows.csv, cell.json)."""
+  import jax
   import orbax.checkpoint as ocp
 
   state = {
@@ -231,6 +232,7 @@ def save_cell(run, cell: Cell, result: fitlib.ReadoutFit, unit_ids, grid) -> Pat
           "grid": {k: np.asarray(v, np.float64).tolist() for k, v in grid.items()},
           "unit_ids": [str(u) for u in np.asarray(unit_ids)]}
   target = cell_dir(run, cell)
+  _io.check_free_space(target, sum(np.asarray(a).nbytes for a in jax.tree.leaves(state)))
   with _io.atomic_path(target, is_dir=True) as tmp:
     tmp = Path(tmp).resolve()
     with ocp.StandardCheckpointer() as ckptr:

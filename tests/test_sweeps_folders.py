@@ -283,6 +283,33 @@ def test_os_errors_are_one_line_with_path_and_cause(tmp_path, data_file, monkeyp
   assert capsys.readouterr().err.splitlines() == [expected]
 
 
+def test_full_disk_is_refused_before_orbax_writes(tmp_path, monkeypatch, capsys):
+  usage = shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(_io.shutil, "disk_usage", lambda p: usage._replace(free=3 * 2**20))
+  assert main(["weights", "random", "--seed", "0", "--out", str(tmp_path / "w")]) == 1
+  assert capsys.readouterr().err.splitlines() == [
+      f"jaxmouse weights: error: {tmp_path / 'w'}: No space left on device: writing it needs "
+      "about 56 MiB, 3 MiB is free"]
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_during_extraction_is_one_line(tmp_path, monkeypatch, capsys):
+  from jaxmouse.weights import random_init, save
+
+  save(random_init("vgg16", 0), tmp_path / "w")
+  np.save(tmp_path / "images.npy", np.full((4, 32, 32), 100.0, np.float32))
+
+  def full(fd, offset, length):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(os, "posix_fallocate", full)
+  assert main(["extract", "--weights", str(tmp_path / "w"), "--images", str(tmp_path / "images.npy"),
+               "--layers", "conv1_1", "--out", str(tmp_path / "feats"), "--no-progress"]) == 1
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].endswith("conv1_1.npy: No space left on device (the disk is "
+                                           "full)"), err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["images.npy", "w"]
+
+
 # ---- arguments first ----------------------------------------------------------------------------
 
 def test_duplicate_areas_are_fitted_once(tmp_path, data_file):

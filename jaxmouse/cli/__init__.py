@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 import warnings
 
@@ -68,7 +69,8 @@ def describe_error(e: BaseException) -> str | None:
 
   if isinstance(e, OSError) and e.errno is not None and e.strerror:
     paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
-    cause = e.strerror + (" (the disk is full)" if e.errno == errno.ENOSPC else "")
+    full = e.errno == errno.ENOSPC and e.strerror == os.strerror(errno.ENOSPC)
+    cause = e.strerror + (" (the disk is full)" if full else "")
     return f"{paths}: {cause}" if paths else cause
   if isinstance(e, MemoryError):
     return f"out of memory: {e}" if str(e) else "out of memory"

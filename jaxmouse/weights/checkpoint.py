@@ -29,6 +29,7 @@ def save(weights: Weights, dir: str | os.PathLike, *, overwrite: bool = False) -
       "params_sha256": weights.fingerprint,
       **{k: v for k, v in weights.metadata.items() if k not in ("format", "format_version")},
   }
+  _io.check_free_space(dir, sum(a.nbytes for d in weights.params.values() for a in d.values()))
   with _io.atomic_path(dir, is_dir=True) as tmp:
     tmp = Path(tmp).resolve()
     with ocp.StandardCheckpointer() as ckptr:
