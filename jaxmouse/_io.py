@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -54,8 +55,14 @@ def read_json(path: str | os.PathLike, *, what: str) -> dict:
 
 # ---- who owns a temporary or a lock -----------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _host_id() -> str:
-  return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+  """This host and pid namespace (containers with one hostname see different pids)."""
+  try:
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+  except OSError:
+    namespace = 0
+  return hashlib.sha256(f"{socket.gethostname()}|{namespace}".encode()).hexdigest()[:8]
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
