@@ -100,7 +100,7 @@ def _process_alive(pid: int, start: int) -> bool:
   return state not in ("Z", "X") and not (start and now != start)  # zombie, or pid reused
 
 
-def _owner_tag() -> str:
+def owner_tag() -> str:
   """``@<pid>.<start>.<host>``: appended to temporary names so that a later run can tell a
   live writer's temporary from one left by a killed process."""
   pid = os.getpid()
@@ -165,7 +165,7 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
   """
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", suffix=_owner_tag(), dir=path.parent))
+  tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", suffix=owner_tag(), dir=path.parent))
   target = tmp / path.name
   try:
     if is_dir:

@@ -70,7 +70,8 @@ def run(args) -> None:
   t0 = time.perf_counter()
   if out.suffix == ".npz":
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".tmp-extract-", dir=out.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".tmp-extract-", suffix=_io.owner_tag(),
+                                     dir=out.parent) as tmp:
       paths = features.extract_to_dir(weights, images, tmp, layers=layers,
                                       batch_size=args.batch_size, progress=not args.no_progress)
       # Stored (uncompressed) members stream from the per-layer files; np.load reads them back.
