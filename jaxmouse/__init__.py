@@ -4,3 +4,7 @@ Data flows one way: stimuli -> features -> readouts -> metrics -> sweeps -> repo
 """
 
 __version__ = "0.1.0"
+
+
+class JaxmouseWarning(UserWarning):
+  """A doubtful input that jaxmouse still accepts (the command line prints it as one line)."""

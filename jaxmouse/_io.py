@@ -1,18 +1,36 @@
-"""File helpers shared by the stateful shells: atomic writes and output-path checks.
+"""File helpers shared by the stateful shells: atomic writes, output-path checks, run-folder
+locks, stale temporaries and the memory check.
 
 Nothing here touches arrays or models; it only guarantees that a file or folder a user sees is
-either complete or absent.
+either complete or absent, that two runs never write into one folder at once, and that a run
+that cannot fit in memory is refused before it starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
+import functools
 import hashlib
+import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+try:
+  import fcntl
+except ImportError:  # not POSIX: folders are not locked
+  fcntl = None
+
+LOCK_NAME = ".jaxmouse.lock"
+NO_LOCK_ENV = "JAXMOUSE_NO_LOCK"
+MEMORY_CHECK_ENV = "JAXMOUSE_MEMORY_CHECK"
 
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
@@ -23,22 +41,138 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
   return path
 
 
+def read_json(path: str | os.PathLike, *, what: str) -> dict:
+  """A JSON object from ``path``; bad JSON is a ValueError naming the file and ``what`` it is."""
+  path = Path(path)
+  try:
+    value = json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+    raise ValueError(f"{path}: not valid JSON ({e}); expected {what}") from None
+  if not isinstance(value, dict):
+    raise ValueError(f"{path}: holds a JSON {type(value).__name__}, expected {what} (an object)")
+  return value
+
+
+# ---- who owns a temporary or a lock -----------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _host_id() -> str:
+  """This host and pid namespace (containers with one hostname see different pids)."""
+  try:
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+  except OSError:
+    namespace = 0
+  return hashlib.sha256(f"{socket.gethostname()}|{namespace}".encode()).hexdigest()[:8]
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+  """(state, start time in clock ticks since boot) of a process, from /proc; None if unknown."""
+  try:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) ": state is field 3
+    return fields[0], int(fields[19])  # field 22: starttime
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def _process_start(pid: int) -> int:
+  stat = _proc_stat(pid)
+  return stat[1] if stat else 0
+
+
+def _process_alive(pid: int, start: int) -> bool:
+  """Whether process ``pid`` of this host runs (and is the one that started at ``start``).
+
+  Unknown cases count as alive: a live run must never be taken for a dead one.
+  """
+  if pid <= 0:
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  stat = _proc_stat(pid)
+  if stat is None:
+    return True
+  state, now = stat
+  return state not in ("Z", "X") and not (start and now != start)  # zombie, or pid reused
+
+
+def owner_tag() -> str:
+  """``@<pid>.<start>.<host>``: appended to temporary names so that a later run can tell a
+  live writer's temporary from one left by a killed process."""
+  pid = os.getpid()
+  return f"@{pid}.{_process_start(pid)}.{_host_id()}"
+
+
+_OWNER = re.compile(r"@(\d+)\.(\d+)\.([0-9a-f]{8})$")
+
+
+def is_stale(name: str) -> bool:
+  """Whether a temporary named ``name`` was left by a process that is gone.
+
+  Temporaries of live processes and of other hosts are never stale; untagged ones (from an older
+  jaxmouse) are.
+  """
+  m = _OWNER.search(name)
+  if m is None:
+    return True
+  pid, start, host = int(m.group(1)), int(m.group(2)), m.group(3)
+  return host == _host_id() and not _process_alive(pid, start)
+
+
+def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+  """Removes the ``.tmp-``/``.old-`` entries of ``folder`` that killed processes left.
+
+  An ``.old-`` entry is the previous version of a folder being replaced; if the kill came before
+  the new version was in place, the old one is put back instead of removed. Entries that cannot
+  be removed (a read-only folder) are left. Returns what was removed or restored.
+  """
+  folder = Path(folder)
+  done = []
+  try:
+    entries = list(folder.iterdir())
+  except OSError:
+    return done
+  for p in entries:
+    if not p.name.startswith((".tmp-", ".old-")) or not is_stale(p.name):
+      continue
+    try:
+      m = _OWNER.search(p.name)
+      if p.name.startswith(".old-") and m:  # ".old-<name>-<random>@<owner>"
+        original = folder / p.name[len(".old-"):m.start()].rsplit("-", 1)[0]
+        if not original.exists():
+          os.replace(p, original)
+          done.append(original)
+          continue
+      shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+      done.append(p)
+    except OSError:
+      pass
+  return done
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
   """Yields a temporary sibling of ``path``; on success renames it onto ``path``.
 
-  On any exception (or a kill) the temporary is removed or left under a hidden ``.tmp-`` name, so
-  ``path`` itself is never half written. An existing ``path`` is replaced only after the new one
-  is complete.
+  On any exception the temporary is removed; after a kill it is left under a hidden ``.tmp-``
+  name tagged with its process, which ``clean_stale_temporaries`` removes once that process is
+  gone. ``path`` itself is never half written: an existing file is replaced in one rename, an
+  existing folder only after the new one is complete.
   """
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
-  target = tmp if is_dir else tmp / path.name
+  tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", suffix=owner_tag(), dir=path.parent))
+  target = tmp / path.name
   try:
+    if is_dir:
+      target.mkdir()
     yield target
-    if path.exists():
-      old = path.with_name(f".old-{path.name}-{os.getpid()}")
+    if is_dir and path.exists():
+      old = path.with_name(".old-" + tmp.name[len(".tmp-"):])
       os.replace(path, old)
       os.replace(target, path)
       shutil.rmtree(old) if old.is_dir() else old.unlink()
@@ -47,6 +181,239 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
   finally:
     if tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_free_space(path: str | os.PathLike, need: int) -> None:
+  """Refuses (OSError ENOSPC naming ``path``) a write of about ``need`` bytes that the disk
+  holding ``path`` has no room for, before any of it is written.
+
+  Writers that fail midway (orbax's background threads) report a full disk with pages of
+  tracebacks; this check turns the common case into one clear error.
+  """
+  path = Path(path)
+  folder = next((p for p in [path.parent, *path.parents] if p.exists()), Path("."))
+  free = shutil.disk_usage(folder).free
+  if need > free:
+    raise OSError(errno.ENOSPC, f"No space left on device: writing it needs about {gib(need)}, "
+                  f"{gib(free)} is free", str(path))
+
+
+def write_if_changed(path: str | os.PathLike, data: bytes) -> bool:
+  """Writes ``data`` atomically unless ``path`` already holds exactly it; returns whether it
+  wrote (so a finished run re-read in a read-only folder writes nothing)."""
+  path = Path(path)
+  try:
+    if path.stat().st_size == len(data) and path.read_bytes() == data:
+      return False
+  except FileNotFoundError:
+    pass
+  with atomic_path(path) as tmp:
+    tmp.write_bytes(data)
+  return True
+
+
+# ---- run-folder locks ---------------------------------------------------------------------------
+
+class FolderLocked(RuntimeError):
+  """Another live process holds the lock of a run folder."""
+
+
+def _holder_text(info: dict | None) -> str:
+  if not info:
+    return "another process"
+  parts = [f"pid {info.get('pid', '?')} on {info.get('host', '?')}"]
+  if info.get("since"):
+    parts.append(f"since {info['since']}")
+  if info.get("command"):
+    parts.append(f"running `{info['command']}`")
+  return ", ".join(parts)
+
+
+def _command() -> str:
+  prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+  prog = "jaxmouse" if prog == "__main__.py" else prog
+  return " ".join([prog, *sys.argv[1:]])[:300]
+
+
+def _read_lock(fd: int) -> dict | None:
+  try:
+    info = json.loads(os.pread(fd, 1 << 16, 0).decode())
+  except (OSError, ValueError):
+    return None
+  return info if isinstance(info, dict) else None
+
+
+class FolderLock:
+  """An exclusive lock on a run folder: ``FOLDER/.jaxmouse.lock``, held for a process's run.
+
+  The lock is a kernel lock (``flock``) on that file, so it dies with its process, ``kill -9``
+  included, and two processes can never both take it; the file records who holds it (host,
+  pid, process start, command) for the message that refuses a second process. A file left by a
+  process that is gone is taken over. A file that names a live process of this host is refused
+  even when its kernel lock is free (a file system whose locks do nothing). ``path`` may be any
+  lock file, so claims of single cells can reuse this class.
+  """
+
+  def __init__(self, folder: str | os.PathLike, *, path: str | os.PathLike | None = None):
+    self.folder = Path(folder)
+    self.path = Path(path) if path is not None else self.folder / LOCK_NAME
+    self._fd: int | None = None
+
+  @property
+  def held(self) -> bool:
+    return self._fd is not None
+
+  def acquire(self) -> "FolderLock":
+    if self._fd is not None:
+      raise RuntimeError(f"{self.path} is already held by this FolderLock")
+    if fcntl is None or os.environ.get(NO_LOCK_ENV, "") not in ("", "0"):
+      return self
+    for _ in range(100):  # retried only while other processes release and unlink the file
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        info = _read_lock(fd)
+        os.close(fd)
+        raise FolderLocked(self._refusal(info)) from None
+      except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+          raise OSError(e.errno, f"{self.folder}: its file system does not support file locks "
+                        f"({e.strerror}); set {NO_LOCK_ENV}=1 to run without the lock (then "
+                        "never start two runs in this folder)") from None
+        raise
+      try:
+        same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+      except FileNotFoundError:
+        same = False
+      if not same:  # the previous holder unlinked the file while we waited: lock the new one
+        os.close(fd)
+        continue
+      info = _read_lock(fd)
+      if info is not None and self._live_elsewhere(info):
+        os.close(fd)
+        raise FolderLocked(self._refusal(info, kernel_lock_free=True))
+      record = {"host": socket.gethostname(), "pid": os.getpid(),
+                "start": _process_start(os.getpid()),
+                "since": datetime.datetime.now().isoformat(timespec="seconds"),
+                "command": _command()}
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+      self._fd = fd
+      return self
+    raise FolderLocked(f"{self.folder}: could not lock {self.path}; other processes keep "
+                       "replacing it")
+
+  def _live_elsewhere(self, info: dict) -> bool:
+    try:
+      pid, start = int(info.get("pid", 0)), int(info.get("start", 0))
+    except (TypeError, ValueError):
+      return False
+    return (info.get("host") == socket.gethostname() and pid != os.getpid()
+            and _process_alive(pid, start))
+
+  def _refusal(self, info: dict | None, kernel_lock_free: bool = False) -> str:
+    msg = (f"{self.folder} is in use by another jaxmouse run ({_holder_text(info)}); wait for it "
+           "to finish or use another folder")
+    if kernel_lock_free:
+      msg += f"; if that run is gone, delete {self.path}"
+    return msg
+
+  def release(self) -> None:
+    if self._fd is None:
+      return
+    with contextlib.suppress(OSError):
+      os.unlink(self.path)  # while still locked, so no one locks a file that is then removed
+    os.close(self._fd)
+    self._fd = None
+
+  def __enter__(self) -> "FolderLock":
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+@contextlib.contextmanager
+def lock_folder(folder: str | os.PathLike) -> Iterator[FolderLock]:
+  """``with lock_folder(run): ...`` holds ``run``'s lock (see ``FolderLock``).
+
+  A folder this process cannot write to (read-only) is not locked: the process cannot harm
+  another there, and any write it tries fails with a clear OSError.
+  """
+  lock = FolderLock(folder)
+  try:
+    lock.acquire()
+  except OSError as e:
+    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+      raise
+  try:
+    yield lock
+  finally:
+    lock.release()
+
+
+# ---- memory -------------------------------------------------------------------------------------
+
+def _read_int(path: str) -> int | None:
+  try:
+    return int(Path(path).read_text().split()[0])
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def _stat_field(path: str, names: tuple[str, ...]) -> int:
+  try:
+    lines = Path(path).read_text().splitlines()
+  except OSError:
+    return 0
+  fields = dict(line.split()[:2] for line in lines if len(line.split()) >= 2)
+  for n in names:
+    if n in fields and fields[n].isdigit():
+      return int(fields[n])
+  return 0
+
+
+def available_memory() -> int | None:
+  """Bytes this process can still allocate: ``MemAvailable`` plus free swap from /proc/meminfo,
+  capped by the cgroup's limit less its usage (page cache counted as free); None if unknown."""
+  try:
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    avail = int(info["MemAvailable"].split()[0]) * 1024
+    avail += int(info.get("SwapFree", "0 kB").split()[0]) * 1024
+  except (OSError, KeyError, ValueError):
+    return None
+  for limit_f, usage_f, stat_f, cache in (
+      ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat",
+       ("file",)),
+      ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+       "/sys/fs/cgroup/memory/memory.stat", ("total_cache", "cache"))):
+    limit, usage = _read_int(limit_f), _read_int(usage_f)
+    if limit is not None and usage is not None and limit < 1 << 60:
+      avail = min(avail, max(0, limit - usage + _stat_field(stat_f, cache)))
+      break
+  return avail
+
+
+def gib(n: float) -> str:
+  return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def check_memory(need: int, *, what: str, hint: str = "") -> None:
+  """Refuses (MemoryError) work estimated to need ``need`` bytes when less is available.
+
+  The estimates count only the largest arrays, so a refusal means the work cannot fit; set
+  ``JAXMOUSE_MEMORY_CHECK=0`` to skip the check.
+  """
+  if os.environ.get(MEMORY_CHECK_ENV, "1").lower() in ("0", "off", "no", "false"):
+    return
+  avail = available_memory()
+  if avail is None or need <= avail:
+    return
+  raise MemoryError(f"{what} needs at least {gib(need)} of memory, but only {gib(avail)} is "
+                    f"available{'; ' + hint if hint else ''} (set {MEMORY_CHECK_ENV}=0 to try "
+                    "anyway)")
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:

@@ -9,9 +9,11 @@ missing layers in one pass over the images and then reads one layer at a time, m
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,42 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmouse import _io
+from jaxmouse.data.stimuli import IMAGE_RANGE, check_images  # noqa: F401 (part of this API)
 from jaxmouse.models import vgg
 from jaxmouse.weights import Weights, load as load_weights
 
-# Images may overshoot 0-255 a little after interpolation; beyond this margin the scale is wrong.
-IMAGE_RANGE = (-25.5, 280.5)
 _CHECK_CHUNK = 1024
-
-
-def check_images(images, *, name: str = "images"):
-  """Validates images ``(n, H, W)`` or ``(n, H, W, 3)`` on a 0-255 scale; returns them unchanged.
-
-  Reads memory-mapped arrays in chunks, so a large file is never loaded whole.
-  """
-  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
-    images = np.asarray(images)
-  shape = tuple(images.shape)
-  if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] == 3)):
-    raise ValueError(f"{name} must be (n, H, W) grayscale or (n, H, W, 3) RGB on a 0-255 scale, "
-                     f"got shape {shape}")
-  if shape[0] == 0:
-    raise ValueError(f"{name} is empty: shape {shape}")
-  if not (np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_) or \
-      np.issubdtype(images.dtype, np.complexfloating):
-    raise ValueError(f"{name} must be real numbers, got dtype {images.dtype}")
-  lo, hi = np.inf, -np.inf
-  for start in range(0, shape[0], _CHECK_CHUNK):
-    chunk = np.asarray(images[start:start + _CHECK_CHUNK], np.float32)
-    if not np.isfinite(chunk).all():
-      bad = start + np.flatnonzero(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1))
-      raise ValueError(f"{name} contains NaN or inf in {len(bad)} image(s), first indices "
-                       f"{bad[:10].tolist()}")
-    lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-  if lo < IMAGE_RANGE[0] or hi > IMAGE_RANGE[1]:
-    raise ValueError(f"{name} values span [{lo:g}, {hi:g}], far outside the expected 0-255 scale")
-  return images
-
 
 def _check_sizes(arch: str, layers: Sequence[str], shape: tuple[int, ...]) -> None:
   h, w = shape[1], shape[2]
@@ -131,6 +102,26 @@ def feature_shapes(weights: Weights, image_shape: Sequence[int], layers: Sequenc
           for l in vgg.check_layers(weights.arch, layers)}
 
 
+def extraction_bytes(arch: str, image_shape: Sequence[int], layers: Sequence[str], *,
+                     batch_size: int, in_memory: bool = False) -> int:
+  """A lower bound on the memory (bytes) that extracting ``layers`` of ``image_shape`` needs.
+
+  Counts the parameters on host and device, and for two batches in flight the input, the largest
+  activation up to the deepest layer (as a layer's input and output) and the kept outputs;
+  ``in_memory`` (``extract``) adds every image's outputs. Streaming to disk (``extract_to_dir``,
+  ``FeatureCache``) keeps only the batches.
+  """
+  layers = vgg.check_layers(arch, layers)
+  n, h, w = (int(s) for s in image_shape[:3])
+  b = max(1, min(int(batch_size), n))
+  params = sum(math.prod(s) for d in vgg.param_shapes(arch).values() for s in d.values())
+  deepest = max(vgg.LAYERS[arch].index(l) for l in layers)
+  sizes = {l: math.prod(vgg.output_shape(arch, l, h, w)) for l in vgg.LAYERS[arch][:deepest + 1]}
+  kept = sum(sizes[l] for l in layers)
+  per_batch = b * (h * w * 3 + 2 * max(sizes.values()) + kept)
+  return 4 * (2 * params + 2 * per_batch + (n * kept if in_memory else 0))
+
+
 def extract(weights: Weights, images, *, layers: Sequence[str], batch_size: int = 32,
             progress: bool = False) -> dict[str, np.ndarray]:
   """Features of ``images`` at the named layers, in memory.
@@ -172,11 +163,11 @@ def extract_to_dir(weights: Weights, images, out_dir: str | os.PathLike, *,
   _check_sizes(weights.arch, layers, tuple(images.shape))
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
+  _io.clean_stale_temporaries(out_dir)  # layers of a killed extraction
   shapes = feature_shapes(weights, images.shape, layers)
   with contextlib.ExitStack() as stack:
     tmp = {l: stack.enter_context(_io.atomic_path(out_dir / f"{l}.npy")) for l in layers}
-    maps = {l: np.lib.format.open_memmap(tmp[l], mode="w+", dtype=np.float32, shape=shapes[l])
-            for l in layers}
+    maps = {l: _open_memmap(tmp[l], shapes[l]) for l in layers}
     for start, feats in iter_features(weights, images, layers=layers, batch_size=batch_size,
                                       progress=progress):
       for l, f in feats.items():
@@ -185,6 +176,21 @@ def extract_to_dir(weights: Weights, images, out_dir: str | os.PathLike, *,
       m.flush()
     del maps
   return {l: out_dir / f"{l}.npy" for l in layers}
+
+
+def _open_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+  """A new float32 ``.npy`` memmap whose blocks are reserved on disk first: a full disk is an
+  OSError (ENOSPC) here, not a crash (SIGBUS) when a page of a sparse file is written later."""
+  m = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+  if hasattr(os, "posix_fallocate"):
+    with open(path, "r+b") as f:
+      try:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+      except OSError as e:
+        if e.errno == errno.ENOSPC:
+          raise OSError(e.errno, e.strerror, str(path)) from None
+        # file systems without fallocate: write as before
+  return m
 
 
 def images_fingerprint(images) -> str:
@@ -240,6 +246,7 @@ class FeatureCache:
     layers = vgg.check_layers(w.arch, layers)
     images = check_images(images)
     folder = self.folder(w, images)
+    _io.clean_stale_temporaries(folder)
     missing = [l for l in layers if not (folder / f"{l}.npy").is_file()]
     if missing:
       extract_to_dir(w, images, folder, layers=missing, batch_size=self.batch_size,
@@ -252,6 +259,13 @@ class FeatureCache:
               "weights_metadata": w.metadata, "images_shape": list(images.shape),
               "images_sha256": self._images_key(images)}, indent=2) + "\n")
     return {l: folder / f"{l}.npy" for l in layers}
+
+  def clean(self) -> None:
+    """Removes temporaries that killed extractions left in any folder of the cache."""
+    if self.root.is_dir():
+      for folder in self.root.iterdir():
+        if folder.is_dir():
+          _io.clean_stale_temporaries(folder)
 
   def layer(self, weights, images, layer: str) -> np.ndarray:
     """``(n, h, w, c)`` float32 features of one layer, memory-mapped read-only."""

@@ -845,3 +845,23 @@ def fit_and_score(features, *, train: Trials, validation: Trials, test: Trials,
                     configs=configs, val_corr=val_grid[choice, np.arange(k)],
                     val_corr_grid=val_grid, scores=scores(pred, test), steps=steps,
                     test_stats=metrics.image_stats(pred, test.responses, test.image))
+
+
+def memory_bytes(*, readout: str, feature_shape: Sequence[int], n_images: int,
+                 n_train_images: int, n_neurons: int, n_configs: int) -> int:
+  """A lower bound on the memory (bytes) that ``fit_and_score`` of one feature space needs.
+
+  Counts only the largest arrays: the features ``(n_images, h, w, c)`` twice (raw and normalized,
+  or host and device); for trained readouts the parameters, best parameters and Adam's two
+  moments of every (config, neuron) pair; for ridge the training features' float64 copies in
+  the decomposition and the ``(n_neurons, h * w * c)`` coefficients.
+  """
+  h, w, c = (int(s) for s in feature_shape)
+  d = h * w * c
+  feats = 4 * int(n_images) * d
+  if readout == "ridge":
+    return max(2 * feats, feats + 3 * 4 * int(n_train_images) * d) + 4 * int(n_neurons) * d
+  r = readouts_lib.get(readout)
+  one = r.init(jax.random.key(0), n_configs=1, n_neurons=1, feature_shape=(h, w, c))
+  per_pair = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(one))
+  return 2 * feats + 4 * 4 * int(n_configs) * int(n_neurons) * per_pair

@@ -12,10 +12,15 @@ area's cell is written at once and atomically under ``RUN/cells/<cell>/``:
   ``cell.json``   what the cell is (weights, layer, readout, area, grid, unit ids, steps).
 
 Re-running the same sweep skips finished cells (also after ``kill -9``: an unfinished cell
-leaves only a hidden temporary folder that is removed), and since every cell is a function of
-the data, its features and the sweep settings alone, the results equal an uninterrupted run.
-``RUN/results.csv`` (and ``results.parquet`` when pyarrow is installed) is rewritten after every
-cell, one row per feature space x layer x readout x neuron with the columns ``COLUMNS``.
+leaves only a hidden temporary folder that the next start removes), and since every cell is a
+function of the data, its features and the sweep settings alone, the results equal an
+uninterrupted run. ``RUN/results.csv`` (and ``results.parquet`` when pyarrow is installed) is
+written after every cell when it changes, one row per feature space x layer x readout x neuron
+with the columns ``COLUMNS``.
+
+A sweep locks its run folder (``RUN/.jaxmouse.lock``, ``_io.FolderLock``) once its arguments are
+checked, and nothing is written before that: a second command in the folder is refused and
+touches nothing, and only temporaries whose writer is gone are cleaned.
 
 Features come from ``jaxmouse.features.FeatureCache``: all layers a weights checkpoint needs are
 extracted in one streaming pass to disk, then read one layer at a time, so a sweep over all 13
@@ -26,11 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -81,10 +86,13 @@ class SweepConfig:
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
     set_("weights", tuple(str(w) for w in _as_tuple(self.weights)))
-    set_("layers", tuple(_as_tuple(self.layers)))
+    set_("layers", tuple(dict.fromkeys(_as_tuple(self.layers))))  # duplicates dropped, in order
     set_("readouts", tuple(_as_tuple(self.readouts)))
     if self.areas is not None:
-      set_("areas", tuple(_as_tuple(self.areas)))
+      set_("areas", tuple(dict.fromkeys(str(a) for a in _as_tuple(self.areas))))
+      if not self.areas:
+        raise ValueError("SweepConfig.areas is empty; name at least one area (e.g. --areas V1,LM) "
+                         "or leave it unset for every area")
     if not self.readouts:
       raise ValueError("SweepConfig.readouts is empty; choose from "
                        f"{list(readouts_lib.NAMES)}")
@@ -246,6 +254,7 @@ def save_cell(run, cell: Cell, result: fitlib.ReadoutFit, unit_ids, grid, *, kin
               recording=None) -> Path:
   """Writes a finished cell atomically (orbax state, rows.csv, cell.json, and the per-test-image
   statistics ``test_images.npz`` that let a report resample test images)."""
+  import jax
   import orbax.checkpoint as ocp
 
   state = {
@@ -260,6 +269,7 @@ def save_cell(run, cell: Cell, result: fitlib.ReadoutFit, unit_ids, grid, *, kin
           "grid": {k: np.asarray(v, np.float64).tolist() for k, v in grid.items()},
           "unit_ids": [str(u) for u in np.asarray(unit_ids)]}
   target = cell_dir(run, cell)
+  _io.check_free_space(target, sum(np.asarray(a).nbytes for a in jax.tree.leaves(state)))
   with _io.atomic_path(target, is_dir=True) as tmp:
     tmp = Path(tmp).resolve()
     with ocp.StandardCheckpointer() as ckptr:
@@ -300,33 +310,33 @@ def collect(run, cells: Iterable[Cell]) -> "pandas.DataFrame":
 
 
 def write_results(run, table) -> Path:
-  """``RUN/results.csv`` (and ``results.parquet`` when pyarrow is available), atomically."""
+  """``RUN/results.csv`` (and ``results.parquet`` when pyarrow is available), atomically, and
+  only when their content changes (a finished run re-read from a read-only folder writes
+  nothing)."""
   run = Path(run)
-  with _io.atomic_path(run / "results.csv") as tmp:
-    table.to_csv(tmp, index=False)
+  _io.write_if_changed(run / "results.csv", table.to_csv(index=False).encode())
   try:
     import pyarrow  # noqa: F401
   except ImportError:
     pass
   else:
-    with _io.atomic_path(run / "results.parquet") as tmp:
-      table.to_parquet(tmp, index=False)
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    _io.write_if_changed(run / "results.parquet", buffer.getvalue())
   return run / "results.csv"
 
 
 def _clean_temporaries(run: Path) -> None:
-  """Removes what a killed run left half written (hidden ``.tmp-`` / ``.old-`` siblings)."""
+  """Removes what killed runs left half written (hidden ``.tmp-`` / ``.old-`` siblings); a live
+  process's temporaries are kept (see ``_io.clean_stale_temporaries``)."""
   for d in (run, run / "cells"):
-    if d.is_dir():
-      for p in d.iterdir():
-        if p.name.startswith((".tmp-", ".old-")):
-          shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    _io.clean_stale_temporaries(d)
 
 
 def _check_manifest(run: Path, manifest: dict) -> None:
   path = run / "sweep.json"
   if path.exists():
-    old = json.loads(path.read_text())
+    old = _io.read_json(path, what="the manifest of a jaxmouse sweep")
     if old != manifest:
       diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
       raise FileExistsError(
@@ -373,10 +383,7 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
     mesh: a ``fit.make_mesh()`` to shard neurons over devices (default: all devices when
       there are several, else none).
   """
-  import jax
-
-  from jaxmouse.features import FeatureCache
-  from jaxmouse.models import gabor, vgg
+  from jaxmouse.models import vgg
   from jaxmouse.weights import read_metadata
 
   out = Path(out)
@@ -392,10 +399,16 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
   for label, path in labels.items():
     arch = read_metadata(path)["arch"]  # FileNotFoundError names a folder that is no checkpoint
     vgg.check_layers(arch, config.layers)  # ValueError lists the valid layer names
+    small = [l for l in config.layers
+             if min(vgg.output_shape(arch, l, *ds.images.shape[1:3])[:2]) < 1]
+    if small:
+      raise ValueError(f"images of {ds.images.shape[1]}x{ds.images.shape[2]} pixels are too small "
+                       f"for layer(s) {small} of {arch} (it halves them at every pooling)")
     archs[label] = arch
     kinds[label] = weights_kind(path)
   for t in ("train", "validation", "test"):
     ds.tier(t)  # a missing tier is an error before any work
+  _check_memory(ds, config, archs, areas, out)
 
   # One loss for every cell, fitted to the response type (FitConfig.loss "auto": Gaussian when
   # any training response of the swept neurons is negative); recorded in sweep.json.
@@ -404,7 +417,46 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
     fit_config, why = fitlib.resolve_loss(config.fit,
                                           ds.tier("train")[1][:, np.isin(ds.areas, areas)])
     loss = f"{fit_config.loss} ({why})"
+  # Nothing is written before this point; from here on the run folder is this process's alone.
   out.mkdir(parents=True, exist_ok=True)
+  with _io.lock_folder(out):
+    return _run_locked(ds, config, out, areas=areas, labels=labels, kinds=kinds,
+                       fit_config=fit_config, loss=loss, feature_cache=feature_cache,
+                       progress=progress, mesh=mesh)
+
+
+def _check_memory(ds, config: SweepConfig, archs: Mapping[str, str], areas, out: Path) -> None:
+  """Refuses (MemoryError) a sweep whose largest unfinished fit cannot fit in memory."""
+  from jaxmouse.models import gabor, vgg
+
+  h, w = ds.images.shape[1:3]
+  n_neurons = int(np.isin(ds.areas, list(areas)).sum())
+  n_train = len(np.unique(np.asarray(ds.tier("train")[0])))
+  need, what = 0, ""
+  for label, layer, readout in dict.fromkeys((c.weights, c.layer, c.readout)
+                                             for c in plan(config, areas) if not is_done(out, c)):
+    shape = (gabor.feature_shape((h, w)) if (label, layer) == ENERGY
+             else vgg.output_shape(archs[label], layer, h, w))
+    g = 1 if readout == "ridge" else len(next(iter(config.grid(readout).values())))
+    n = fitlib.memory_bytes(readout=readout, feature_shape=shape, n_images=ds.n_images,
+                            n_train_images=n_train, n_neurons=n_neurons, n_configs=g)
+    if n > need:
+      need = n
+      what = (f"fitting the {readout} readout on {label} {layer} ({ds.n_images} images x "
+              f"{'x'.join(map(str, shape))} features, {n_neurons} neurons x {g} configs)")
+  if need:
+    _io.check_memory(need, what=what, hint="fit fewer areas or configs, fewer layers at a time, "
+                     "or smaller images (--resize)")
+
+
+def _run_locked(ds, config: SweepConfig, out: Path, *, areas, labels, kinds, fit_config, loss,
+                feature_cache, progress, mesh) -> "pandas.DataFrame":
+  """``run_sweep`` once its arguments are valid and its run folder is locked."""
+  import jax
+
+  from jaxmouse.features import FeatureCache
+  from jaxmouse.models import gabor
+
   _clean_temporaries(out)
   manifest = {"format": SWEEP_FORMAT, "data": data_fingerprint(ds), "data_name": ds.name,
               "config": config.to_dict(),
@@ -417,6 +469,7 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
     mesh = fitlib.make_mesh()
   if feature_cache is None or isinstance(feature_cache, (str, os.PathLike)):
     feature_cache = FeatureCache(feature_cache or out / "features", progress=progress)
+  feature_cache.clean()
   # Neurons of every area fitted, in area order; a readout is fitted for all of them at once
   # (pairs are independent, so this equals fitting area by area) and split into area cells.
   neurons = np.concatenate([np.flatnonzero(ds.areas == a) for a in areas])

@@ -104,3 +104,13 @@ def test_extract_bad_input(tmp_path, ckpt, capsys, images, layers, match):
                "--layers", layers, "--out", str(out), "--no-progress"]) == 1
   assert match in capsys.readouterr().err
   assert not out.exists()
+
+
+def test_images_on_a_0_1_scale_are_one_warning_line(tmp_path, ckpt, capsys):
+  np.save(tmp_path / "x.npy", np.random.default_rng(0).uniform(0, 1, (2, 32, 32)))
+  assert main(["extract", "--weights", str(ckpt), "--images", str(tmp_path / "x.npy"),
+               "--layers", "conv1_1", "--out", str(tmp_path / "f.npz"), "--no-progress"]) == 0
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].startswith("jaxmouse extract: warning: images (2, 32, 32) "
+                                             "span [0"), err
+  assert err[0].endswith("jaxmouse expects images on a 0-255 scale (multiply 0-1 images by 255)")

@@ -119,6 +119,27 @@ def test_bad_images_are_rejected():
     gabor.GaborBank(sizes=(1,))
 
 
+@pytest.mark.parametrize("value", [1e6, np.inf, -300.0])
+def test_energy_model_applies_the_cnn_paths_image_check(value):
+  from jaxmouse.data.stimuli import check_images
+
+  images = np.full((3, 12, 12), 100.0, np.float32)
+  images[1, 2, 2] = value
+  with pytest.raises(ValueError) as cnn:
+    check_images(images, name="energy-model images")
+  with pytest.raises(ValueError) as energy:
+    gabor.features(images)
+  assert str(energy.value) == str(cnn.value)
+  assert "energy-model images (3, 12, 12)" in str(energy.value)
+
+
+def test_images_on_a_0_1_scale_get_a_warning():
+  from jaxmouse import JaxmouseWarning
+
+  with pytest.warns(JaxmouseWarning, match=r"span \[0.5, 0.5\]: jaxmouse expects images on a 0-255"):
+    gabor.features(np.full((2, 12, 12), 0.5))
+
+
 def _grid_pixel(index, *, size, stride, support):
   """Input pixel at which output ``index`` of a "SAME" strided convolution is centred."""
   out = -(-size // stride)

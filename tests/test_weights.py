@@ -313,3 +313,117 @@ def test_weights_validate_themselves(params):
   bad["conv2_2"]["bias"] = np.zeros(3, np.float32)
   with pytest.raises(ValueError, match=r"conv2_2/bias: expected \(128,\), got \(3,\)"):
     Weights(arch="vgg16", params=bad, normalization="caffe")
+
+
+# ---- unusable dtypes and values ------------------------------------------------------------------
+
+def _write(fmt, path, state=None, params=None):
+  """A whole VGG16 in a weight-file format: ``state`` in torchvision's layout, or Keras ``params``."""
+  if fmt in ("zip", "legacy"):
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, path,
+               _use_new_zipfile_serialization=fmt == "zip")
+  elif fmt == "safetensors":
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+  else:
+    write_keras_classic(path, params)
+  return path
+
+
+@pytest.mark.parametrize("fmt,value", [("zip", np.nan), ("legacy", np.inf),
+                                       ("safetensors", -np.inf), ("h5", np.nan)])
+def test_integer_and_nonfinite_weights_are_refused_by_name(tmp_path, params, capsys, fmt, value):
+  from jaxmouse.cli import main
+
+  if fmt == "h5":
+    bad = {k: dict(v) for k, v in params.items()}
+    bad["conv1_1"]["kernel"] = (bad["conv1_1"]["kernel"] * 100).astype(np.int64)
+    bad["conv5_3"]["bias"] = bad["conv5_3"]["bias"].copy()
+    bad["conv5_3"]["bias"][[3, 7]] = value
+    bad["conv2_1"]["bias"] = bad["conv2_1"]["bias"].astype(np.float64)
+    bad["conv2_1"]["bias"][0] = 1e300  # beyond float32: inf after the cast
+    path = _write(fmt, tmp_path / "bad.h5", params=bad)
+    names = ["conv1_1/kernel (block1_conv1[0]) int64", "conv5_3/bias (block5_conv3[1]) (2 of 512)",
+             "conv2_1/bias (block2_conv1[1]) (1 of 128)"]
+  else:
+    state = _torch_layout(params)
+    state["features.0.weight"] = (state["features.0.weight"] * 100).astype(np.int64)
+    state["features.28.bias"] = state["features.28.bias"].copy()
+    state["features.28.bias"][[3, 7]] = value
+    path = _write(fmt, tmp_path / f"bad.{'safetensors' if fmt == 'safetensors' else 'pth'}",
+                  state=state)
+    names = ["conv1_1/kernel (features.0.weight) int64", "conv5_3/bias (features.28.bias) (2 of 512)"]
+  assert main(["weights", "convert", str(path), "--out", str(tmp_path / "out")]) == 1
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and str(path) in err, err
+  assert "not floating point (1)" in err and "NaN or infinite values" in err, err
+  for name in names:
+    assert name in err, (name, err)
+  assert not (tmp_path / "out").exists()
+
+
+def test_float16_bfloat16_float64_are_cast_exactly(tmp_path, params):
+  from safetensors.torch import save_file as save_torch_file
+
+  state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in _torch_layout(params).items()}
+  state["features.0.weight"] = state["features.0.weight"].half()
+  state["features.2.weight"] = state["features.2.weight"].bfloat16()
+  state["features.5.weight"] = state["features.5.weight"].double()
+  torch.save(state, tmp_path / "mixed.pth")
+  torch.save(state, tmp_path / "mixed-legacy.pth", _use_new_zipfile_serialization=False)
+  save_torch_file(state, str(tmp_path / "mixed.safetensors"))
+  for name in ("mixed.pth", "mixed-legacy.pth", "mixed.safetensors"):
+    w = convert(tmp_path / name)
+    for layer, key in (("conv1_1", "features.0.weight"), ("conv1_2", "features.2.weight"),
+                       ("conv2_1", "features.5.weight")):
+      ref = state[key].float().numpy().transpose(2, 3, 1, 0)
+      np.testing.assert_array_equal(w.params[layer]["kernel"], ref, err_msg=f"{name} {layer}")
+    assert w.params["conv1_1"]["kernel"].dtype == np.float32
+
+
+def test_check_params_names_non_float_tensors(params):
+  bad = {k: dict(v) for k, v in params.items()}
+  bad["conv3_2"]["bias"] = bad["conv3_2"]["bias"] > 0
+  bad["conv4_1"]["kernel"] = bad["conv4_1"]["kernel"].astype(np.int8)
+  with pytest.raises(ValueError, match=r"not floating point \(2\): conv3_2/bias bool, "
+                                       r"conv4_1/kernel int8"):
+    check_params("vgg16", bad, source="mine")
+
+
+# ---- checkpoints are verified on load --------------------------------------------------------------
+
+def test_flipped_bytes_in_a_checkpoint_are_refused(tmp_path, capsys):
+  from jaxmouse.cli import main
+
+  save(random_init("vgg16", seed=0), tmp_path / "w")
+  data = max((p for p in (tmp_path / "w" / "params").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  raw[len(raw) // 2:len(raw) // 2 + 4] = bytes(b ^ 0xFF for b in raw[len(raw) // 2:len(raw) // 2 + 4])
+  data.write_bytes(bytes(raw))
+  with pytest.raises(ValueError, match=r"weights checkpoint .*w is corrupt: .*params_sha256"):
+    load(tmp_path / "w")
+  np.save(tmp_path / "images.npy", np.full((2, 32, 32), 100.0, np.float32))
+  assert main(["extract", "--weights", str(tmp_path / "w"), "--images",
+               str(tmp_path / "images.npy"), "--layers", "conv1_1", "--out",
+               str(tmp_path / "f.npz"), "--no-progress"]) == 1
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and "is corrupt" in err and not (tmp_path / "f.npz").exists()
+
+
+def test_checkpoint_metadata_must_be_json_with_a_hash(tmp_path):
+  save(random_init("vgg16", seed=0), tmp_path / "w")
+  meta_path = tmp_path / "w" / "metadata.json"
+  meta = json.loads(meta_path.read_text())
+  meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "params_sha256"}))
+  with pytest.raises(ValueError, match="lacks the string field 'params_sha256'"):
+    load(tmp_path / "w")
+  meta_path.write_text(json.dumps({**meta, "normalization": "caffe"}))  # edited by hand
+  with pytest.raises(ValueError, match="is corrupt"):
+    load(tmp_path / "w")
+  meta_path.write_text('{"arch": "vgg16",')
+  with pytest.raises(ValueError, match=r"metadata.json: not valid JSON .*expected a weights "
+                                       r"checkpoint's metadata"):
+    load(tmp_path / "w")
+  meta_path.write_text("[1, 2]")
+  with pytest.raises(ValueError, match=r"metadata.json: holds a JSON list"):
+    load(tmp_path / "w")

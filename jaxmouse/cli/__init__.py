@@ -9,10 +9,14 @@ subcommand does not break the others.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 import warnings
 from pathlib import Path
+
+from jaxmouse import JaxmouseWarning
 
 # (module, summary) in the order of the data flow.
 SUBCOMMANDS = {
@@ -56,28 +60,55 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def describe_error(e: BaseException) -> str | None:
+  """The one line the CLI prints for an expected failure, or None for a bug (a traceback).
+
+  Expected: bad input (ValueError, KeyError), missing or existing files, a folder in use, and
+  every OSError (read-only folder, disk full, ...) with the path and the cause; out of memory.
+  """
+  from jaxmouse._io import FolderLocked
+
+  if isinstance(e, OSError) and e.errno is not None and e.strerror:
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    full = e.errno == errno.ENOSPC and e.strerror == os.strerror(errno.ENOSPC)
+    cause = e.strerror + (" (the disk is full)" if full else "")
+    return f"{paths}: {cause}" if paths else cause
+  if isinstance(e, MemoryError):
+    return f"out of memory: {e}" if str(e) else "out of memory"
+  if isinstance(e, RuntimeError) and str(e).startswith("RESOURCE_EXHAUSTED"):  # XLA
+    return "out of accelerator memory: " + str(e).splitlines()[0]
+  if isinstance(e, (ValueError, OSError, KeyError, FolderLocked)):
+    return str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+  return None
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   if not getattr(args, "func", None):
     parser.print_help()
     return 2
-  show = warnings.showwarning
+  prefix = f"jaxmouse {args.command}"
+  with warnings.catch_warnings():
+    # jaxmouse's own warnings (e.g. images on a 0-1 scale) as one line each, like the errors.
+    warnings.simplefilter("default")
+    shown = warnings.showwarning
 
-  def one_line(message, category, filename, lineno, file=None, line=None):
-    # jaxmouse's own warnings (a skipped file, a withheld tier) are one line, not a trace.
-    if issubclass(category, UserWarning) and "jaxmouse" in Path(filename).parts:
-      print(f"jaxmouse {args.command}: warning: {message}", file=sys.stderr)
-    else:
-      show(message, category, filename, lineno, file, line)
+    def show(message, category, filename, lineno, file=None, line=None):
+      # A skipped file or a withheld tier, warned about by a loader, is one line too.
+      ours = issubclass(category, UserWarning) and "jaxmouse" in Path(filename).parts
+      if issubclass(category, JaxmouseWarning) or ours:
+        print(f"{prefix}: warning: {message}", file=sys.stderr)
+      else:
+        shown(message, category, filename, lineno, file, line)
 
-  warnings.showwarning = one_line
-  try:
-    result = args.func(args)
-  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"jaxmouse {args.command}: error: {msg}", file=sys.stderr)
-    return 1
-  finally:
     warnings.showwarning = show
+    try:
+      result = args.func(args)
+    except Exception as e:  # noqa: BLE001 -- sorted into expected failures and bugs below
+      msg = describe_error(e)
+      if msg is None:
+        raise
+      print(f"{prefix}: error: {msg}", file=sys.stderr)
+      return 1
   return int(result or 0)

@@ -63,10 +63,15 @@ def run(args) -> None:
   layers = vgg.check_layers(weights.arch, args.layers)
   images = features.check_images(load_images(args.images, args.images_key),
                                  name=str(args.images))
+  need = features.extraction_bytes(weights.arch, images.shape, layers, batch_size=args.batch_size)
+  _io.check_memory(need, what=f"extracting {','.join(layers)} of {len(images)} images of "
+                   f"{images.shape[1]}x{images.shape[2]} in batches of {args.batch_size}",
+                   hint="use a smaller --batch-size")
   t0 = time.perf_counter()
   if out.suffix == ".npz":
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".tmp-extract-", dir=out.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".tmp-extract-", suffix=_io.owner_tag(),
+                                     dir=out.parent) as tmp:
       paths = features.extract_to_dir(weights, images, tmp, layers=layers,
                                       batch_size=args.batch_size, progress=not args.no_progress)
       # Stored (uncompressed) members stream from the per-layer files; np.load reads them back.

@@ -68,15 +68,25 @@ def detect_format(path: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
 
     return "filetree" if filetree.is_filetree(path) else "npz"
   if head == _HDF5_MAGIC:
-    from jaxmouse.data import plain
-
-    if path.suffix == ".nwb" or not plain.is_plain_hdf5(path):
-      return "allen"
-    return "hdf5"
+    # Only NWB files go to the Allen reader; any other HDF5 file is read as a plain data set,
+    # whose reader names the fields it lacks.
+    return "allen" if path.suffix == ".nwb" or _is_nwb(path) else "hdf5"
   if path.suffix == ".npz":
-    return "npz"
+    raise ValueError(f"{path}: named .npz but not a zip archive (first bytes {head!r}); expected "
+                     "an .npz data set written by numpy.savez or `jaxmouse data`")
   raise ValueError(f"{path}: unrecognised data set file (neither .npz/zip nor HDF5; first bytes "
                    f"{head!r}); formats: {list(FORMATS)}")
+
+
+def _is_nwb(path: Path) -> bool:
+  """NWB 1 files keep ``nwb_version`` as a root dataset, NWB 2 files as a root attribute."""
+  import h5py
+
+  try:
+    with h5py.File(path, "r") as f:
+      return "nwb_version" in f.attrs or "nwb_version" in f
+  except OSError:  # unreadable: the plain reader says so, naming the file
+    return False
 
 
 def load(path: str | os.PathLike | Sequence[str | os.PathLike], *, format: str | None = None,

@@ -1,4 +1,5 @@
-"""Natural stimuli from the photographs that install with scikit-image.
+"""Natural stimuli from the photographs that install with scikit-image, and the one check every
+feature space (CNN or energy model) applies to the images it is given.
 
 The studies show grayscale natural photographs (ImageNet) at low resolution (36x64 for the mouse
 data sets of Cadena et al.). ``natural_images`` makes any number of such images from the sample
@@ -10,12 +11,56 @@ The result is a function of ``(n, shape, seed)`` only.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
+
+from jaxmouse import JaxmouseWarning
+
+# Images may overshoot 0-255 a little after interpolation; beyond this margin the scale is wrong.
+IMAGE_RANGE = (-25.5, 280.5)
+_CHECK_CHUNK = 1024
 
 # Photographs among skimage's bundled samples (drawings, microscopy and binary images left out).
 PHOTOGRAPHS = ("astronaut", "camera", "cat", "coffee", "coins", "rocket", "moon", "brick", "grass",
                "gravel", "hubble_deep_field", "clock", "stereo_motorcycle")
+
+
+def check_images(images, *, name: str = "images"):
+  """Validates images ``(n, H, W)`` or ``(n, H, W, 3)`` on a 0-255 scale; returns them unchanged.
+
+  Refuses other shapes, non-real dtypes, NaN or inf, and values far outside 0-255 (ValueError
+  naming ``name``, the shape or the range); warns when no value exceeds 1, the sign of images
+  on a 0-1 scale, which every feature space here would see as nearly black. Reads
+  memory-mapped arrays in chunks, so a large file is never loaded whole.
+  """
+  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+    images = np.asarray(images)
+  shape = tuple(images.shape)
+  if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] == 3)):
+    raise ValueError(f"{name} must be (n, H, W) grayscale or (n, H, W, 3) RGB on a 0-255 scale, "
+                     f"got shape {shape}")
+  if shape[0] == 0:
+    raise ValueError(f"{name} is empty: shape {shape}")
+  if not (np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_) or \
+      np.issubdtype(images.dtype, np.complexfloating):
+    raise ValueError(f"{name} must be real numbers, got dtype {images.dtype}")
+  lo, hi = np.inf, -np.inf
+  for start in range(0, shape[0], _CHECK_CHUNK):
+    chunk = np.asarray(images[start:start + _CHECK_CHUNK], np.float32)
+    if not np.isfinite(chunk).all():
+      bad = start + np.flatnonzero(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1))
+      raise ValueError(f"{name} {shape} contains NaN or inf in {len(bad)} image(s), first indices "
+                       f"{bad[:10].tolist()}")
+    lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+  if lo < IMAGE_RANGE[0] or hi > IMAGE_RANGE[1]:
+    raise ValueError(f"{name} {shape} values span [{lo:g}, {hi:g}], far outside the expected "
+                     "0-255 scale")
+  if hi <= 1.0:
+    # One text per array (no name), so that the checks of one array along a pipeline warn once.
+    warnings.warn(f"images {shape} span [{lo:g}, {hi:g}]: jaxmouse expects images on a 0-255 "
+                  "scale (multiply 0-1 images by 255)", JaxmouseWarning)
+  return images
 
 
 @functools.lru_cache(maxsize=None)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmouse._io import atomic_path
+from jaxmouse._io import atomic_path, read_json
 from jaxmouse.data.dataset import TIERS, NeuralDataset
 
 BUILDER_NAME = "neural_dataset"
@@ -198,7 +198,8 @@ def load(path: str | os.PathLike, *, batch_size: int = 256) -> NeuralDataset:
   responses = np.stack(responses)[order]
   ids = np.array(sorted(images))
   trial_image = np.searchsorted(ids, np.asarray(image_index)[order])
-  meta_info = json.loads((vdir / "metadata.json").read_text()) if (vdir / "metadata.json").is_file() else {}
+  meta_info = (read_json(vdir / "metadata.json", what="the data set's name and description")
+               if (vdir / "metadata.json").is_file() else {})
   n = responses.shape[1]
   if neurons["unit_ids"].shape != (n,):
     raise ValueError(f"{neurons_file}: unit_ids has shape {neurons['unit_ids'].shape} but the "

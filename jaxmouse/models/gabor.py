@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmouse.data.stimuli import check_images
+
 KINDS = ("simple", "energy", "both")
 
 
@@ -162,17 +164,13 @@ def features(images, *, kind: str = "both", bank: GaborBank = GaborBank(), batch
   if len(shape) != 3:
     raise ValueError(f"energy-model images must be grayscale (n, H, W), got shape {shape}")
   n, H, W = shape
-  if n == 0:
-    raise ValueError("energy-model images are empty")
+  check_images(images, name="energy-model images")  # the same checks as the CNN path
   kernel = jnp.asarray(kernels(bank)[0])
   b = min(batch_size, n)
   out = np.empty((n, math.ceil(H / bank.stride), math.ceil(W / bank.stride),
                   n_channels(kind, bank)), np.float32)
   for s in range(0, n, b):
     x = np.asarray(images[s:s + b], np.float32)
-    if not np.isfinite(x).all():
-      raise ValueError(f"energy-model images {shape} contain NaN or infinite values "
-                       f"(in images {s}..{s + len(x) - 1})")
     m = len(x)
     if m < b:  # one compiled shape
       x = np.concatenate([x, np.zeros((b - m, H, W), np.float32)])

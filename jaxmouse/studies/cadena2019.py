@@ -8,6 +8,7 @@ the same command after an interruption continues where it stopped.
 
 Run folder layout::
 
+  RUN/.jaxmouse.lock        held while a process runs the study (a second one is refused)
   RUN/study.json            the study config of this run (a different config is refused)
   RUN/data.json             what the data are: simulated or not (what was planted), response
                             type, window, loss, split, input size
@@ -46,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping
 
-from jaxmouse._io import atomic_path
+from jaxmouse._io import atomic_path, lock_folder, read_json
 
 AREAS = ("V1", "LM", "AL", "RL")
 AREA_RANKS = {"V1": 0, "LM": 1, "AL": 1, "RL": 1}
@@ -105,6 +106,11 @@ class StudyConfig:
   def __post_init__(self):
     from jaxmouse.models import vgg
 
+    if self.areas is not None:
+      object.__setattr__(self, "areas", tuple(dict.fromkeys(str(a) for a in self.areas)))
+      if not self.areas:
+        raise ValueError("StudyConfig.areas is empty; name at least one area (e.g. V1,LM) or "
+                         "None for every area of the data set")
     vgg.check_layers("vgg16", self.layers)
     for readout, layers in self.readout_layers.items():
       if readout not in self.readouts:
@@ -199,7 +205,7 @@ def _check_run_folder(out: Path, config: StudyConfig, data) -> None:
   record = {"config": config.to_dict(), "data": str(Path(data).resolve()) if data else None}
   path = out / "study.json"
   if path.exists():
-    old = json.loads(path.read_text())
+    old = read_json(path, what="the record of a cadena2019 run (config, data)")
     if old != record:
       raise ValueError(f"{out} holds a cadena2019 run with another config or data set "
                        f"({path}); use a new --out folder")
@@ -376,12 +382,24 @@ def _stored_shape(ds) -> tuple[int, int]:
 def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str], None] = print,
         progress: bool = True) -> Path:
   """Runs (or resumes) the study into ``out``; returns the path of the report's summary.md."""
+  out = Path(out)
+  if data is not None:
+    from jaxmouse.data.io import detect_format
+    detect_format(data)  # a missing or unknown data set is an error before the folder is made
+  # The study's sweeps write RUN/sweeps/<readout> and share RUN/features: one study per folder.
+  out.mkdir(parents=True, exist_ok=True)
+  with lock_folder(out):
+    return _run_locked(config, out=out, data=data, log=log, progress=progress)
+
+
+def _run_locked(config: StudyConfig, *, out: Path, data, log: Callable[[str], None],
+                progress: bool) -> Path:
+  """``run`` once the run folder is locked."""
   import pandas as pd
 
   from jaxmouse import fit as fitlib
   from jaxmouse import reports, sweeps
 
-  out = Path(out)
   t0 = time.perf_counter()
   config = config.for_format(data_format(data))
 

@@ -13,8 +13,14 @@ import numpy as np
 from jaxmouse.models import vgg
 
 
-def check_params(arch: str, params: Mapping[str, Any], *, source: str = "params") -> dict:
-  """Validates a params pytree against ``arch``; names every missing, extra and misshaped tensor.
+def check_params(arch: str, params: Mapping[str, Any], *, source: str = "params",
+                 labels: Mapping[str, str] | None = None, values: bool = True) -> dict:
+  """Validates a params pytree against ``arch``; names every missing, extra and misshaped tensor,
+  every tensor that is not floating point and every one with NaN or infinite values.
+
+  float16, bfloat16 and float64 tensors are cast to float32 (a float64 value beyond float32's
+  range becomes inf and is refused). ``labels`` maps ``"layer/kernel"`` to the tensor's name in
+  the source file, for the messages; ``values=False`` checks names and shapes only.
 
   Returns ``{layer: {"kernel": float32 ndarray, "bias": float32 ndarray}}``.
   """
@@ -40,8 +46,56 @@ def check_params(arch: str, params: Mapping[str, Any], *, source: str = "params"
     if wrong:
       parts.append(f"wrong shape {len(wrong)}: {'; '.join(wrong)}")
     raise ValueError(f"{source} does not hold {arch} weights: " + " | ".join(parts))
-  return {layer: {k: np.asarray(flat_got[f"{layer}/{k}"], np.float32) for k in d}
-          for layer, d in expected.items()}
+  if not values:
+    return {layer: {k: flat_got[f"{layer}/{k}"] for k in d} for layer, d in expected.items()}
+  return _check_values(expected, flat_got, source, labels or {})
+
+
+def _is_float(dtype) -> bool:
+  dtype = np.dtype(dtype)
+  return np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"  # ml_dtypes.bfloat16
+
+
+def _check_values(expected, flat_got, source, labels) -> dict:
+  """float32 copies of every expected tensor; refuses non-float dtypes and non-finite values."""
+  name = lambda n: f"{n} ({labels[n]})" if n in labels else n
+  not_float, not_finite, out = [], [], {}
+  for layer, d in expected.items():
+    out[layer] = {}
+    for k in d:
+      n = f"{layer}/{k}"
+      v = flat_got[n]
+      dtype = getattr(v, "dtype", None)
+      if dtype is None or not _is_float(dtype):
+        not_float.append(f"{name(n)} {dtype}")
+        continue
+      with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused below
+        a = np.asarray(v, np.float32)
+      bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+      if bad:
+        not_finite.append(f"{name(n)} ({bad} of {a.size})")
+      out[layer][k] = a
+  parts = []
+  if not_float:
+    parts.append(f"not floating point ({len(not_float)}): {', '.join(not_float)}")
+  if not_finite:
+    parts.append(f"NaN or infinite values after the cast to float32 ({len(not_finite)}): "
+                 f"{', '.join(not_finite)}")
+  if parts:
+    raise ValueError(f"{source}: {len(not_float) + len(not_finite)} weight tensor(s) are "
+                     "unusable: " + " | ".join(parts))
+  return out
+
+
+def fingerprint(arch: str, normalization: str, params: Mapping[str, Mapping[str, Any]]) -> str:
+  """sha256 of the architecture, normalization and every parameter's float32 bytes."""
+  h = hashlib.sha256(f"{arch}|{normalization}".encode())
+  for layer in sorted(params):
+    for k in sorted(params[layer]):
+      a = np.ascontiguousarray(params[layer][k], np.float32)
+      h.update(f"|{layer}/{k}{a.shape}".encode())
+      h.update(a.tobytes())
+  return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -79,13 +133,7 @@ class Weights:
   @functools.cached_property
   def fingerprint(self) -> str:
     """sha256 of the architecture, normalization and every parameter's bytes (a cache key)."""
-    h = hashlib.sha256(f"{self.arch}|{self.normalization}".encode())
-    for layer in sorted(self.params):
-      for k in sorted(self.params[layer]):
-        a = np.ascontiguousarray(self.params[layer][k], np.float32)
-        h.update(f"|{layer}/{k}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    return fingerprint(self.arch, self.normalization, self.params)
 
   def __repr__(self) -> str:
     n = sum(a.size for d in self.params.values() for a in d.values())

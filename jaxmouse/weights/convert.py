@@ -49,7 +49,7 @@ def params_from_torchvision(state: dict[str, np.ndarray], *, arch: str, source: 
   """torchvision ``features.<i>.weight|bias`` tensors -> params; returns (params, skipped names)."""
   index = {i: name for name, i in vgg.torchvision_indices(arch).items()}
   params: dict[str, dict[str, np.ndarray]] = {}
-  skipped, extra = [], {}
+  skipped, extra, labels = [], {}, {}
   for key, value in state.items():
     k = key[len("module."):] if key.startswith("module.") else key
     if _TORCH_SKIP.match(k):
@@ -63,17 +63,20 @@ def params_from_torchvision(state: dict[str, np.ndarray], *, arch: str, source: 
     if m.group(2) == "weight":
       v = np.transpose(value, (2, 3, 1, 0)) if value.ndim == 4 else value  # OIHW -> HWIO
       params.setdefault(name, {})["kernel"] = v
+      labels[f"{name}/kernel"] = key
     else:
       params.setdefault(name, {})["bias"] = value
+      labels[f"{name}/bias"] = key
   # Name unmatched tensors by their own keys; shapes of matched ones are checked by check_params.
   _raise_with_extra(arch, params, extra, source, torch_names=True)
+  check_params(arch, params, source=source, labels=labels)  # dtypes and values
   return params, skipped
 
 
 def params_from_keras(layers: list[tuple[str, str, list[np.ndarray]]], *, arch: str, source: str
                       ) -> tuple[dict, list[str]]:
   """Keras ``(group, "blockB_convI", [kernel, bias])`` -> params; returns (params, skipped groups)."""
-  params, skipped, extra = {}, [], {}
+  params, skipped, extra, labels = {}, [], {}, {}
   for group, lname, tensors in layers:
     top = group.split("/")[0]
     m = _KERAS_CONV.match(lname)
@@ -89,20 +92,20 @@ def params_from_keras(layers: list[tuple[str, str, list[np.ndarray]]], *, arch: 
       raise ValueError(f"{source}: two groups hold layer {lname!r} (the second is {group})")
     d = params[name] = {}
     for i, t in enumerate(tensors):
-      if i == 0:
-        d["kernel"] = t
-      elif i == 1:
-        d["bias"] = t
+      if i < 2:
+        d["kernel" if i == 0 else "bias"] = t
+        labels[f"{name}/{'kernel' if i == 0 else 'bias'}"] = f"{group}[{i}]"
       else:
         extra[f"{group}[{i}] ({lname})"] = t
   _raise_with_extra(arch, params, extra, source, torch_names=False)
+  check_params(arch, params, source=source, labels=labels)  # dtypes and values
   return params, skipped
 
 
 def _raise_with_extra(arch, params, extra, source, *, torch_names):
   """check_params, with tensors that map to no layer named as in the file."""
   try:
-    check_params(arch, {k: v for k, v in params.items()}, source=source)
+    check_params(arch, {k: v for k, v in params.items()}, source=source, values=False)
     problems = None
   except ValueError as e:
     problems = str(e)
