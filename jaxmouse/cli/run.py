@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from jaxmouse.cli.report import area_ranks
+
 EXAMPLES = """examples:
   jaxmouse run cadena2019                                  # quick config, simulated mouse, HED weights
   jaxmouse run cadena2019 --config quick --out runs/quick
@@ -38,6 +40,10 @@ def register(sub, *, name, help):
                  help="loss of the trained readouts: poisson (spike counts, events), gaussian "
                  "(MSE, linear output; dF/F); default auto: gaussian when any training response "
                  "is negative")
+  p.add_argument("--area-ranks", type=area_ranks, default=None,
+                 help="the hypothesized hierarchy for the layer-order test: 'binary' (default: "
+                 "V1/VISp below every higher area), 'anatomical' (Harris et al. 2019 hierarchy "
+                 "scores: VISp < VISl < VISrl < VISal < VISpm < VISam) or AREA=RANK items")
   p.add_argument("--out", default=None, help="run folder (default runs/cadena2019-<config>)")
   p.set_defaults(func=_run)
 
@@ -56,6 +62,8 @@ def _run(args):
     changes["areas"] = tuple(a for a in args.areas.split(",") if a)
   if args.loss:
     changes["fit"] = {**config.fit, "loss": args.loss}
+  if args.area_ranks:
+    changes["area_ranks"] = args.area_ranks
   if changes:
     config = dataclasses.replace(config, **changes)
   out = args.out or f"runs/cadena2019-{config.name}"

