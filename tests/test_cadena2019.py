@@ -287,7 +287,8 @@ def test_full_config_on_allen_dff_files(tmp_path, monkeypatch, capsys):
   assert record["input_size"] == ("36x46 (72x96 images scaled to 34x46, keeping the aspect "
                                   "ratio, and padded with the mean gray)")
   assert "few for readouts trained by gradient descent" in record["images"]
-  assert all(isinstance(v, str) for v in record.values())
+  assert record["simulated"] is False
+  assert all(isinstance(v, str) for k, v in record.items() if k != "simulated")
   study = json.loads((out / "study.json").read_text())
   assert study["config"]["readouts"] == ["ridge"] and study["config"]["image_shape"] == [36, 46]
 
