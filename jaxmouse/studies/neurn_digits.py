@@ -241,7 +241,7 @@ class Config:
 
 
 CONFIGS = {
-    # ~5-10 minutes on 2 shared CPU cores.
+    # About 10 minutes on 2 shared CPU cores.
     "quick": Config(),
     # Every domain as the source (each chooses its own k), more epochs and seeds, a wider k sweep.
     "full": Config(sources=digits.SYNTHETIC, seeds=(0, 1, 2, 3, 4), epochs=30,
