@@ -145,7 +145,8 @@ def test_cli_runs_digits(tmp_path, capsys):
     assert (out / f).stat().st_size > 0, f
   sweep = pd.read_csv(out / "k_sweep.csv")
   assert sweep.chosen.sum() == 1
-  assert sweep.loc[sweep.chosen, "neurn_k"].item() == sweep.loc[sweep.validation.idxmax(), "neurn_k"]
+  best_on_validation = sweep.loc[sweep.validation.idxmax(), "neurn_k"]
+  assert sweep.loc[sweep.chosen, "neurn_k"].item() == best_on_validation
   fixed = tmp_path / "fixed"
   assert main(["compare", "digits", "--config", "tiny", "--domains", "digits,inverted",
                "--seeds", "1", "--epochs", "1", "--neurn-k", "7", "--out", str(fixed)]) == 0
