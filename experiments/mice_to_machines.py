@@ -8,7 +8,9 @@ full, tiny) and ``jaxmouse/compare.py``. Exact commands:
   jaxmouse compare mice --config quick --out runs/mice
       the simulated mouse (six Allen areas, 250 neurons in the paper's proportions, one planted
       VGG16 layer per area, random Cre-line labels as a null control), 400 images at 36x64,
-      random VGG16 weights, 7 layers, raw vs NeuRN; a minute or two on 2 CPU cores.
+      random VGG16 weights, 7 layers, raw vs NeuRN; a minute or two on 2 CPU cores. Every
+      choice (best unit, matched unit, central members, best layer) is made on half of the
+      images and every reported value measured on the other half.
   jaxmouse compare --data ALLEN_NWB_DIR --weights WEIGHTS_DIR --config full --out runs/allen
       a folder of Allen Brain Observatory NWB files (natural scenes; Cre lines and excitatory /
       inhibitory classes from the files) against a converted VGG16 checkpoint, all 13 conv layers.

@@ -18,7 +18,8 @@ the field's two standard population measures:
    being a channel read at the centre of the feature map, or at a grid of positions). Every map is
    normalised (z-scored over pixels by default, so ``RMSE^2 = 2 - 2 r`` with ``r`` the pixel
    correlation). Two levels:
-   - bottom-up (single neuron vs single unit): each neuron's RMSE to its best-matching unit;
+   - bottom-up (single neuron vs single unit): each neuron's RMSE to its best-matching unit
+     (chosen on other images than the RMSE is measured on, see below);
    - top-down (population): the same best match for the group's k-means central representations
      (its typical representations), averaged.
    Both are summarised per area and per Cre line (``grouped_rmse``).
@@ -39,6 +40,15 @@ the field's two standard population measures:
      geometry is dominated by what all positions share, so on a simulated mouse whose areas read
      single units of known layers the ``layer`` form drifts to deeper layers (RSA most) while the
      ``matched`` form recovers the planted layer (tests/test_compare.py).
+
+Choosing and scoring on different images. A best-matching unit is the minimum over thousands of
+candidates, and a best layer the extreme over layers: scored on the images they were chosen on,
+both are inflated (more so for wider layers). ``compare_dataset`` therefore splits the images
+once (``split_images``): the ``select`` images choose each neuron's best unit (RMSE) and matched
+unit (RSA / CKA) and each group's central representations, and give every row the criterion a
+best layer is chosen on (``value_select``, ``rmse_select``; for unit-level measures a unit chosen
+on one half of ``select`` scored on the other, so wide layers gain nothing from having more
+candidates); the ``evaluate`` images only score (``value``, ``rmse``).
 
 Everything here is a pure function of arrays; ``compare_dataset`` strings them together for a
 ``NeuralDataset`` and a network, the only function that calls the feature extractor.
@@ -275,18 +285,22 @@ def rmse_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
 def best_match(a: jax.Array, b: jax.Array, *, chunk: int = 4096) -> tuple[jax.Array, jax.Array]:
   """For each row of ``a`` (n_a, P), the lowest RMSE to any row of ``b`` (n_b, P) and its index.
 
-  Rows of ``a`` are processed ``chunk`` at a time, so memory stays ``chunk x n_b``.
+  Rows of ``a`` are processed ``chunk`` at a time, so memory stays ``chunk x n_b``. Rows of ``b``
+  that are all zero (flat maps after ``normalize_maps``, e.g. a dead ReLU unit) are never
+  chosen: their RMSE to any z-scored map is 1 whatever its shape, which would beat every real
+  detector correlated below 0.5 with it.
 
   Returns:
-    ``(rmse (n_a,), index (n_a,))``.
+    ``(rmse (n_a,), index (n_a,))``; ``inf`` RMSE where every row of ``b`` is flat.
   """
   n_a = a.shape[0]
   pad = (-n_a) % chunk if n_a > chunk else 0
   step = min(chunk, n_a)
   a_p = jnp.pad(a, ((0, pad), (0, 0))).reshape(-1, step, a.shape[1])
+  shaped = jnp.any(b != 0, axis=1)  # (n_b,)
 
   def one(block):
-    m = rmse_matrix(block, b)
+    m = jnp.where(shaped[None, :], rmse_matrix(block, b), jnp.inf)
     return m.min(1), m.argmin(1)
 
   rmse, index = jax.lax.map(one, a_p)
@@ -615,8 +629,9 @@ class CompareConfig:
   normalize: map normalisation for RMSE (``zscore`` or ``minmax``).
   standardize: z-score every neuron and every DNN feature over images before RSA / CKA, so that
     neurons with high rates and features with large activations do not dominate the geometry.
-  match_fraction: fraction of images used to match neurons to units (``matched_rsa_cka``); the
-    rest evaluate.
+  select_fraction: fraction of the images that make every choice (each neuron's best unit and
+    matched unit, central representations, and the per-layer criterion a best layer is chosen
+    on); the other images only score (``split_images``).
   tier: trials used (None: every trial).
   seed: image split, embedding and k-means seed.
   """
@@ -630,7 +645,7 @@ class CompareConfig:
   n_central: int = 3
   normalize: str = "zscore"
   standardize: bool = True
-  match_fraction: float = 0.5
+  select_fraction: float = 0.5
   tier: str | None = None
   seed: int = 0
 
@@ -650,9 +665,9 @@ class CompareConfig:
                        f"{self.normalize!r}")
     if self.unit_grid < 1 or self.n_clusters < 1 or self.n_central < 1:
       raise ValueError("CompareConfig: unit_grid, n_clusters and n_central must be >= 1")
-    if not 0 < self.match_fraction < 1:
-      raise ValueError(f"CompareConfig: match_fraction must be in (0, 1), got "
-                       f"{self.match_fraction}")
+    if not 0 < self.select_fraction < 1:
+      raise ValueError(f"CompareConfig: select_fraction must be in (0, 1), got "
+                       f"{self.select_fraction}")
 
 
 def network_input(images: np.ndarray, neurn_k: int | None) -> np.ndarray:
@@ -665,6 +680,56 @@ def network_input(images: np.ndarray, neurn_k: int | None) -> np.ndarray:
   return 255.0 * np.asarray(out)[..., 0]
 
 
+def split_images(n_images: int, *, select_fraction: float = 0.5,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+  """Disjoint image sets for choosing and for scoring (sorted index arrays).
+
+  ``select`` (``select_fraction`` of the images) makes every choice; ``evaluate`` (the rest) only
+  scores the chosen units, neurons and layers. ``select_a`` and ``select_b`` halve ``select`` for
+  a held-out criterion inside it (a unit chosen on one half, scored on the other), so that a
+  layer can be chosen without the evaluate images and without favouring layers with more units.
+  """
+  order = np.random.default_rng(seed).permutation(n_images)
+  n_select = int(round(select_fraction * n_images))
+  select, evaluate = order[:n_select], order[n_select:]
+  half = n_select // 2
+  sets = {"select": select, "evaluate": evaluate, "select_a": select[:half],
+          "select_b": select[half:]}
+  if min(v.size for v in sets.values()) < 3:
+    raise ValueError(f"split_images: {n_images} images with select_fraction={select_fraction} "
+                     f"leave {({k: v.size for k, v in sets.items()})} images per set; each needs "
+                     f">= 3")
+  return {k: np.sort(v) for k, v in sets.items()}
+
+
+def paired_rmse(a: jax.Array, b: jax.Array) -> jax.Array:
+  """RMSE between row i of ``a`` and row i of ``b``, both (n, P) -> (n,)."""
+  return jnp.sqrt(jnp.mean((jnp.asarray(a) - jnp.asarray(b)) ** 2, axis=1))
+
+
+def cross_validated_match(neuron_maps: Mapping[str, jax.Array],
+                          detectors: Mapping[str, jax.Array]) -> tuple[np.ndarray, ...]:
+  """Each neuron's best-matching detector chosen on one image set, its RMSE scored on another.
+
+  Args:
+    neuron_maps, detectors: ``{set: (n, P)}`` and ``{set: (U, P)}`` normalised maps computed from
+      the image sets of ``split_images`` (``select``, ``evaluate``, ``select_a``, ``select_b``).
+
+  Returns:
+    ``(rmse (n,), unit (n,), rmse_select (n,))``: ``unit`` is chosen on ``select`` and ``rmse``
+    scores it on ``evaluate``; ``rmse_select`` is the criterion to choose among layers, inside
+    ``select``: the unit chosen on ``select_a`` scored on ``select_b`` and vice versa, averaged.
+  """
+  def held_out(choose, score):
+    _, unit = best_match(neuron_maps[choose], detectors[choose])
+    return paired_rmse(neuron_maps[score], detectors[score][unit]), unit
+
+  rmse, unit = held_out("select", "evaluate")
+  ab, _ = held_out("select_a", "select_b")
+  ba, _ = held_out("select_b", "select_a")
+  return np.asarray(rmse), np.asarray(unit), np.asarray((ab + ba) / 2)
+
+
 def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]],
                                               Mapping[str, np.ndarray]],
                     config: CompareConfig, *, kernel: np.ndarray | None = None,
@@ -672,11 +737,19 @@ def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]],
                     progress: Callable | None = None) -> dict:
   """RMSE, RSA and CKA of every group of neurons (area, Cre line) against every layer.
 
+  Choosing and scoring use disjoint images (``split_images``): every choice (each neuron's
+  best-matching unit for RMSE, its matched unit for RSA / CKA, each group's central
+  representations) is made on the ``select`` images, and every reported ``value`` / ``rmse`` is
+  measured on the ``evaluate`` images. Each row also carries the criterion a best layer is chosen
+  on (``value_select`` / ``rmse_select``), computed from the ``select`` images alone, so that
+  "the most similar layer" is chosen on ``select`` and reported on ``evaluate``
+  (``jaxmouse.studies.mice_to_machines.best_layers``).
+
   RSA and CKA come in two forms (column ``method``): ``layer`` compares the group's
   repeat-averaged responses with the whole layer (every channel at every position), the field's
   standard; ``matched`` compares them with the group's best-matching single units of the layer
-  (``matched_rsa_cka``, cross-validated over images), which follows neurons that read a small part
-  of a layer at their own receptive-field positions.
+  (``matched_rsa_cka``), which follows neurons that read a small part of a layer at their own
+  receptive-field positions.
 
   Args:
     ds: a ``jaxmouse.data.NeuralDataset``.
@@ -692,10 +765,12 @@ def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]],
 
   Returns:
     ``{"rsa": rows, "cka": rows, "rmse": rows, "neurons": rows, "maps": (n_neurons, h, w),
-    "groups": {kind: {name: indices}}, "central": {kind: {name: indices}}}``; rows are lists of
-    dicts ready for a DataFrame: rsa/cka rows ``kind, group, layer, method, value``; rmse rows
-    ``kind, group, layer, level, rmse, n_neurons``; neurons rows ``neuron, area, layer,
-    best_rmse, best_unit``.
+    "maps_select": (n_neurons, h, w), "groups": {kind: {name: indices}}, "central": {kind:
+    {name: indices}}, "images": {set: indices into ds.images}}``; rows are lists of dicts ready
+    for a DataFrame: rsa/cka rows ``kind, group, layer, method, value, value_select``; rmse rows
+    ``kind, group, layer, level, rmse, rmse_select, n_neurons``; neurons rows ``neuron, area,
+    layer, best_rmse, best_unit`` (unit chosen on select, RMSE on evaluate). ``maps`` uses every
+    image (for display); ``maps_select`` the select images (what the clusters are made from).
   """
   if config.tier is None:
     trial_image, responses = ds.trial_image, ds.responses
@@ -707,9 +782,7 @@ def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]],
   images = ds.images[used]
   trial_image = remap[trial_image]
   n_images = images.shape[0]
-  if n_images < 6:
-    raise ValueError(f"compare_dataset: need at least 6 distinct images, data set {ds.name!r} "
-                     f"has {n_images}")
+  sets = split_images(n_images, select_fraction=config.select_fraction, seed=config.seed)
   net_images = network_input(images, config.neurn_k)
   prep = standardize if config.standardize else (lambda x: np.asarray(x, np.float32))
 
@@ -719,62 +792,87 @@ def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]],
       groups[field] = groups_of(ds.neuron_meta[field])
   names = [(kind, g) for kind, gs in groups.items() for g in gs]
 
+  def maps_on(subset):
+    keep = np.isin(trial_image, subset)
+    return neural_representations(responses[keep], trial_image[keep], images,
+                                  shape=config.map_shape)
+
   maps = neural_representations(responses, trial_image, images, shape=config.map_shape)
+  sub_maps = {name: maps_on(subset) for name, subset in sets.items()}
+  neuron_maps = {name: normalize_maps(jnp.asarray(m), method=config.normalize)
+                 for name, m in sub_maps.items()}
   mean_resp = image_average(responses, trial_image, n_images)  # (k, n_neurons)
-  neural_rdms = jnp.stack([rdm(prep(mean_resp[:, groups[k][g]])) for k, g in names])
-  neural_grams = jnp.stack([centered_gram(prep(mean_resp[:, groups[k][g]])) for k, g in names])
-  order = np.random.default_rng(config.seed).permutation(n_images)
-  n_select = int(round(config.match_fraction * n_images))
-  select, evaluate = np.sort(order[:n_select]), np.sort(order[n_select:])
+  scored = ("select", "evaluate")  # the layer form: criterion on select, value on evaluate
+  neural_rdms = {s: jnp.stack([rdm(prep(mean_resp[sets[s]][:, groups[k][g]])) for k, g in names])
+                 for s in scored}
+  neural_grams = {s: jnp.stack([centered_gram(prep(mean_resp[sets[s]][:, groups[k][g]]))
+                                for k, g in names]) for s in scored}
 
   if central is None:
-    central = {kind: central_representations(maps, gs, n_clusters=config.n_clusters,
+    central = {kind: central_representations(sub_maps["select"], gs,
+                                             n_clusters=config.n_clusters,
                                              n_central=config.n_central, seed=config.seed)
                for kind, gs in groups.items()}
-  out = {"rsa": [], "cka": [], "rmse": [], "neurons": [], "maps": maps, "groups": groups,
-         "central": central}
-
-  neuron_maps = normalize_maps(jnp.asarray(maps), method=config.normalize)
+  out = {"rsa": [], "cka": [], "rmse": [], "neurons": [], "maps": maps,
+         "maps_select": sub_maps["select"], "groups": groups, "central": central,
+         "images": {name: used[subset] for name, subset in sets.items()}}
 
   def add_rmse(layer, detectors):
-    best, unit = (np.asarray(v) for v in
-                  best_match(neuron_maps, normalize_maps(jnp.asarray(detectors),
-                                                         method=config.normalize)))
+    det = {name: normalize_maps(jnp.asarray(d), method=config.normalize)
+           for name, d in detectors.items()}
+    best, unit, crit = cross_validated_match(neuron_maps, det)
     for kind, gs in groups.items():
-      for g, s in summarize_rmse(best, gs, central[kind]).items():
+      value = summarize_rmse(best, gs, central[kind])
+      select = summarize_rmse(crit, gs, central[kind])
+      for g, s in value.items():
         for level in ("top_down", "bottom_up"):
           out["rmse"].append({"kind": kind, "group": g, "layer": layer, "level": level,
-                              "rmse": s[level], "n_neurons": s["n_neurons"]})
+                              "rmse": s[level], "rmse_select": select[g][level],
+                              "n_neurons": s["n_neurons"]})
     out["neurons"].extend({"neuron": int(i), "area": str(ds.areas[i]), "layer": layer,
                            "best_rmse": float(best[i]), "best_unit": int(unit[i])}
                           for i in range(maps.shape[0]))
 
   if kernel is not None:
-    add_rmse("kernels", kernel_detectors(kernel, config.map_shape))
-  layer_rdms, layer_grams = [], []
+    k_maps = kernel_detectors(kernel, config.map_shape)  # no image enters a kernel
+    add_rmse("kernels", {name: k_maps for name in sets})
+  layer_rdms = {s: [] for s in scored}
+  layer_grams = {s: [] for s in scored}
   for layer in (progress(config.layers) if progress else config.layers):
     feats = np.asarray(features_fn(net_images, [layer])[layer])  # (k, h, w, c)
     flat = feats.reshape(n_images, -1)
-    x = jnp.asarray(prep(flat))
-    layer_rdms.append(rdm(x))
-    layer_grams.append(centered_gram(x))
-    del x
-    matched, _ = match_units(mean_resp[select], flat[select])  # every neuron at once
+    for s in scored:
+      x = jnp.asarray(prep(flat[sets[s]]))
+      layer_rdms[s].append(rdm(x))
+      layer_grams[s].append(centered_gram(x))
+      del x
+    # Matched units: chosen on select, scored on evaluate; the criterion stays inside select.
+    matched = {name: match_units(mean_resp[sets[name]], flat[sets[name]])[0]
+               for name in ("select", "select_a", "select_b")}
     for kind, g in names:
       idx = groups[kind][g]
-      r, c = matched_rsa_cka(mean_resp[:, idx], flat, select=select, evaluate=evaluate,
-                             index=matched[idx])
-      out["rsa"].append({"kind": kind, "group": g, "layer": layer, "method": "matched", "value": r})
-      out["cka"].append({"kind": kind, "group": g, "layer": layer, "method": "matched", "value": c})
-    add_rmse(layer, unit_representations(feats, images, shape=config.map_shape,
-                                         grid=config.unit_grid))
+      r, c = matched_rsa_cka(mean_resp[:, idx], flat, select=sets["select"],
+                             evaluate=sets["evaluate"], index=matched["select"][idx])
+      r_ab, c_ab = matched_rsa_cka(mean_resp[:, idx], flat, select=sets["select_a"],
+                                   evaluate=sets["select_b"], index=matched["select_a"][idx])
+      r_ba, c_ba = matched_rsa_cka(mean_resp[:, idx], flat, select=sets["select_b"],
+                                   evaluate=sets["select_a"], index=matched["select_b"][idx])
+      out["rsa"].append({"kind": kind, "group": g, "layer": layer, "method": "matched",
+                         "value": r, "value_select": (r_ab + r_ba) / 2})
+      out["cka"].append({"kind": kind, "group": g, "layer": layer, "method": "matched",
+                         "value": c, "value_select": (c_ab + c_ba) / 2})
+    add_rmse(layer, {name: unit_representations(feats[subset], images[subset],
+                                                shape=config.map_shape, grid=config.unit_grid)
+                     for name, subset in sets.items()})
     del feats, flat
-  rsa_m = np.asarray(rsa_matrix(neural_rdms, jnp.stack(layer_rdms)))
-  cka_m = np.asarray(cka_matrix(neural_grams, jnp.stack(layer_grams)))
+  rsa_m = {s: np.asarray(rsa_matrix(neural_rdms[s], jnp.stack(layer_rdms[s]))) for s in scored}
+  cka_m = {s: np.asarray(cka_matrix(neural_grams[s], jnp.stack(layer_grams[s]))) for s in scored}
   for i, (kind, g) in enumerate(names):
     for j, layer in enumerate(config.layers):
       out["rsa"].append({"kind": kind, "group": g, "layer": layer, "method": "layer",
-                         "value": float(rsa_m[i, j])})
+                         "value": float(rsa_m["evaluate"][i, j]),
+                         "value_select": float(rsa_m["select"][i, j])})
       out["cka"].append({"kind": kind, "group": g, "layer": layer, "method": "layer",
-                         "value": float(cka_m[i, j])})
+                         "value": float(cka_m["evaluate"][i, j]),
+                         "value_select": float(cka_m["select"][i, j])})
   return out

@@ -155,6 +155,20 @@ def test_kernel_detectors_and_unit_responses():
   np.testing.assert_array_equal(grid[:, 3:6], feats[:, 1, 6, :])  # row 0, column 1 of the grid
 
 
+def test_best_match_never_picks_a_flat_map():
+  rng = np.random.default_rng(11)
+  a = np.asarray(C.normalize_maps(jnp.asarray(rng.normal(size=(5, 400)))))
+  b = np.asarray(C.normalize_maps(jnp.asarray(np.concatenate(
+      [np.full((1, 400), 3.0), 0.2 * a + rng.normal(size=(5, 400))]))))  # a flat map first
+  assert not b[0].any()
+  rmse, index = C.best_match(jnp.asarray(a), jnp.asarray(b))
+  full = np.sqrt(((a[:, None] - b[None]) ** 2).mean(-1))
+  # The flat map is 1.0 from every map, closer than the real detectors: it must still not win.
+  assert (full[:, 0] < full[:, 1:].min(1)).all()
+  np.testing.assert_array_equal(np.asarray(index), full[:, 1:].argmin(1) + 1)
+  np.testing.assert_allclose(np.asarray(rmse), full[:, 1:].min(1), atol=1e-5)
+
+
 def test_match_units_agrees_with_numpy_correlations():
   rng = np.random.default_rng(7)
   units = rng.normal(size=(50, 500))
@@ -183,6 +197,105 @@ def test_clusters_and_pca_fallback(monkeypatch):
     np.testing.assert_array_equal(np.sort(cl.central[c]), np.sort(members[np.argsort(d)[:2]]))
   with pytest.raises(ValueError, match="umap-learn"):
     C.embed(maps, method="umap")
+
+
+# ---- choosing on select images, scoring on evaluate images -------------------------------------
+
+
+def test_split_images_are_disjoint_and_cover_every_image():
+  sets = C.split_images(50, select_fraction=0.4, seed=3)
+  assert sets["select"].size == 20 and sets["evaluate"].size == 30
+  assert np.intersect1d(sets["select"], sets["evaluate"]).size == 0
+  np.testing.assert_array_equal(np.union1d(sets["select"], sets["evaluate"]), np.arange(50))
+  np.testing.assert_array_equal(np.union1d(sets["select_a"], sets["select_b"]), sets["select"])
+  assert np.intersect1d(sets["select_a"], sets["select_b"]).size == 0
+  assert not np.array_equal(sets["select"], np.arange(20))  # shuffled, not the first images
+  with pytest.raises(ValueError, match="each needs >= 3"):
+    C.split_images(8, select_fraction=0.5)
+
+
+def _linear_problem(seed=0, n=60, side=8, n_neurons=10, noise=2.0, n_noise_units=2048):
+  """Neurons = one linear filter of white-noise images + noise; a 'signal' layer holding that
+  filter and three others, and a wide 'noise' layer of units blind to the image."""
+  from jaxmouse.data import NeuralDataset
+
+  rng = np.random.default_rng(seed)
+  images = rng.normal(128, 40, size=(n, side, side)).astype(np.float32)
+  filters = rng.normal(size=(side * side, 4)).astype(np.float32)
+  noise_units = rng.gamma(1.0, 1.0, size=(n, 1, 1, n_noise_units)).astype(np.float32)
+
+  def features(im, layers):
+    (layer,) = layers
+    if layer == "signal":
+      return {layer: ((np.asarray(im).reshape(len(im), -1) - 128) @ filters).reshape(-1, 1, 1, 4)}
+    return {layer: noise_units}
+
+  drive = features(images, ["signal"])["signal"][:, 0, 0, :1]
+  resp = drive + noise * drive.std() * rng.normal(size=(n, n_neurons))
+  ds = NeuralDataset(images=images, responses=resp.astype(np.float32), trial_image=np.arange(n),
+                     tiers=np.full(n, "train"), unit_ids=np.arange(n_neurons),
+                     areas=np.array(["A"] * 5 + ["B"] * 5))
+  return ds, features
+
+
+def _ref_maps(responses, images, subset):
+  """Centred response-weighted average over the images in subset, z-scored: (units, pixels)."""
+  r = np.asarray(responses, np.float64)[subset]
+  m = (r - r.mean(0)).T @ images[subset].reshape(len(subset), -1).astype(np.float64) / len(subset)
+  m = m - m.mean(1, keepdims=True)
+  return m / m.std(1, keepdims=True)
+
+
+def _ref_held_out(neurons, units, images, choose, score):
+  """NumPy: each neuron's unit chosen by the lowest RMSE on ``choose``, its RMSE on ``score``."""
+  rmse = lambda a, b: np.sqrt(((a[:, None] - b[None]) ** 2).mean(-1))
+  unit = rmse(_ref_maps(neurons, images, choose), _ref_maps(units, images, choose)).argmin(1)
+  diff = _ref_maps(neurons, images, score) - _ref_maps(units, images, score)[unit]
+  return np.sqrt((diff ** 2).mean(1)), unit
+
+
+def test_rmse_rows_match_a_numpy_reference_of_choose_on_select_score_on_evaluate():
+  ds, features = _linear_problem()
+  central = {"area": {"A": np.array([1, 3]), "B": np.array([5, 6, 9])}}
+  out = C.compare_dataset(ds, features, C.CompareConfig(layers=("signal",), map_shape=(8, 8)),
+                          central=central)
+  sets = C.split_images(60, select_fraction=0.5, seed=0)
+  units = features(ds.images, ["signal"])["signal"].reshape(60, -1)
+  want, unit = _ref_held_out(ds.responses, units, ds.images, sets["select"], sets["evaluate"])
+  ab, _ = _ref_held_out(ds.responses, units, ds.images, sets["select_a"], sets["select_b"])
+  ba, _ = _ref_held_out(ds.responses, units, ds.images, sets["select_b"], sets["select_a"])
+  criterion = (ab + ba) / 2
+  neurons = pd.DataFrame(out["neurons"])
+  np.testing.assert_array_equal(neurons.best_unit, unit)
+  np.testing.assert_allclose(neurons.best_rmse, want, atol=1e-4)
+  rmse = pd.DataFrame(out["rmse"]).set_index(["group", "level"])
+  for g, idx in (("A", np.arange(5)), ("B", np.arange(5, 10))):
+    c = central["area"][g]
+    assert rmse.loc[(g, "bottom_up"), "rmse"] == pytest.approx(want[idx].mean(), abs=1e-4)
+    assert rmse.loc[(g, "top_down"), "rmse"] == pytest.approx(want[c].mean(), abs=1e-4)
+    assert rmse.loc[(g, "bottom_up"), "rmse_select"] == pytest.approx(criterion[idx].mean(),
+                                                                        abs=1e-4)
+    assert rmse.loc[(g, "top_down"), "rmse_select"] == pytest.approx(criterion[c].mean(), abs=1e-4)
+
+
+def test_layer_criterion_does_not_reward_a_wide_layer_of_blind_units():
+  """Scored on the images that chose the unit, the best of 2,048 image-blind units beats the
+  neurons' own (noisy) filter; the held-out criterion and the evaluate RMSE do not."""
+  ds, features = _linear_problem()
+  out = C.compare_dataset(ds, features, C.CompareConfig(layers=("signal", "noise"),
+                                                        map_shape=(8, 8)))
+  rmse = pd.DataFrame(out["rmse"])
+  rmse = rmse[(rmse.kind == "area") & (rmse.level == "bottom_up")].set_index(["group", "layer"])
+  select = C.split_images(60, select_fraction=0.5, seed=0)["select"]
+  in_sample = {}
+  for layer in ("signal", "noise"):
+    units = features(ds.images, [layer])[layer].reshape(60, -1)
+    in_sample[layer], _ = _ref_held_out(ds.responses, units, ds.images, select, select)
+  assert in_sample["noise"].mean() < in_sample["signal"].mean()  # the trap is real
+  for g in ("A", "B"):
+    assert rmse.loc[(g, "signal"), "rmse_select"] < rmse.loc[(g, "noise"), "rmse_select"] - 0.1
+    assert rmse.loc[(g, "signal"), "rmse"] < rmse.loc[(g, "noise"), "rmse"] - 0.1
+    assert rmse.loc[(g, "noise"), "rmse"] == pytest.approx(np.sqrt(2), abs=0.15)  # r ~ 0
 
 
 # ---- the planted mouse -----------------------------------------------------------------------
@@ -225,8 +338,8 @@ def test_planted_area_is_most_similar_to_its_layer_under_rsa_and_cka(planted_mou
     assert set(df.kind) == {"area", "cre_line"} and set(df.method) == {"layer", "matched"}
   rmse = pd.DataFrame(out["rmse"])
   assert set(rmse.layer) == {"kernels", *PLANTED} and set(rmse.level) == {"top_down", "bottom_up"}
-  assert np.isfinite(rmse.rmse).all() and (rmse.rmse > 0).all()
-  assert out["maps"].shape == (100, 12, 16)
+  assert out["maps"].shape == out["maps_select"].shape == (100, 12, 16)
+  assert out["images"]["select"].size + out["images"]["evaluate"].size == 200
 
 
 def test_compare_config_validates():

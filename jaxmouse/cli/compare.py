@@ -30,8 +30,10 @@ def register(sub, *, name, help):
   p.add_argument("--config", default="quick", help="quick (default), full or tiny")
   p.add_argument("--out", required=True, help="output folder (refused if it exists)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-  p.add_argument("--neurn-k", type=int, help="NeuRN's k for the 'with NeuRN' arm (default: the "
-                 "config's, jaxmouse.models.neurn.DEFAULT_K; mice: 0 compares raw images only)")
+  p.add_argument("--neurn-k", type=int, help="NeuRN's k for the 'with NeuRN' arm, fixed before "
+                 "any data are seen. mice: default jaxmouse.models.neurn.DEFAULT_K, 0 compares "
+                 "raw images only; digits: default chooses k for each source on its validation "
+                 "split, never on target or test data")
   mice = p.add_argument_group("mice")
   mice.add_argument("--data", help="a data set jaxmouse.data.load reads (e.g. a folder of Allen "
                     "NWB files); default: the simulated mouse")

@@ -8,9 +8,17 @@ central representations) and bottom-up (every neuron's best-matching unit); RSA 
 against the whole layer and against each neuron's matched units (``jaxmouse.compare``). Each is
 run twice: raw images into the network, and ``255 * NeuRN_k(image)``.
 
+What is chosen on which data: the images are split once (``jaxmouse.compare.split_images``).
+The select images choose each neuron's best-matching and matched units, each group's central
+representations and each group's most similar layer (``best_layers``, ``neurn_effect``); the
+evaluate images only score. NeuRN's k is not chosen on these data at all: it is the config's
+(default ``jaxmouse.models.neurn.DEFAULT_K``, chosen on the digits study's source validation
+split), and both arms are scored, each at its own layer chosen on the select images.
+
 Data: the simulated mouse by default (the six Allen areas with the paper's proportions of
 neurons, one planted VGG16 layer per area, Cre lines drawn at random as a null control: the
-simulation gives them no different tuning), or any data set ``jaxmouse.data.load`` reads, e.g. a
+simulation gives them no different tuning; every output says the data are simulated and what
+was planted), or any data set ``jaxmouse.data.load`` reads, e.g. a
 folder of Allen Brain Observatory NWB files (natural scenes; ``cre_line`` and ``cell_class`` come
 with it). Weights: random VGG16 (seed 0) by default, or a converted checkpoint folder.
 
@@ -129,6 +137,26 @@ def with_random_cre_lines(ds, *, seed: int):
   return ds.replace(neuron_meta={**ds.neuron_meta, "cre_line": cre, "cell_class": cls})
 
 
+def simulation_note(config: MiceConfig, weights=None) -> str:
+  """What the simulated mouse is and what was planted in it, in one paragraph."""
+  sim = config.simulation()
+  net = (f"VGG16 weights {weights}" if weights is not None
+         else f"random VGG16 (seed {config.weights_seed})")
+  readout = ("a factorized linear readout" if sim.subunits == 1
+             else f"a nonlinear model of {sim.subunits} subunits")
+  layers = ", ".join(f"{a} {l[0]}" for a, l in zip(sim.areas, sim.layers))
+  gabor = ", ".join(f"{a} {g:.0%}" for a, g in zip(sim.areas, sim.gabor_fraction))
+  return (f"A simulated mouse, not a recording: {sim.n_neurons} neurons in {len(sim.areas)} "
+          f"areas, {sim.n_images} images of {sim.image_shape[0]}x{sim.image_shape[1]} "
+          f"({sim.n_test_images} repeated {sim.n_repeats} times), {sim.noise} noise. Each CNN "
+          f"neuron is {readout} ({sim.n_features} channels) of one planted layer of the same "
+          f"network that is compared here ({net}): {layers}; the other neurons are Gabor energy "
+          f"cells ({gabor}). Cre lines and cell classes are random labels (a null control: no "
+          f"difference is planted). The planted neurons read features of raw images, so the "
+          f"raw-image arm is favoured by construction: the NeuRN comparison on these data does not "
+          f"test the paper's claim.")
+
+
 def prepare(config: MiceConfig, *, data=None, weights=None, log: Callable = print):
   """``(dataset, weights, planted)``: loaded or simulated data resized to ``image_shape``, weights
   loaded or drawn, and ``{area: planted layer}`` for the simulated mouse (else ``{}``)."""
@@ -146,6 +174,7 @@ def prepare(config: MiceConfig, *, data=None, weights=None, log: Callable = prin
     ds, _ = simulate(sim, weights=w)
     ds = with_random_cre_lines(ds, seed=config.seed)
     planted = {a: l[0] for a, l in zip(sim.areas, sim.layers)}
+    log(f"SIMULATED data: {simulation_note(config, weights)}")
   else:
     from jaxmouse.data import load
 
@@ -155,6 +184,31 @@ def prepare(config: MiceConfig, *, data=None, weights=None, log: Callable = prin
   return ds.resize(config.image_shape), w, planted
 
 
+def compare_arms(ds, features_fn: Callable, base: compare.CompareConfig, *,
+                 neurn_k: int | None, kernel=None, progress: Callable | None = None,
+                 log: Callable = print) -> tuple[dict, dict]:
+  """``compare.compare_dataset`` with raw images and, if ``neurn_k``, with ``NeuRN_k`` images.
+
+  Both arms share the image split, the groups and the central representations (none of them
+  depends on the network). Returns ``(tables, first)``: ``tables`` maps ``rsa``, ``cka``,
+  ``rmse``, ``neurons`` to rows with an added ``neurn`` column (``none`` or ``k=<k>``); ``first``
+  is the raw arm's full output (maps, groups, central members, image sets).
+  """
+  arms = [None] + ([neurn_k] if neurn_k is not None else [])
+  tables = {"rsa": [], "cka": [], "rmse": [], "neurons": []}
+  first = None
+  for k in arms:
+    label = "none" if k is None else f"k={k}"
+    log(f"comparing {len(base.layers)} layers, NeuRN {label}")
+    out = compare.compare_dataset(ds, features_fn, dataclasses.replace(base, neurn_k=k),
+                                  kernel=kernel, progress=progress,
+                                  central=first["central"] if first else None)
+    for key in tables:
+      tables[key].extend({"neurn": label, **row} for row in out[key])
+    first = first or out
+  return tables, first
+
+
 def run(config: MiceConfig, *, data=None, weights=None, progress: Callable | None = None,
         log: Callable = print) -> dict:
   """Both arms (raw, NeuRN) of the comparison; returns tables (lists of rows) and arrays."""
@@ -162,24 +216,16 @@ def run(config: MiceConfig, *, data=None, weights=None, progress: Callable | Non
 
   t0 = time.perf_counter()
   ds, w, planted = prepare(config, data=data, weights=weights, log=log)
-  kernel = w.params["conv1_1"]["kernel"]
-  arms = [None] + ([config.neurn_k] if config.neurn_k is not None else [])
-  tables = {"rsa": [], "cka": [], "rmse": [], "neurons": []}
-  last = None
-  for k in arms:
-    cc = compare.CompareConfig(layers=config.layers, map_shape=config.map_shape, neurn_k=k,
+  base = compare.CompareConfig(layers=config.layers, map_shape=config.map_shape,
                                n_clusters=config.n_clusters, n_central=config.n_central,
                                seed=config.seed)
-    label = "none" if k is None else f"k={k}"
-    log(f"comparing {len(config.layers)} layers, NeuRN {label}")
-    out = compare.compare_dataset(ds, lambda im, ls: extract(w, im, layers=ls, batch_size=64),
-                                  cc, kernel=kernel, progress=progress,
-                                  central=last["central"] if last else None)
-    for key in tables:
-      tables[key].extend({"neurn": label, **row} for row in out[key])
-    last = last or out  # neural maps, groups and clusters do not depend on the arm
-  return {"tables": tables, "maps": last["maps"], "groups": last["groups"],
-          "central": last["central"], "planted": planted, "dataset": repr(ds),
+  tables, first = compare_arms(ds, lambda im, ls: extract(w, im, layers=ls, batch_size=64), base,
+                               neurn_k=config.neurn_k, kernel=w.params["conv1_1"]["kernel"],
+                               progress=progress, log=log)
+  return {"tables": tables, "maps": first["maps"], "maps_select": first["maps_select"],
+          "groups": first["groups"], "central": first["central"], "planted": planted,
+          "simulated": simulation_note(config, weights) if data is None else None,
+          "images": {k: v.size for k, v in first["images"].items()}, "dataset": repr(ds),
           "n_neurons": ds.n_neurons, "seconds": time.perf_counter() - t0}
 
 
@@ -194,45 +240,70 @@ def _markdown(df, floatfmt: str = "{:.3f}") -> str:
   return "\n".join(f"| {r} |" for r in rows)
 
 
+def _chosen(rows, criterion: str, *, lowest: bool):
+  """The row whose ``criterion`` (select images) is best; its reported value is on evaluate."""
+  return rows.loc[rows[criterion].idxmin() if lowest else rows[criterion].idxmax()]
+
+
 def best_layers(tables: dict, planted: dict) -> "pd.DataFrame":
-  """Per arm x kind x group: the most similar layer under each RSA/CKA form, lowest-RMSE layer."""
+  """Per arm x kind x group, the most similar layer under each RSA/CKA form and RMSE level.
+
+  The layer is chosen on the select images (``value_select`` / ``rmse_select``); the value in
+  brackets is measured on the evaluate images at that layer.
+  """
   import pandas as pd
 
   rows = []
   rmse = pd.DataFrame(tables["rmse"])
   rmse = rmse[rmse.layer != "kernels"]
+  sims = {m: pd.DataFrame(tables[m]) for m in ("rsa", "cka")}
   for (arm, kind, group), _ in rmse.groupby(["neurn", "kind", "group"], sort=False):
     row = {"neurn": arm, "kind": kind, "group": group}
     if planted:
       row["planted"] = planted.get(group, "") if kind == "area" else ""
-    for measure in ("rsa", "cka"):
-      df = pd.DataFrame(tables[measure])
+    for measure, df in sims.items():
       for method in ("matched", "layer"):
         sel = df[(df.neurn == arm) & (df.kind == kind) & (df.group == group)
                  & (df.method == method)]
-        top = sel.loc[sel.value.idxmax()]
+        top = _chosen(sel, "value_select", lowest=False)
         row[f"{measure}_{method}"] = f"{top.layer} ({top.value:.2f})"
     for level in ("bottom_up", "top_down"):
       sel = rmse[(rmse.neurn == arm) & (rmse.kind == kind) & (rmse.group == group)
                  & (rmse.level == level)]
-      top = sel.loc[sel.rmse.idxmin()]
+      top = _chosen(sel, "rmse_select", lowest=True)
       row[f"rmse_{level}"] = f"{top.layer} ({top.rmse:.3f})"
     rows.append(row)
   return pd.DataFrame(rows)
 
 
 def neurn_effect(tables: dict) -> "pd.DataFrame":
-  """Per kind x group x level: lowest RMSE over layers without and with NeuRN, and the change."""
+  """Per kind x group x level: RMSE without and with NeuRN, each arm at its own layer chosen on
+  the select images (columns ``layer_<arm>``), RMSE on the evaluate images, and the change."""
   import pandas as pd
 
   rmse = pd.DataFrame(tables["rmse"])
   rmse = rmse[rmse.layer != "kernels"]
-  low = rmse.groupby(["kind", "group", "level", "neurn"], sort=False)["rmse"].min().unstack("neurn")
-  arms = [c for c in low.columns if c != "none"]
-  if not arms:
-    return low.reset_index()
-  low["change"] = low[arms[0]] - low["none"]
-  return low.reset_index()
+  keys = ["kind", "group", "level"]
+  at = rmse.loc[rmse.groupby(keys + ["neurn"], sort=False)["rmse_select"].idxmin()]
+  arms = list(dict.fromkeys(at.neurn))
+  wide = at.pivot(index=keys, columns="neurn", values="rmse")[arms]
+  layers = at.pivot(index=keys, columns="neurn", values="layer")[arms]
+  out = wide.join(layers.add_prefix("layer_"))
+  order = rmse[keys].drop_duplicates().set_index(keys).index
+  out = out.reindex(order)
+  if len(arms) > 1 and "none" in arms:
+    out["change"] = out[[a for a in arms if a != "none"][0]] - out["none"]
+  return out.reset_index()
+
+
+SELECTION_NOTE = (
+    "How every choice is made: the images are split once into select ({select}) and evaluate "
+    "({evaluate}) sets. The select images choose each neuron's best-matching unit (RMSE) and "
+    "matched unit (RSA/CKA), each group's k-means central representations, and each group's "
+    "most similar layer (for unit-level measures, a unit chosen on one half of the select images "
+    "and scored on the other, so wider layers gain nothing from more candidates). Every value "
+    "reported is measured on the evaluate images, which choose nothing. NeuRN's k ({k}) is not "
+    "chosen on these data; each arm is scored at its own layer chosen on the select images.")
 
 
 def write_outputs(out: Path, config: MiceConfig, result: dict, *, overwrite: bool = False) -> str:
@@ -249,14 +320,16 @@ def write_outputs(out: Path, config: MiceConfig, result: dict, *, overwrite: boo
   tables = result["tables"]
   best = best_layers(tables, result["planted"])
   effect = neurn_effect(tables)
+  tag = "SIMULATED mouse: " if result.get("simulated") else ""
   with _io.atomic_path(out, is_dir=True) as tmp:
     for key, rows in tables.items():
       pd.DataFrame(rows).to_csv(tmp / f"{key}.csv", index=False)
     for measure in ("rsa", "cka"):
-      _plot_similarity(plt, pd.DataFrame(tables[measure]), measure, tmp / f"{measure}.png")
-    _plot_rmse(plt, pd.DataFrame(tables["rmse"]), tmp / "rmse.png")
+      _plot_similarity(plt, pd.DataFrame(tables[measure]), measure, tmp / f"{measure}.png",
+                       tag=tag)
+    _plot_rmse(plt, pd.DataFrame(tables["rmse"]), tmp / "rmse.png", tag=tag)
     _plot_representations(plt, result, tmp / "representations.png", seed=config.seed,
-                          n_clusters=config.n_clusters)
+                          n_clusters=config.n_clusters, tag=tag)
     md = summary_markdown(config, result, best, effect)
     (tmp / "summary.md").write_text(md)
     (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
@@ -264,58 +337,67 @@ def write_outputs(out: Path, config: MiceConfig, result: dict, *, overwrite: boo
 
 
 def summary_markdown(config: MiceConfig, result: dict, best, effect) -> str:
-  lines = [f"# Mice to machines: {config.name}", "",
-           f"Data: {result['dataset']}", "",
-           f"Layers: {', '.join(config.layers)}; NeuRN arm: "
-           f"{'none' if config.neurn_k is None else f'k={config.neurn_k}'}; "
-           f"time {result['seconds']:.0f} s.", ""]
-  if result["planted"]:
-    lines += ["Simulated mouse: each area's CNN neurons read one planted layer (column "
-              "`planted`); Cre lines are random labels (a null control).", ""]
-  lines += ["## Most similar layer per group (value in brackets)", "",
-            "`rsa_matched` / `cka_matched`: the group against its matched single units "
-            "(cross-validated); `rsa_layer` / `cka_layer`: against the whole layer; `rmse_*`: the "
-            "layer with the lowest RMSE between normalised representations.", "",
+  simulated = result.get("simulated")
+  title = f"# Mice to machines: {config.name}" + (" (SIMULATED data)" if simulated else "")
+  k = "none" if config.neurn_k is None else f"k={config.neurn_k}"
+  lines = [title, ""]
+  if simulated:
+    lines += [f"**Simulated data.** {simulated} Column `planted`: each area's planted layer.", ""]
+  lines += [f"Data: {result['dataset']}", "",
+            f"Layers: {', '.join(config.layers)}; NeuRN arm: {k}; time {result['seconds']:.0f} s.",
+            "", SELECTION_NOTE.format(k=k, **{s: f"{n} images" for s, n in
+                                             result["images"].items()}), ""]
+  lines += ["## Most similar layer per group (chosen on select images; value on evaluate images)",
+            "", "`rsa_matched` / `cka_matched`: the group against its matched single units; "
+            "`rsa_layer` / `cka_layer`: against the whole layer; `rmse_*`: the layer with the "
+            "lowest RMSE between normalised representations.", "",
             _markdown(best), "",
-            "## NeuRN and RMSE (lowest over layers; negative change = NeuRN lowers the RMSE)", "",
+            "## NeuRN and RMSE (each arm at its layer chosen on select images; RMSE on evaluate "
+            "images; negative change = NeuRN lowers the RMSE)", "",
             _markdown(effect), ""]
   eff = effect[effect.kind == "area"] if "change" in effect else None
   if eff is not None and len(eff):
     lowered = int((eff["change"] < 0).sum())
-    lines += [f"NeuRN lowers the best RMSE in {lowered} of {len(eff)} area x level cells.", ""]
+    lines += [f"NeuRN lowers the RMSE in {lowered} of {len(eff)} area x level cells.", ""]
   return "\n".join(lines)
 
 
-def _plot_similarity(plt, df, measure: str, path: Path) -> None:
+def _plot_similarity(plt, df, measure: str, path: Path, *, tag: str = "") -> None:
   df = df[df.kind == "area"]
   arms = list(dict.fromkeys(df.neurn))
   methods = ("matched", "layer")
-  fig, axes = plt.subplots(len(methods), len(arms), figsize=(4.2 * len(arms), 5.2), squeeze=False)
+  fig, axes = plt.subplots(len(methods), len(arms), figsize=(4.2 * len(arms), 5.6), squeeze=False)
   for i, method in enumerate(methods):
     for j, arm in enumerate(arms):
       sel = df[(df.neurn == arm) & (df.method == method)]
-      table = sel.pivot(index="group", columns="layer", values="value")
-      table = table.loc[list(dict.fromkeys(sel.group)), list(dict.fromkeys(sel.layer))]
+      rows, cols = list(dict.fromkeys(sel.group)), list(dict.fromkeys(sel.layer))
+      table = sel.pivot(index="group", columns="layer", values="value").loc[rows, cols]
+      choice = sel.pivot(index="group", columns="layer", values="value_select").loc[rows, cols]
       ax = axes[i, j]
       im = ax.imshow(table.values, aspect="auto", cmap="viridis")
       ax.set_xticks(range(table.shape[1]), table.columns, rotation=60, fontsize=7)
       ax.set_yticks(range(table.shape[0]), table.index, fontsize=8)
-      ax.plot(table.values.argmax(1), range(table.shape[0]), "w*", ms=7)
+      ax.plot(choice.values.argmax(1), range(table.shape[0]), "w*", ms=7)
       ax.set_title(f"{measure.upper()} {method}, NeuRN {arm}", fontsize=9)
       fig.colorbar(im, ax=ax, fraction=0.046)
+  fig.suptitle(f"{tag}{measure.upper()} on evaluate images; * = layer chosen on select images",
+               fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
-def _plot_rmse(plt, df, path: Path) -> None:
+def _plot_rmse(plt, df, path: Path, *, tag: str = "") -> None:
   kinds = list(dict.fromkeys(df.kind))
-  fig, axes = plt.subplots(2, len(kinds), figsize=(4.5 * len(kinds), 6), squeeze=False)
+  df = df[df.layer != "kernels"]
+  fig, axes = plt.subplots(2, len(kinds), figsize=(4.5 * len(kinds), 6.4), squeeze=False)
   for j, kind in enumerate(kinds):
     for i, level in enumerate(("top_down", "bottom_up")):
       ax = axes[i, j]
-      sel = df[(df.kind == kind) & (df.level == level) & (df.layer != "kernels")]
-      low = sel.groupby(["group", "neurn"], sort=False)["rmse"].min().unstack("neurn")
+      sel = df[(df.kind == kind) & (df.level == level)]
+      at = sel.loc[sel.groupby(["group", "neurn"], sort=False)["rmse_select"].idxmin()]
+      low = at.pivot(index="group", columns="neurn", values="rmse")
+      low = low.loc[list(dict.fromkeys(at.group)), list(dict.fromkeys(at.neurn))]
       arms = list(low.columns)
       width = 0.8 / len(arms)
       for a, arm in enumerate(arms):
@@ -324,16 +406,22 @@ def _plot_rmse(plt, df, path: Path) -> None:
       ax.set_xticks(range(len(low)), low.index, rotation=30, fontsize=8)
       lo = float(np.nanmin(low.values))
       ax.set_ylim(max(0.0, lo - 0.1), float(np.nanmax(low.values)) + 0.05)
-      ax.set_title(f"lowest RMSE over layers, {level} ({kind})", fontsize=9)
+      ax.set_title(f"{level} ({kind})", fontsize=9)
       ax.legend(fontsize=7)
+  fig.suptitle(f"{tag}RMSE on evaluate images, at the layer chosen on select images", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
-def _plot_representations(plt, result: dict, path: Path, *, seed: int, n_clusters: int) -> None:
-  """Per area: neurons embedded (UMAP or PCA) coloured by k-means cluster; central maps below."""
-  maps, groups, central = result["maps"], result["groups"]["area"], result["central"]["area"]
+def _plot_representations(plt, result: dict, path: Path, *, seed: int, n_clusters: int,
+                          tag: str = "") -> None:
+  """Per area: neurons embedded (UMAP or PCA) coloured by k-means cluster; central maps below.
+
+  The select images' maps, from which the clusters and central members were chosen.
+  """
+  maps, groups = result["maps_select"], result["groups"]["area"]
+  central = result["central"]["area"]
   areas = list(groups)
   n_show = max(len(central[a]) for a in areas) if areas else 1
   n_show = min(n_show, 6)
@@ -360,8 +448,8 @@ def _plot_representations(plt, result: dict, path: Path, *, seed: int, n_cluster
         m = maps[central[area][i]]
         v = np.abs(m).max() or 1.0
         ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v)
-  fig.suptitle("neural representations: embedding + k-means (top), central members (below)",
-               fontsize=9)
+  fig.suptitle(f"{tag}neural representations (select images): embedding + k-means (top), "
+               f"central members (below)", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

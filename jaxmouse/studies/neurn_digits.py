@@ -4,8 +4,7 @@ Qazi, Jalil & Iqbal (arXiv 2505.06881, 2505.06886) claim that NeuRN in front of 
 its accuracy on digit domains it never saw (MNIST, MNIST-M, SVHN, USPS). This experiment trains a
 small CNN and a small VGG-style network in flax.nnx on one domain, with and without NeuRN in front
 (nothing else differs: same init seed, same batches), and tests on every other domain; several
-seeds, mean +- sd. A sweep over NeuRN's patch size k chooses its default
-(``jaxmouse.models.neurn.DEFAULT_K``).
+seeds, mean +- sd.
 
 Domains: the offline default builds them from scikit-learn's handwritten digits (see
 ``jaxmouse.data.digits``): ``digits`` (source) and the shifted ``mnistm`` (MNIST-M recipe with
@@ -18,14 +17,22 @@ Run::
   jaxmouse compare digits --config quick --out runs/neurn_digits       # < 10 min on 2 CPU cores
   jaxmouse compare digits --config full --out runs/neurn_digits_full   # every domain as source
 
-Writes ``results.csv`` (one row per model x NeuRN k x seed x source x target), ``table.csv`` /
-``table.md`` (mean +- sd over seeds), ``k_sweep.csv`` / ``k_sweep.md``, ``accuracy.png``,
-``k_sweep.png`` and ``config.json``.
+Writes ``results.csv`` (one row per model x NeuRN k x seed x source x split), ``table.csv`` /
+``table.md`` (mean +- sd over seeds), ``k_sweep.csv`` / ``k_sweep.md``,
+``k_leave_one_target_out.csv``, ``accuracy.png``, ``k_sweep.png`` and ``config.json``.
 
-Choosing k: the sweep trains the small CNN with k in ``sweep_ks`` and reports the mean accuracy
-over the target domains. Selecting k on the target domains is the DomainBed "oracle" protocol, so
-the sweep's best number is optimistic; ``DEFAULT_K`` is then fixed in the library and the main
-table uses it for every model.
+What is chosen on which data. The claim is about domains a model never saw, so nothing is chosen
+on them: a k chosen on the target domains (DomainBed's "oracle" selection) would make the
+with-NeuRN numbers optimistic by construction. Each source's train split is divided into a fit
+part and a validation split (``validation_fraction`` of every class); every model trains on the
+fit part only. NeuRN's k is chosen per source on that validation split (DomainBed's
+"training-domain validation"): the small CNN is trained with every k in ``sweep_ks`` and the k
+with the highest mean validation accuracy over seeds is used for every model trained on that
+source. Epochs, learning rate and batch size are fixed in the config; there is no early stopping,
+so no split decides when training ends. Test splits and target domains only score the final
+models. The sweep's target accuracies are reported as k's effect, never used to choose; a second
+rule, leave-one-target-out (each target scored at the k that is best on the other targets), is
+reported next to it for comparison.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import optax
 from flax import nnx
 
 from jaxmouse.data import digits
-from jaxmouse.models.neurn import DEFAULT_K, NeuRN
+from jaxmouse.models.neurn import NeuRN
 
 # ---- models ------------------------------------------------------------------------------------
 
@@ -182,21 +189,27 @@ class Config:
 
   size: image side (pixels). domains: domains built (``jaxmouse.data.digits``). sources: domains
   trained on (each tested on every other). models: names in ``MODELS``. neurn_k: k of the "with
-  NeuRN" arm. seeds: model-init / batch-order seeds. sweep_ks, sweep_model, sweep_seeds: the k
-  sweep (trained on the first source; empty ``sweep_ks`` skips it). epochs, batch_size,
-  learning_rate: Adam training. data_seed: domain rendering and split. max_train: cap on training
-  images per source (None: all). data_dir: where real domains are read from.
+  NeuRN" arm when it is fixed before any data are seen; None (default) chooses it for each source
+  on that source's validation split (``choose_k``). seeds: model-init / batch-order seeds.
+  sweep_ks, sweep_model, sweep_seeds: the candidate ks and the model and seeds that choose among
+  them; their target accuracies are reported as k's effect, never used to choose (empty
+  ``sweep_ks`` skips the sweep and needs a fixed ``neurn_k``). validation_fraction: fraction of
+  every class of a source's train split held out as its validation split, which no model trains
+  on. epochs, batch_size, learning_rate: Adam training, fixed in the config (no early stopping).
+  data_seed: domain rendering and splits. max_train: cap on training images per source (None:
+  all). data_dir: where real domains are read from.
   """
 
   size: int = 32
   domains: tuple[str, ...] = digits.SYNTHETIC
   sources: tuple[str, ...] = ("digits",)
   models: tuple[str, ...] = ("cnn", "vgg")
-  neurn_k: int = DEFAULT_K
+  neurn_k: int | None = None
   seeds: tuple[int, ...] = (0, 1, 2)
   sweep_ks: tuple[int, ...] = (3, 5, 7, 9, 11)
   sweep_model: str = "cnn"
   sweep_seeds: tuple[int, ...] = (0, 1, 2)
+  validation_fraction: float = 0.2
   epochs: int = 10
   batch_size: int = 64
   learning_rate: float = 3e-3
@@ -214,20 +227,27 @@ class Config:
       raise ValueError(f"Config: need a source and at least one target domain, got {self.domains}")
     if bad := [m for m in self.models + (self.sweep_model,) if m not in MODELS]:
       raise ValueError(f"Config: unknown models {bad}; available {list(MODELS)}")
-    if bad := [k for k in (self.neurn_k,) + self.sweep_ks if k < 1 or k % 2 == 0]:
+    ks = self.sweep_ks + (() if self.neurn_k is None else (self.neurn_k,))
+    if bad := [k for k in ks if not isinstance(k, int) or k < 1 or k % 2 == 0]:
       raise ValueError(f"Config: NeuRN k must be odd and positive, got {bad}")
+    if self.neurn_k is None and not (self.sweep_ks and self.sweep_seeds):
+      raise ValueError("Config: neurn_k=None chooses k on validation among sweep_ks with "
+                       f"sweep_seeds, got sweep_ks={self.sweep_ks}, sweep_seeds={self.sweep_seeds}")
+    if not 0 < self.validation_fraction < 1:
+      raise ValueError(f"Config: validation_fraction must be in (0, 1), got "
+                       f"{self.validation_fraction}")
     if not self.seeds or self.epochs < 1 or self.size < 8:
       raise ValueError("Config: need >= 1 seed, >= 1 epoch and size >= 8")
 
 
 CONFIGS = {
-    # Fits in ~5 minutes on 2 shared CPU cores.
+    # About 10 minutes on 2 shared CPU cores.
     "quick": Config(),
-    # Every domain as the source, more epochs and seeds, a wider k sweep.
+    # Every domain as the source (each chooses its own k), more epochs and seeds, a wider k sweep.
     "full": Config(sources=digits.SYNTHETIC, seeds=(0, 1, 2, 3, 4), epochs=30,
                    sweep_ks=(3, 5, 7, 9, 11, 13, 15), sweep_seeds=(0, 1, 2, 3, 4)),
     # For tests: seconds.
-    "tiny": Config(size=16, models=("cnn", "vgg"), neurn_k=3, seeds=(0, 1), sweep_ks=(3, 5),
+    "tiny": Config(size=16, models=("cnn", "vgg"), seeds=(0, 1), sweep_ks=(3, 5),
                    sweep_seeds=(0,), epochs=1, max_train=128),
 }
 
@@ -241,11 +261,23 @@ def get_config(name: str, **overrides) -> Config:
 # ---- the experiment ----------------------------------------------------------------------------
 
 
+def source_split(domain: digits.DigitDomain, config: Config) -> tuple[np.ndarray, np.ndarray]:
+  """Indices into ``domain.x_train``: (fit, validation), ``validation_fraction`` of every class in
+  validation. Models train on ``fit``; ``validation`` only chooses NeuRN's k."""
+  return digits.stratified_split(domain.y_train, test_fraction=config.validation_fraction,
+                                 seed=config.data_seed)
+
+
 def run_cell(domains: dict, *, source: str, model: str, neurn_k: int | None, seed: int,
              config: Config) -> list[dict]:
-  """Trains one model on ``source``; returns one row per target (and the source's test split)."""
+  """Trains one model on the fit part of ``source``'s train split.
+
+  Returns one row per domain's test split (``split="test"``; the source's own is in-domain) and
+  one for the source's validation split (``split="validation"``).
+  """
   d = domains[source]
-  x, y = d.x_train, d.y_train
+  fit, validation = source_split(d, config)
+  x, y = d.x_train[fit], d.y_train[fit]
   if config.max_train is not None:
     x, y = x[:config.max_train], y[:config.max_train]
   net = build_model(model, size=config.size, neurn_k=neurn_k, seed=seed)
@@ -253,25 +285,98 @@ def run_cell(domains: dict, *, source: str, model: str, neurn_k: int | None, see
   net, losses = train(net, x, y, epochs=config.epochs, batch_size=config.batch_size,
                       learning_rate=config.learning_rate, key=jax.random.key(seed))
   seconds = time.perf_counter() - start
-  return [{"model": model, "neurn_k": 0 if neurn_k is None else neurn_k, "seed": seed,
-           "source": source, "target": name, "in_domain": name == source,
-           "accuracy": accuracy(net, t.x_test, t.y_test), "final_loss": float(losses[-1]),
-           "train_seconds": seconds}
-          for name, t in domains.items()]
+  common = {"model": model, "neurn_k": 0 if neurn_k is None else neurn_k, "seed": seed,
+            "source": source, "final_loss": float(losses[-1]), "train_seconds": seconds}
+  rows = [{**common, "target": source, "split": "validation", "in_domain": True,
+           "accuracy": accuracy(net, d.x_train[validation], d.y_train[validation])}]
+  rows += [{**common, "target": name, "split": "test", "in_domain": name == source,
+            "accuracy": accuracy(net, t.x_test, t.y_test)} for name, t in domains.items()]
+  return rows
 
 
-def summarize(results, *, by: Sequence[str]) -> "pd.DataFrame":
-  """Mean, sd (ddof=1; 0 for one seed) and count of accuracy over seeds."""
+def _frame(rows, split: str | None = None) -> "pd.DataFrame":
   import pandas as pd
 
-  g = pd.DataFrame(results).groupby(list(by), sort=False)["accuracy"]
+  df = pd.DataFrame(rows)
+  if "split" not in df:
+    df["split"] = "test"
+  return df if split is None else df[df["split"] == split]
+
+
+def choose_k(sweep, *, source: str) -> tuple[int, "pd.DataFrame"]:
+  """NeuRN's k for models trained on ``source``, chosen on that source's validation split.
+
+  The k with the highest validation accuracy (mean over the sweep's seeds; ties go to the
+  smaller k). Target domains and test splits take no part: the accuracies they report are
+  measured on data the choice never saw.
+
+  Args:
+    sweep: rows of ``run_cell`` for the sweep model with NeuRN at each candidate k.
+
+  Returns:
+    ``(k, table)``, table: one row per candidate k with ``mean``, ``std`` and ``count`` of the
+    validation accuracy over seeds.
+  """
+  df = _frame(sweep, "validation")
+  df = df[(df["source"] == source) & (df["neurn_k"] > 0)]
+  if df.empty:
+    raise ValueError(f"choose_k: no validation rows with NeuRN for source {source!r}")
+  table = df.groupby("neurn_k")["accuracy"].agg(["mean", "std", "count"]).sort_index()
+  table["std"] = table["std"].fillna(0.0)
+  return int(table["mean"].idxmax()), table.reset_index()
+
+
+def run(config: Config, *, progress: Callable | None = None, log: Callable = print) -> dict:
+  """The k sweep (which chooses k per source on validation), then every model with and without
+  NeuRN at the chosen k. Returns ``{"results": rows, "sweep": rows, "chosen_k": {source: k},
+  "k_rule": str, "seconds": float}``."""
+  t0 = time.perf_counter()
+  domains = digits.make_domains(size=config.size, seed=config.data_seed,
+                                test_fraction=config.test_fraction, domains=config.domains,
+                                data_dir=config.data_dir)
+  done: dict[tuple, list[dict]] = {}
+
+  def train_all(cells, desc):
+    todo = [c for c in dict.fromkeys(cells) if c not in done]
+    for cell in (progress(todo, desc=desc) if progress else todo):
+      src, m, k, s = cell
+      done[cell] = run_cell(domains, source=src, model=m, neurn_k=k, seed=s, config=config)
+      val = [r["accuracy"] for r in done[cell] if r["split"] == "validation"][0]
+      log(f"{m:4s} {src:>9s} neurn={k or '-'} seed={s}: validation accuracy {val:.3f}")
+
+  sweep_cells = [(src, config.sweep_model, k, s) for src in config.sources
+                 for k in config.sweep_ks for s in config.sweep_seeds]
+  train_all(sweep_cells, "k sweep")
+  sweep = [r for c in sweep_cells for r in done[c]]
+  if config.neurn_k is None:
+    chosen = {src: choose_k(sweep, source=src)[0] for src in config.sources}
+    rule = (f"chosen for each source on its validation split ({config.validation_fraction:.0%} "
+            f"of every class of its train split, never trained on): the k in "
+            f"{list(config.sweep_ks)} with the highest mean validation accuracy of the "
+            f"{config.sweep_model} over seeds {list(config.sweep_seeds)}")
+  else:
+    chosen = {src: config.neurn_k for src in config.sources}
+    rule = "fixed in the config before any data were seen"
+  for src, k in chosen.items():
+    log(f"NeuRN k for source {src}: {k}")
+  cells = [(src, m, k, s) for src in config.sources for m in config.models
+           for k in (None, chosen[src]) for s in config.seeds]
+  train_all(cells, "train")
+  results = [r for c in cells for r in done[c]]
+  return {"results": results, "sweep": sweep, "chosen_k": chosen, "k_rule": rule,
+          "seconds": time.perf_counter() - t0}
+
+
+def summarize(results, *, by: Sequence[str], split: str = "test") -> "pd.DataFrame":
+  """Mean, sd (ddof=1; 0 for one seed) and count of accuracy over seeds, on one split."""
+  g = _frame(results, split).groupby(list(by), sort=False)["accuracy"]
   out = g.agg(["mean", "std", "count"]).reset_index()
   out["std"] = out["std"].fillna(0.0)
   return out
 
 
 def accuracy_table(results) -> "pd.DataFrame":
-  """Rows model x source x NeuRN (none / k), one column per target: ``mean +- sd``."""
+  """Rows model x source x NeuRN (none / k), one column per target's test split: ``mean +- sd``."""
   s = summarize(results, by=["model", "source", "neurn_k", "target"])
   s["cell"] = [f"{100 * m:.1f} ± {100 * sd:.1f}" for m, sd in zip(s["mean"], s["std"])]
   s["neurn"] = ["none" if k == 0 else f"k={k}" for k in s["neurn_k"]]
@@ -280,40 +385,52 @@ def accuracy_table(results) -> "pd.DataFrame":
   return wide.reset_index()
 
 
-def run(config: Config, *, progress: Callable | None = None, log: Callable = print) -> dict:
-  """Runs every cell; returns ``{"results": rows, "sweep": rows, "seconds": float}``."""
-  t0 = time.perf_counter()
-  domains = digits.make_domains(size=config.size, seed=config.data_seed,
-                                test_fraction=config.test_fraction, domains=config.domains,
-                                data_dir=config.data_dir)
-  cells = [(src, m, k, s) for src in config.sources for m in config.models
-           for k in (None, config.neurn_k) for s in config.seeds]
-  sweep_cells = [(config.sources[0], config.sweep_model, k, s) for k in config.sweep_ks
-                 for s in config.sweep_seeds]
-  done: dict[tuple, list[dict]] = {}
-  todo = cells + [c for c in sweep_cells if c not in cells]
-  for cell in (progress(todo, desc="train") if progress else todo):
-    src, m, k, s = cell
-    done[cell] = run_cell(domains, source=src, model=m, neurn_k=k, seed=s, config=config)
-    mean_target = np.mean([r["accuracy"] for r in done[cell] if not r["in_domain"]])
-    log(f"{m:4s} {src:>9s} neurn={k or '-'} seed={s}: mean target accuracy {mean_target:.3f}")
-  results = [r for c in cells for r in done[c]]
-  sweep = [r for c in sweep_cells for r in done[c]]
-  return {"results": results, "sweep": sweep, "seconds": time.perf_counter() - t0}
-
-
 def k_sweep_table(sweep) -> "pd.DataFrame":
-  """Per k: mean +- sd over seeds of the mean accuracy over targets, and per target."""
+  """Per source and k: source validation accuracy (mean, sd over seeds; what chooses k), test
+  accuracy on each target (mean over seeds), and the mean over targets (mean, sd over seeds)."""
+  df = _frame(sweep)
+  val = (df[df["split"] == "validation"].groupby(["source", "neurn_k"])["accuracy"]
+         .agg(["mean", "std"]).fillna(0.0)
+         .rename(columns={"mean": "validation", "std": "validation_sd"}))
+  test = df[(df["split"] == "test") & ~df["in_domain"].astype(bool)]
+  per_seed = test.groupby(["source", "neurn_k", "seed"])["accuracy"].mean().reset_index()
+  overall = (per_seed.groupby(["source", "neurn_k"])["accuracy"].agg(["mean", "std"]).fillna(0.0)
+             .rename(columns={"mean": "mean_over_targets", "std": "sd_over_seeds"}))
+  per_target = test.groupby(["source", "neurn_k", "target"], sort=False)["accuracy"].mean()
+  per_target = per_target.unstack("target")
+  return val.join(per_target).join(overall).reset_index()
+
+
+def leave_one_target_out(sweep) -> "pd.DataFrame":
+  """A second rule, for comparison: each target scored at the k that is best on the *other*
+  targets (mean test accuracy over seeds), so no domain is scored at a k chosen on itself.
+
+  Returns one row per source x target: ``k`` and the target's accuracy there (``mean``, ``std``
+  over seeds). Empty when a source has fewer than two targets.
+  """
   import pandas as pd
 
-  df = pd.DataFrame(sweep)
-  df = df[~df["in_domain"]]
-  per_seed = df.groupby(["neurn_k", "seed"])["accuracy"].mean().reset_index()
-  overall = per_seed.groupby("neurn_k")["accuracy"].agg(["mean", "std"]).fillna(0.0)
-  per_target = df.groupby(["neurn_k", "target"])["accuracy"].mean().unstack("target")
-  table = per_target.join(overall.rename(columns={"mean": "mean_over_targets",
-                                                  "std": "sd_over_seeds"}))
-  return table.reset_index()
+  df = _frame(sweep, "test")
+  df = df[~df["in_domain"].astype(bool)]
+  rows = []
+  for src, d in df.groupby("source", sort=False):
+    targets = list(dict.fromkeys(d["target"]))
+    if len(targets) < 2:
+      continue
+    for t in targets:
+      others = d[d["target"] != t].groupby(["neurn_k", "seed"])["accuracy"].mean()
+      k = int(others.groupby("neurn_k").mean().idxmax())
+      acc = d[(d["target"] == t) & (d["neurn_k"] == k)]["accuracy"]
+      rows.append({"source": src, "target": t, "k": k, "mean": acc.mean(),
+                   "std": acc.std() if len(acc) > 1 else 0.0})
+  return pd.DataFrame(rows, columns=["source", "target", "k", "mean", "std"])
+
+
+SELECTION_NOTE = (
+    "Every choice is made without target-domain or test data: models train on the source's "
+    "train split less a held-out validation split, for the config's fixed epochs (no early "
+    "stopping; learning rate, batch size and epochs are fixed in the config); NeuRN's k is {rule}. "
+    "Target domains and test splits only score the final models.")
 
 
 def write_outputs(out: Path, config: Config, result: dict, *, overwrite: bool = False) -> dict:
@@ -328,29 +445,49 @@ def write_outputs(out: Path, config: Config, result: dict, *, overwrite: bool = 
 
   _io.check_output_path(out, overwrite=overwrite)
   table = accuracy_table(result["results"])
+  chosen = result["chosen_k"]
   with _io.atomic_path(out, is_dir=True) as tmp:
     pd.DataFrame(result["results"]).to_csv(tmp / "results.csv", index=False)
     table.to_csv(tmp / "table.csv", index=False)
     md = ["# NeuRN on digit domains: test accuracy (%), mean ± sd over seeds", "",
-          f"Trained on the source's train split, tested on each domain's test split; seeds "
-          f"{list(config.seeds)}; {config.epochs} epochs; {config.size}x{config.size} inputs; "
-          f"NeuRN k={config.neurn_k}. The source's own column is in-domain accuracy.", "",
-          _markdown(table)]
+          f"Trained on the source's train split less its validation split, tested on each "
+          f"domain's test split; seeds {list(config.seeds)}; {config.epochs} epochs; "
+          f"{config.size}x{config.size} inputs. The source's own column is in-domain accuracy.",
+          "", SELECTION_NOTE.format(rule=result["k_rule"]), "",
+          "NeuRN k per source: " + ", ".join(f"{s} → k={k}" for s, k in chosen.items()) + ".",
+          "", _markdown(table)]
     sweep_md = ""
     if result["sweep"]:
       sweep = k_sweep_table(result["sweep"])
+      sweep["chosen"] = [chosen.get(s) == k for s, k in zip(sweep["source"], sweep["neurn_k"])]
       sweep.to_csv(tmp / "k_sweep.csv", index=False)
-      sweep_md = _markdown(sweep.assign(**{c: (100 * sweep[c]).round(1) for c in sweep.columns
-                                           if c != "neurn_k"}))
-      md += ["", f"## NeuRN k sweep ({config.sweep_model}, source {config.sources[0]}, seeds "
-             f"{list(config.sweep_seeds)}): target accuracy (%)", "", sweep_md]
+      pct = [c for c in sweep.columns if c not in ("source", "neurn_k", "chosen")]
+      sweep_md = "\n".join([
+          f"NeuRN k sweep ({config.sweep_model}, seeds {list(config.sweep_seeds)}), accuracy "
+          f"(%). `validation`: the source's validation split, which chooses k (`chosen`). The "
+          f"target columns and their mean are test accuracies, reported to show k's effect and "
+          f"never used to choose it.", "",
+          _markdown(sweep.assign(**{c: (100 * sweep[c]).round(1) for c in pct}))])
+      loo = leave_one_target_out(result["sweep"])
+      if len(loo):
+        loo.to_csv(tmp / "k_leave_one_target_out.csv", index=False)
+        cell = [f"k={k}: {100 * m:.1f} ± {100 * sd:.1f}"
+                for k, m, sd in zip(loo["k"], loo["mean"], loo["std"])]
+        sweep_md += "\n\n" + "\n".join([
+            f"A second rule, for comparison ({config.sweep_model} only): each target scored at "
+            f"the k that is best on the other targets' test splits, so no domain is scored at a "
+            f"k chosen on itself (test accuracy %, mean ± sd over seeds).", "",
+            _markdown(loo[["source", "target"]].assign(accuracy=cell))])
+      md += ["", "## NeuRN k", "", sweep_md]
       _plot_sweep(plt, sweep, tmp / "k_sweep.png")
     md += ["", f"Total time: {result['seconds']:.0f} s."]
     (tmp / "table.md").write_text("\n".join(md) + "\n")
     if sweep_md:
       (tmp / "k_sweep.md").write_text(sweep_md + "\n")
     _plot_accuracy(plt, result["results"], tmp / "accuracy.png")
-    (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    (tmp / "config.json").write_text(json.dumps(
+        {**dataclasses.asdict(config), "chosen_k": chosen, "k_rule": result["k_rule"]},
+        indent=2) + "\n")
   return {"table": table, "markdown": "\n".join(md)}
 
 
@@ -386,16 +523,26 @@ def _plot_accuracy(plt, results, path: Path) -> None:
 
 
 def _plot_sweep(plt, sweep, path: Path) -> None:
-  fig, ax = plt.subplots(figsize=(4.5, 3.4))
-  targets = [c for c in sweep.columns if c not in ("neurn_k", "mean_over_targets", "sd_over_seeds")]
-  for t in targets:
-    ax.plot(sweep["neurn_k"], 100 * sweep[t], marker="o", lw=1, label=t)
-  ax.errorbar(sweep["neurn_k"], 100 * sweep["mean_over_targets"], yerr=100 * sweep["sd_over_seeds"],
-              color="k", lw=2, marker="s", capsize=3, label="mean over targets")
-  ax.set_xlabel("NeuRN k")
-  ax.set_ylabel("target accuracy (%)")
-  ax.set_xticks(sweep["neurn_k"])
-  ax.legend(fontsize=7)
+  """One panel per source: validation accuracy (chooses k), each target and their mean (test)."""
+  sources = list(dict.fromkeys(sweep["source"]))
+  fixed = ("source", "neurn_k", "validation", "validation_sd", "mean_over_targets",
+           "sd_over_seeds", "chosen")
+  fig, axes = plt.subplots(1, len(sources), figsize=(4.8 * len(sources), 3.6), squeeze=False)
+  for ax, src in zip(axes[0], sources):
+    s = sweep[sweep["source"] == src]
+    for t in [c for c in s.columns if c not in fixed and s[c].notna().any()]:
+      ax.plot(s["neurn_k"], 100 * s[t], marker="o", lw=1, alpha=0.7, label=f"{t} (test)")
+    ax.errorbar(s["neurn_k"], 100 * s["mean_over_targets"], yerr=100 * s["sd_over_seeds"],
+                color="k", lw=2, marker="s", capsize=3, label="mean over targets (test)")
+    ax.errorbar(s["neurn_k"], 100 * s["validation"], yerr=100 * s["validation_sd"], color="C3",
+                ls="--", lw=2, marker="D", capsize=3, label=f"{src} validation (chooses k)")
+    for k in s.loc[s["chosen"].astype(bool), "neurn_k"]:
+      ax.axvline(k, color="C3", lw=1, ls=":")
+    ax.set_xlabel("NeuRN k")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"trained on {src}", fontsize=9)
+    ax.set_xticks(s["neurn_k"])
+    ax.legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
