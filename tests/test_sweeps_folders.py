@@ -389,7 +389,7 @@ def test_sweep_that_cannot_fit_is_refused_with_the_estimate(tmp_path, data_file,
   assert main(_sweep_args(data_file, tmp_path / "run")) == 1
   err = capsys.readouterr().err
   assert len(err.splitlines()) == 1, err
-  assert "fitting the ridge readout on energy gabor (60 images x 4x6x216 features" in err, err
+  assert "fitting the ridge readout on energy gabor (60 images x 12x16x320 features" in err, err
   assert "but only 1000 MiB" not in err and "only 0 MiB is available" in err, err
   assert "JAXMOUSE_MEMORY_CHECK=0" in err
   assert not (tmp_path / "run").exists()

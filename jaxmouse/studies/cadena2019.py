@@ -380,45 +380,46 @@ def _stored_shape(ds) -> tuple[int, int]:
     return ds.image_shape
 
 
+def _ready(config: StudyConfig, loaded):
+  """The data set at the input size, the fit's keywords and the data's description
+  (RUN/data.json) from ``prepare_data``'s ``(dataset, origin)``."""
+  ds, origin = loaded
+  original_shape = _stored_shape(ds)
+  ds = ds.resize(config.image_shape, fit=config.image_fit)
+  fit_kwargs, loss = choose_loss(config, ds)
+  record = describe_data(ds, config, loss=loss, original_shape=original_shape)
+  return ds, fit_kwargs, {"name": record.pop("name"), **origin, **record}
+
+
 def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str], None] = print,
         progress: bool = True) -> Path:
   """Runs (or resumes) the study into ``out``; returns the path of the report's summary.md."""
   out = Path(out)
-  if data is not None:
-    from jaxmouse.data.io import detect_format
-    detect_format(data)  # a missing or unknown data set is an error before the folder is made
+  t0 = time.perf_counter()
+  # A missing or unknown data set, and a loss that does not fit the data, are errors before
+  # the run folder is made; the simulated mouse is written into it.
+  config = config.for_format(data_format(data))
+  prepared = None if data is None else _ready(config, prepare_data(config, out, data, log,
+                                                                   progress))
   # The study's sweeps write RUN/sweeps/<readout> and share RUN/features: one study per folder.
   out.mkdir(parents=True, exist_ok=True)
   with lock_folder(out):
-    return _run_locked(config, out=out, data=data, log=log, progress=progress)
+    return _run_locked(config, out=out, data=data, prepared=prepared, log=log,
+                       progress=progress, t0=t0)
 
 
-def _run_locked(config: StudyConfig, *, out: Path, data, log: Callable[[str], None],
-                progress: bool) -> Path:
+def _run_locked(config: StudyConfig, *, out: Path, data, prepared, log: Callable[[str], None],
+                progress: bool, t0: float) -> Path:
   """``run`` once the run folder is locked."""
   import pandas as pd
 
   from jaxmouse import fit as fitlib
   from jaxmouse import reports, sweeps
 
-  t0 = time.perf_counter()
-  config = config.for_format(data_format(data))
-
-  def ready(loaded):
-    """The data set at the input size, the fit's keywords and the data's description."""
-    ds, origin = loaded
-    original_shape = _stored_shape(ds)
-    ds = ds.resize(config.image_shape, fit=config.image_fit)
-    fit_kwargs, loss = choose_loss(config, ds)
-    record = describe_data(ds, config, loss=loss, original_shape=original_shape)
-    return ds, fit_kwargs, {"name": record.pop("name"), **origin, **record}
-
-  # Given data are read (and a loss that does not fit them refused) before the run folder is
-  # claimed; the simulated mouse is written into it.
-  prepared = None if data is None else ready(prepare_data(config, out, data, log, progress))
   _check_run_folder(out, config, data)
   folders = prepare_weights(config, out, log)
-  ds, fit_kwargs, record = prepared or ready(prepare_data(config, out, data, log, progress))
+  ds, fit_kwargs, record = prepared or _ready(config, prepare_data(config, out, data, log,
+                                                                   progress))
   loss = record["loss"]
   with atomic_path(out / reports.DATA_FILE) as tmp:
     tmp.write_text(json.dumps(record, indent=2) + "\n")
