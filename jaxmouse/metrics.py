@@ -172,13 +172,15 @@ def image_stats(predictions, responses, image_ids) -> dict[str, np.ndarray]:
   return out
 
 
-def feve_from_stats(stats: dict, weights=None) -> np.ndarray:
+def feve_from_stats(stats: dict, weights=None, *, min_fev: float | None = None) -> np.ndarray:
   """FEVE from ``image_stats`` with images weighted, e.g. by bootstrap multiplicities.
 
   Args:
     stats: ``image_stats(...)`` (m images, n neurons).
     weights: ``(m,)`` or ``(B, m)`` non-negative image weights (None: ones, which equals
       ``feve`` on the original trials).
+    min_fev: NaN where the weighted explainable-variance fraction is below this (the inclusion
+      rule of an analysis, applied to the reweighted data as it would be to new data).
 
   Returns:
     ``(n,)`` or ``(B, n)``; NaN where the weighted explainable variance is not positive.
@@ -204,5 +206,7 @@ def feve_from_stats(stats: dict, weights=None) -> np.ndarray:
     noise = (wr @ within) / wr.sum(axis=1, keepdims=True)
   explainable = total - noise
   ok = np.isfinite(noise) & (explainable > 1e-12 * np.maximum(np.abs(total), 1e-300))
+  if min_fev is not None:
+    ok &= explainable >= min_fev * total
   out = np.where(ok, 1.0 - (mse - noise) / np.where(ok, explainable, 1.0), np.nan)
   return out[0] if single else out

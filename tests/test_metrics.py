@@ -142,3 +142,25 @@ def test_feve_from_image_stats_equals_feve_and_a_resampled_trial_table():
     # Copies of an image are separate images (their own repeats), as in the resample.
     new_ids = np.concatenate([np.full(np.sum(ids == uniq[i]), j) for j, i in enumerate(d)])
     np.testing.assert_allclose(got[b], metrics.feve(pred[rows], resp[rows], new_ids), rtol=1e-9)
+
+
+def test_feve_from_stats_applies_the_inclusion_threshold_to_each_reweighting():
+  rng = np.random.default_rng(4)
+  ids = np.repeat(np.arange(20), 3)
+  signal = rng.normal(0, 1, (20, 3)) * np.array([2.0, 2.0, 0.5])  # the third neuron is weak
+  resp = signal[ids] + rng.normal(0, 1, (60, 3))
+  stats = metrics.image_stats(signal[ids], resp, ids)
+  draws = rng.integers(0, 20, size=(50, 20))
+  weights = np.stack([np.bincount(d, minlength=20) for d in draws]).astype(float)
+  got = metrics.feve_from_stats(stats, weights, min_fev=0.15)
+  plain = metrics.feve_from_stats(stats, weights)
+  ev_b = []
+  for d in draws:  # the resampled data set, written out trial by trial
+    rows = np.concatenate([np.flatnonzero(ids == i) for i in d])
+    new_ids = np.repeat(np.arange(20), 3)
+    ev_b.append(metrics.explainable_variance_fraction(resp[rows], new_ids))
+  ev_b = np.array(ev_b)
+  excluded = np.isnan(got) & ~np.isnan(plain)
+  np.testing.assert_array_equal(excluded, ~np.isnan(plain) & (ev_b < 0.15))
+  assert excluded[:, 2].sum() >= 3 and not excluded[:, :2].any()  # only the weak neuron drops
+  np.testing.assert_allclose(got[~np.isnan(got)], plain[~np.isnan(got)])

@@ -124,10 +124,13 @@ def planted_vs_recovered(df: pd.DataFrame, truth, *, readouts: Sequence[str]) ->
       best = sub.loc[sub.groupby("neuron")["val_corr"].idxmax()].set_index("neuron")
       gab = [u for u in best.index if model.get(u) == "gabor"]
       cnn = [u for u in best.index if model.get(u) == "cnn"]
+      has_energy = (sub["weights_kind"] == "energy").any()
       share = lambda us, kind: (f"{np.mean([best.loc[u, 'weights_kind'] == kind for u in us]):.0%}"
-                                f" of {len(us)}" if us else "n/a")
+                                f" of {len(us)}" if us and has_energy else
+                                "n/a (no energy model)" if us else "n/a")
       cnn_share = (f"{np.mean([best.loc[u, 'weights_kind'] != 'energy' for u in cnn]):.0%} of "
-                   f"{len(cnn)}" if cnn else "n/a")
+                   f"{len(cnn)}" if cnn and has_energy else
+                   "n/a (no energy model)" if cnn else "n/a")
       chosen = []
       depth = "n/a"
       for kind in ("trained", "random"):

@@ -252,7 +252,10 @@ class Bootstrap:
   CI that resamples only neurons is too narrow. Each resample ``b`` reweights the images by
   multiplicities ``W[b]`` (the same draw for every quantity of a report, so differences are
   paired) and recomputes each neuron's FEVE from its per-image statistics
-  (``metrics.feve_from_stats``), then averages over a resample of the neurons. Without those
+  (``metrics.feve_from_stats``), then averages over a resample of the neurons. As in the
+  analysis itself, a neuron counts in a resample only if its explainable-variance fraction
+  there reaches the inclusion threshold: FEVE is a ratio whose denominator, the explainable
+  variance, can nearly vanish in a resample, and such draws would otherwise dominate the mean. Without those
   statistics (a table from elsewhere) only neurons are resampled, and ``method`` says so.
   """
 
@@ -309,7 +312,7 @@ class Bootstrap:
              for k in ("count", "pred", "sum", "sum_sq")}
       w = self._image_weights(stats["image"])
       with np.errstate(invalid="ignore"):
-        out[:, want] += metrics.feve_from_stats(sub, w)
+        out[:, want] += metrics.feve_from_stats(sub, w, min_fev=self.cfg.fev_threshold)
       seen[want] += 1
     if (seen == 0).any():
       return None
