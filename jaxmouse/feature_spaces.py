@@ -121,8 +121,16 @@ class NetworkSpace(FeatureSpace):
     self.layers = zoo.layers(self.arch)
     self.normalization = meta.get("normalization")
     self.source = str(self.path)
+    # Drawn by `jaxmouse weights random`: seeds of one architecture are replicates of one network.
+    self.seed = meta.get("seed") if meta.get("source") == "random" else None
     self.cache = cache  # a FeatureCache, set before features() is called
     self._weights = None
+
+  def describe(self):
+    d = super().describe()
+    if self.seed is not None:
+      d["seed"] = self.seed
+    return d
 
   def check_layers(self, names):
     return zoo.check_layers(self.arch, names)

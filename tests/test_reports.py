@@ -347,8 +347,8 @@ def _zoo_table(rng, n=40):
                                           "conv4_1", "conv4_2", "conv4_3", "pool4", "conv5_1",
                                           "conv5_2", "conv5_3", "pool5"]},
       "r18": {"arch": "resnet18", "kind": "trained", "layers": R18},
-      "seed0": {"arch": "resnet18", "kind": "random", "layers": R18},
-      "seed1": {"arch": "resnet18", "kind": "random", "layers": R18},
+      "seed0": {"arch": "resnet18", "kind": "random", "layers": R18, "seed": 0},
+      "seed1": {"arch": "resnet18", "kind": "random", "layers": R18, "seed": 1},
   }
   fitted = {"imagenet_random_crop": (vgg_layers, "conv3_3", 0.5),
             "r18": (["layer1.0", "layer1", "layer2", "layer3.1", "layer3", "layer4"], "layer2", 0.4),

@@ -257,3 +257,36 @@ def test_cli_weights_for_every_network(tmp_path, capsys):
                str(tmp_path / "x")]) == 1
   assert "unknown architecture 'resnet101'" in capsys.readouterr().err
   assert not (tmp_path / "x").exists()
+
+
+def test_study_configs_choose_layers_and_input_size_per_network(tmp_path):
+  from jaxmouse.studies import cadena2019
+  quick = cadena2019.get_config("quick")
+  assert quick.arch == "vgg16" and quick.image_shape == (36, 64)
+  for arch in ("alexnet", "resnet18", "resnet50", "mobilenet_v2", "vit_b_16"):
+    cfg = quick.for_arch(arch)
+    # Twice the study's size: every chosen layer has at least a 2x4 map there.
+    assert cfg.arch == arch and cfg.image_shape == (72, 128) and cfg.trained is None
+    assert set(cfg.layers) <= set(zoo.layers(arch))
+    for layer in cfg.layers:
+      h, w = zoo.output_shape(arch, layer, *cfg.image_shape)[:2]
+      assert h >= 2 and w >= 4, (arch, layer, h, w)
+    assert set(cfg.layers_of("factorized")) <= set(cfg.layers) and cfg.layers_of("factorized")
+  assert quick.for_arch("resnet18").layers[-1] == "layer4"
+  assert "arch" not in quick.to_dict() and quick.for_arch("resnet18").to_dict()["arch"] == "resnet18"
+  full = cadena2019.get_config("full").for_arch("resnet34")
+  assert full.layers == ("conv1",) + tuple(l for l in zoo.layers("resnet34") if "." in l)
+  with pytest.raises(ValueError, match="trained='hed' is a VGG16, but arch is 'resnet18'"):
+    import dataclasses
+    dataclasses.replace(quick, arch="resnet18", layers=("layer1",))
+  # A trained checkpoint of another network than the config's is refused by name.
+  save(random_init("resnet18", 0), tmp_path / "r18")
+  import dataclasses
+  cfg = dataclasses.replace(quick, trained=str(tmp_path / "r18"))
+  with pytest.raises(ValueError, match=r"r18 are resnet18, but the study config reads vgg16 "
+                                       r"layers"):
+    cadena2019.prepare_weights(cfg, tmp_path / "run", log=lambda s: None)
+  folders = cadena2019.prepare_weights(quick.for_arch("resnet18"), tmp_path / "run2",
+                                       log=lambda s: None)
+  assert list(folders) == ["resnet18_random0"]
+  assert load(folders["resnet18_random0"]).arch == "resnet18"

@@ -7,10 +7,10 @@ neuron's fraction of explainable variance, for the inclusion threshold), ``weigh
 
 Networks: ``RUN/feature_spaces.json`` (written by the sweep) gives each feature space's
 architecture, kind and layers in network order; ``attach_networks`` adds to the table the
-``network`` of each row (a trained checkpoint is its own network; random checkpoints of one
-architecture, e.g. seeds, are one network, their neurons averaged), its ``arch`` and each
-layer's ``depth``, its position in the network's order scaled to [0, 1]. Layers are ordered by
-the networks' own order, never alphabetically.
+``network`` of each row (a checkpoint is its own network, except that the seeds of
+``jaxmouse weights random`` of one architecture are one network, ``<arch> random``, their
+neurons averaged), its ``arch`` and each layer's ``depth``, its position in the network's order
+scaled to [0, 1]. Layers are ordered by the networks' own order, never alphabetically.
 
 The rule every function here follows: a choice (the best layer of an area, of a neuron, of a
 weights kind or network, of the energy model's feature sets) is made on validation correlations
@@ -218,8 +218,8 @@ def attach_networks(df: pd.DataFrame, spaces: Mapping[str, Mapping] | None = Non
     a = str(meta.get("arch", "")) if meta else ""
     if kind == "energy":
       name = "energy"
-    elif kind == "random":
-      name = f"{a} random" if a else "random"
+    elif kind == "random" and (not meta or "seed" in meta):
+      name = f"{a} random" if a else "random"  # seeds of one init: one network
     else:
       name = label
     network[g.index] = name

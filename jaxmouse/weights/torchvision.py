@@ -62,6 +62,23 @@ def to_jax(leaf: str, value: np.ndarray) -> np.ndarray:
   return value
 
 
+def to_torch(leaf: str, value: np.ndarray) -> np.ndarray:
+  """The inverse of ``to_jax``: a jaxmouse tensor in torchvision's layout."""
+  if leaf == "kernel" and value.ndim == 4:
+    return np.transpose(value, (3, 2, 0, 1))
+  if leaf in ("kernel", "in_kernel") and value.ndim == 2:
+    return np.transpose(value)
+  return value
+
+
+def state_dict_from_params(params: Mapping[str, Mapping[str, np.ndarray]], *, arch: str
+                           ) -> dict[str, np.ndarray]:
+  """``params`` as a torchvision state dict (feature stack only), e.g. to run the same weights
+  in PyTorch."""
+  return {torch_keys(m, leaf)[0]: np.ascontiguousarray(to_torch(leaf, np.asarray(v)))
+          for m, d in params.items() if m in zoo.param_shapes(arch) for leaf, v in d.items()}
+
+
 def torch_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
   """The shape torchvision stores a jaxmouse ``leaf`` of ``shape`` with."""
   if leaf == "kernel" and len(shape) == 4:
