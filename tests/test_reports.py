@@ -351,7 +351,8 @@ def _zoo_table(rng, n=40):
       "seed1": {"arch": "resnet18", "kind": "random", "layers": R18, "seed": 1},
   }
   fitted = {"imagenet_random_crop": (vgg_layers, "conv3_3", 0.5),
-            "r18": (["layer1.0", "layer1", "layer2", "layer3.1", "layer3", "layer4"], "layer2", 0.4),
+            "r18": (["layer1.0", "layer1", "layer2", "layer3.1", "layer3", "layer4"], "layer2",
+                    0.4),
             "seed0": (["layer1.0", "layer1", "layer2", "layer3.1", "layer3", "layer4"], "layer1",
                       0.3),
             "seed1": (["layer1.0", "layer1", "layer2", "layer3.1", "layer3", "layer4"], "layer1",

@@ -253,6 +253,9 @@ def test_cli_weights_for_every_network(tmp_path, capsys):
   assert meta["kind"] == "random" and meta["arch"] == "alexnet"
   assert meta["layers"][:3] == ["conv1", "pool1", "conv2"] and "classifier.1.weight" in meta[
       "skipped"]
+  assert main(["weights", "fetch", "torchvision", "--arch", "alexnet", "--file", str(src),
+               "--out", str(tmp_path / "alex_tv")]) == 0
+  assert load(tmp_path / "alex_tv").fingerprint == load(tmp_path / "alex").fingerprint
   assert main(["weights", "random", "--arch", "resnet101", "--seed", "0", "--out",
                str(tmp_path / "x")]) == 1
   assert "unknown architecture 'resnet101'" in capsys.readouterr().err
@@ -273,7 +276,8 @@ def test_study_configs_choose_layers_and_input_size_per_network(tmp_path):
       assert h >= 2 and w >= 4, (arch, layer, h, w)
     assert set(cfg.layers_of("factorized")) <= set(cfg.layers) and cfg.layers_of("factorized")
   assert quick.for_arch("resnet18").layers[-1] == "layer4"
-  assert "arch" not in quick.to_dict() and quick.for_arch("resnet18").to_dict()["arch"] == "resnet18"
+  assert "arch" not in quick.to_dict()
+  assert quick.for_arch("resnet18").to_dict()["arch"] == "resnet18"
   full = cadena2019.get_config("full").for_arch("resnet34")
   assert full.layers == ("conv1",) + tuple(l for l in zoo.layers("resnet34") if "." in l)
   with pytest.raises(ValueError, match="trained='hed' is a VGG16, but arch is 'resnet18'"):
@@ -290,3 +294,25 @@ def test_study_configs_choose_layers_and_input_size_per_network(tmp_path):
                                        log=lambda s: None)
   assert list(folders) == ["resnet18_random0"]
   assert load(folders["resnet18_random0"]).arch == "resnet18"
+
+
+@pytest.mark.parametrize("h,w,k,stride,pad,groups", [
+    (9, 11, 3, 1, 1, 1), (9, 11, 3, 2, 1, 1),    # XLA's convolution
+    (3, 4, 3, 2, 1, 1), (2, 2, 3, 1, 1, 1),      # outputs of at most 2 rows: im2col
+    (9, 11, 1, 1, 0, 1), (9, 11, 1, 2, 0, 1),    # 1x1: a matmul (strided: sliced first)
+    (9, 11, 3, 1, 1, 6), (9, 11, 3, 2, 1, 6), (2, 3, 3, 2, 1, 6),  # depthwise: a sum of taps
+    (10, 12, 7, 2, 3, 1), (21, 19, 11, 4, 2, 1)])
+def test_conv2d_paths_match_torch(h, w, k, stride, pad, groups):
+  from jaxmouse.models import _layers
+  rng = np.random.default_rng(h * w + k)
+  x = rng.standard_normal((2, 6, h, w)).astype(np.float32)
+  c_out = 6 if groups > 1 else 5
+  weight = rng.standard_normal((c_out, 6 // groups, k, k)).astype(np.float32)
+  bias = rng.standard_normal(c_out).astype(np.float32)
+  ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(weight),
+                                   torch.from_numpy(bias), stride=stride, padding=pad,
+                                   groups=groups).numpy().transpose(0, 2, 3, 1)
+  got = _layers.conv2d(x.transpose(0, 2, 3, 1), weight.transpose(2, 3, 1, 0), bias,
+                       stride=stride, padding=pad, groups=groups)
+  assert got.shape == ref.shape
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

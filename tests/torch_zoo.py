@@ -29,7 +29,8 @@ class _Draw:
 
   def conv(self, name, c_out, c_in, k, bias=False):
     fan_out = c_out * k * k
-    self.sd[f"{name}.weight"] = torch.randn(c_out, c_in, k, k, generator=self.g) * (2 / fan_out) ** .5
+    std = (2 / fan_out) ** .5
+    self.sd[f"{name}.weight"] = torch.randn(c_out, c_in, k, k, generator=self.g) * std
     if bias:
       self.sd[f"{name}.bias"] = torch.rand(c_out, generator=self.g) * 0.2 - 0.1
 
@@ -117,7 +118,8 @@ def state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
     for i in range(12):
       p = f"encoder.layers.encoder_layer_{i}"
       d.ln(f"{p}.ln_1", dim)
-      d.sd[f"{p}.self_attention.in_proj_weight"] = torch.randn(3 * dim, dim, generator=d.g) * dim ** -.5
+      d.sd[f"{p}.self_attention.in_proj_weight"] = (torch.randn(3 * dim, dim, generator=d.g)
+                                                    * dim ** -.5)
       d.sd[f"{p}.self_attention.in_proj_bias"] = torch.randn(3 * dim, generator=d.g) * 0.02
       d.linear(f"{p}.self_attention.out_proj", dim, dim)
       d.ln(f"{p}.ln_2", dim)

@@ -16,8 +16,8 @@ EXAMPLES = """examples:
 
 mice writes rsa.csv, cka.csv, rmse.csv, neurons.csv, networks.csv (per area and Cre line each
 network's best layer under every measure, with its relative depth), networks.png, rsa.png,
-cka.png, rmse.png (per network when there are several), representations.png, summary.md; digits writes results.csv, table.csv, table.md, k_sweep.csv,
-accuracy.png, k_sweep.png.
+cka.png, rmse.png (per network when there are several), representations.png, summary.md;
+digits writes results.csv, table.csv, table.md, k_sweep.csv, accuracy.png, k_sweep.png.
 """
 
 

@@ -3,7 +3,8 @@
 The params of these networks are keyed by torchvision's module names already, so each tensor's
 key follows from its params path: ``{module: {leaf}}`` reads ``module.<torch leaf>`` with
 
-  ``kernel`` <- ``weight`` (conv ``(c_out, c_in, kh, kw)`` -> HWIO; linear ``(out, in)`` -> ``(in, out)``)
+  ``kernel`` <- ``weight`` (conv ``(c_out, c_in, kh, kw)`` -> HWIO; linear ``(out, in)`` ->
+  ``(in, out)``)
   ``scale`` <- ``weight`` (batch and layer norms), ``bias`` <- ``bias``,
   ``mean`` <- ``running_mean``, ``var`` <- ``running_var``,
   ``in_kernel`` / ``in_bias`` <- ``in_proj_weight`` (transposed) / ``in_proj_bias`` (attention),
