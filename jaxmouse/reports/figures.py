@@ -5,21 +5,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
-from jaxmouse.reports.tables import _with_networks, choose_network_layers, feve_by_network
+from jaxmouse.reports.tables import (_with_networks, choose_network_layers, feve_by_network,
+                                     network_label)
 
 _ENERGY_COLOR = "C2"
-
-
-def network_label(network: str, arch: str, kind: str) -> str:
-  """A network's name in legends: ``hed (vgg16)``, ``resnet18 random``, ``energy model``."""
-  if kind == "energy":
-    return "energy model"
-  if kind == "random":
-    return network if arch else "random weights"
-  return f"{network} ({arch})" if arch and arch != network else f"{network} (trained)"
 
 
 def plot_feve_vs_layer(df: pd.DataFrame, *, readout: str, area_order: Sequence[str] | None = None,
@@ -47,8 +38,18 @@ def plot_feve_vs_layer(df: pd.DataFrame, *, readout: str, area_order: Sequence[s
   networks = list(dict.fromkeys(zip(cnn["network"], cnn["arch"], cnn["weights_kind"])))
   # Trained first, then random, each in the order the table lists them.
   networks.sort(key=lambda t: t[2] != "trained")
-  archs = list(dict.fromkeys(a or n for n, a, _ in networks))
-  color = {a: f"C{(i + (i >= 2)) % 10}" for i, a in enumerate(archs)}  # C2 is the energy model
+  # One color per architecture for its first trained and first random network (a pair reads
+  # as solid vs dashed); any further network of the same architecture and kind its own color.
+  palette = iter([f"C{i}" for i in (0, 1, 3, 4, 5, 6, 7, 8, 9)] * 4)  # C2: the energy model
+  first, taken, color = {}, set(), {}
+  for net, arch, kind in networks:
+    key = arch or net
+    if key in first and (key, kind) not in taken:
+      color[net] = first[key]
+    else:
+      color[net] = next(palette)
+      first.setdefault(key, color[net])
+    taken.add((key, kind))
   fig, axes = plt.subplots(1, len(areas), figsize=(3.4 * len(areas), 3.6), sharey=True,
                            squeeze=False)
   for ax, area in zip(axes[0], areas):
@@ -56,7 +57,7 @@ def plot_feve_vs_layer(df: pd.DataFrame, *, readout: str, area_order: Sequence[s
       g = cnn[(cnn["area"] == area) & (cnn["network"] == net)].sort_values("depth")
       if g.empty or g["mean"].isna().all():
         continue
-      c = color[arch or net]
+      c = color[net]
       x, m, e = g["depth"].to_numpy(), g["mean"].to_numpy(), g["sem"].fillna(0).to_numpy()
       ax.plot(x, m, "o-" if kind == "trained" else "o--", color=c, ms=3,
               label=network_label(net, arch, kind))

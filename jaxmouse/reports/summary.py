@@ -15,8 +15,9 @@ from jaxmouse._io import atomic_path
 from jaxmouse.reports.hierarchy import HierarchyTest, hierarchy_test, verdict
 from jaxmouse.reports.tables import (ReportConfig, TestImages, area_table, attach_networks,
                                      choose_neuron_layers, feve_by_layer, feve_by_network,
-                                     included, layer_sort_key, layer_table, network_table,
-                                     per_neuron, read_feature_spaces, read_results)
+                                     included, layer_sort_key, layer_table, network_label,
+                                     network_table, per_neuron, read_feature_spaces,
+                                     read_results)
 
 DATA_FILE = "data.json"
 SELECTION_RULE = (
@@ -224,8 +225,7 @@ def summary_markdown(table: pd.DataFrame, tests: Sequence[HierarchyTest], cfg: R
               "seeds.", ""]
     for (readout, area), g in networks.groupby(["readout", "area"], sort=False):
       g = g.sort_values("feve", ascending=False)
-      parts = [(f"{r['network']}" + (f" ({r['arch']})" if r["arch"] and r["arch"] not in
-                                      r["network"] else "")
+      parts = [(network_label(r["network"], r["arch"], r["weights_kind"])
                 + (f" {r['layer']} (depth {_fmt(r['depth'], 2)})"
                    if r["weights_kind"] != "energy" else "")
                 + f": {_fmt(r['feve'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")

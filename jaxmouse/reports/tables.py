@@ -232,6 +232,17 @@ def attach_networks(df: pd.DataFrame, spaces: Mapping[str, Mapping] | None = Non
   return df
 
 
+def network_label(network: str, arch: str, kind: str) -> str:
+  """A network's name in legends: ``hed (vgg16)``, ``resnet18 random``, ``energy model``."""
+  if kind == "energy":
+    return "energy model"
+  if kind == "random":
+    if network == f"{arch} random" or network == "random":  # seeds of jaxmouse's init
+      return network if arch else "random weights"
+    return f"{network} ({arch}, random)" if arch else f"{network} (random)"
+  return f"{network} ({arch})" if arch and arch != network else f"{network} (trained)"
+
+
 def _with_networks(df: pd.DataFrame) -> pd.DataFrame:
   return df if "network" in df.columns else attach_networks(df)
 
