@@ -24,26 +24,19 @@ import numpy as np
 
 from jaxmouse import _io
 from jaxmouse.data.stimuli import IMAGE_RANGE, check_images  # noqa: F401 (part of this API)
-from jaxmouse.models import vgg
+from jaxmouse.models import zoo
 from jaxmouse.weights import Weights, load as load_weights
 
 _CHECK_CHUNK = 1024
 
 def _check_sizes(arch: str, layers: Sequence[str], shape: tuple[int, ...]) -> None:
-  h, w = shape[1], shape[2]
-  deepest = layers[-1]
-  oh, ow, _ = vgg.output_shape(arch, deepest, h, w)
-  if oh < 1 or ow < 1:
-    n_pool = sum(1 for s in vgg.LAYERS[arch][:vgg.LAYERS[arch].index(deepest) + 1]
-                 if s.startswith("pool"))
-    raise ValueError(f"images of {h}x{w} pixels are too small for layer {deepest} of {arch}: "
-                     f"it needs at least {2 ** n_pool}x{2 ** n_pool}")
+  zoo.check_sizes(arch, layers, shape[1], shape[2])
 
 
 @functools.lru_cache(maxsize=None)
 def compiled_forward(arch: str, layers: tuple[str, ...], normalization: str):
   """``jit(apply)`` for one (arch, layers, normalization); jax caches one compile per shape."""
-  return jax.jit(functools.partial(vgg.apply, arch=arch, layers=layers,
+  return jax.jit(functools.partial(zoo.apply, arch=arch, layers=layers,
                                    normalization=normalization))
 
 
@@ -60,7 +53,7 @@ def iter_features(weights: Weights, images, *, layers: Sequence[str], batch_size
   Every batch has the same shape (the last is zero-padded, then cut), so the forward compiles
   once per image shape. The next batch is dispatched before the current one is copied to host.
   """
-  layers = vgg.check_layers(weights.arch, layers)
+  layers = zoo.check_layers(weights.arch, layers)
   images = check_images(images)
   _check_sizes(weights.arch, layers, tuple(images.shape))
   if batch_size < 1:
@@ -98,8 +91,8 @@ def feature_shapes(weights: Weights, image_shape: Sequence[int], layers: Sequenc
                    ) -> dict[str, tuple[int, ...]]:
   """``{layer: (n, h, w, c)}`` for images of ``image_shape`` ``(n, H, W[, 3])``."""
   n, h, w = image_shape[:3]
-  return {l: (n,) + vgg.output_shape(weights.arch, l, h, w)
-          for l in vgg.check_layers(weights.arch, layers)}
+  return {l: (n,) + zoo.output_shape(weights.arch, l, h, w)
+          for l in zoo.check_layers(weights.arch, layers)}
 
 
 def extraction_bytes(arch: str, image_shape: Sequence[int], layers: Sequence[str], *,
@@ -111,12 +104,14 @@ def extraction_bytes(arch: str, image_shape: Sequence[int], layers: Sequence[str
   ``in_memory`` (``extract``) adds every image's outputs. Streaming to disk (``extract_to_dir``,
   ``FeatureCache``) keeps only the batches.
   """
-  layers = vgg.check_layers(arch, layers)
+  layers = zoo.check_layers(arch, layers)
   n, h, w = (int(s) for s in image_shape[:3])
   b = max(1, min(int(batch_size), n))
-  params = sum(math.prod(s) for d in vgg.param_shapes(arch).values() for s in d.values())
-  deepest = max(vgg.LAYERS[arch].index(l) for l in layers)
-  sizes = {l: math.prod(vgg.output_shape(arch, l, h, w)) for l in vgg.LAYERS[arch][:deepest + 1]}
+  params = zoo.n_params(arch)
+  names = zoo.layers(arch)
+  deepest = max(names.index(l) for l in layers)
+  shapes = zoo.output_shapes(arch, h, w)
+  sizes = {l: math.prod(shapes[l]) for l in names[:deepest + 1] if l in shapes}
   kept = sum(sizes[l] for l in layers)
   per_batch = b * (h * w * 3 + 2 * max(sizes.values()) + kept)
   return 4 * (2 * params + 2 * per_batch + (n * kept if in_memory else 0))
@@ -129,7 +124,7 @@ def extract(weights: Weights, images, *, layers: Sequence[str], batch_size: int 
   Args:
     weights: a ``Weights`` (``jaxmouse.weights.load``, ``random_init``, ...).
     images: ``(n, H, W)`` or ``(n, H, W, 3)`` on a 0-255 scale (any real dtype; memmaps welcome).
-    layers: names from ``jaxmouse.models.vgg.LAYERS[arch]`` (or a comma-separated string).
+    layers: names from ``jaxmouse.models.zoo.layers(arch)`` (or a comma-separated string).
     batch_size: images per jitted call.
     progress: show a tqdm bar.
 
@@ -139,7 +134,7 @@ def extract(weights: Weights, images, *, layers: Sequence[str], batch_size: int 
   if not isinstance(weights, Weights):
     raise ValueError(f"weights must be a jaxmouse.weights.Weights, got {type(weights).__name__}; "
                      "load a checkpoint folder with jaxmouse.weights.load(dir)")
-  layers = vgg.check_layers(weights.arch, layers)
+  layers = zoo.check_layers(weights.arch, layers)
   images = check_images(images)
   _check_sizes(weights.arch, layers, tuple(images.shape))
   out = {l: np.empty(s, np.float32) for l, s in feature_shapes(weights, images.shape, layers).items()}
@@ -158,7 +153,7 @@ def extract_to_dir(weights: Weights, images, out_dir: str | os.PathLike, *,
   Each file is written to a temporary memmap and renamed into place only when complete; layers
   already present in ``out_dir`` are overwritten. Returns ``{layer: path}``.
   """
-  layers = vgg.check_layers(weights.arch, layers)
+  layers = zoo.check_layers(weights.arch, layers)
   images = check_images(images)
   _check_sizes(weights.arch, layers, tuple(images.shape))
   out_dir = Path(out_dir)
@@ -243,7 +238,7 @@ class FeatureCache:
   def ensure(self, weights, images, layers: Sequence[str]) -> dict[str, Path]:
     """Computes and stores every missing layer of ``layers`` in one pass; returns their paths."""
     w = self._weights(weights)
-    layers = vgg.check_layers(w.arch, layers)
+    layers = zoo.check_layers(w.arch, layers)
     images = check_images(images)
     folder = self.folder(w, images)
     _io.clean_stale_temporaries(folder)

@@ -1,4 +1,5 @@
-"""Sweeps: feature spaces (weights x layers, and the energy model) x readouts x areas.
+"""Sweeps: feature spaces (networks' layers, precomputed features, the energy model) x readouts x
+areas.
 
 A cell is one readout over its whole penalty grid for the neurons of one area, with a config
 selected per neuron (or per area) on validation and scored on the test trials. The areas of one
@@ -22,9 +23,11 @@ A sweep locks its run folder (``RUN/.jaxmouse.lock``, ``_io.FolderLock``) once i
 checked, and nothing is written before that: a second command in the folder is refused and
 touches nothing, and only temporaries whose writer is gone are cleaned.
 
-Features come from ``jaxmouse.features.FeatureCache``: all layers a weights checkpoint needs are
-extracted in one streaming pass to disk, then read one layer at a time, so a sweep over all 13
-VGG16 layers holds one layer in memory.
+Feature spaces are ``jaxmouse.feature_spaces``: weights checkpoints of any network (all layers a
+checkpoint needs are extracted in one streaming pass to disk by ``FeatureCache``, then read one
+layer at a time, so a sweep over all 13 VGG16 layers holds one layer in memory), folders or
+``.npz`` files of precomputed features, and the energy model. ``RUN/feature_spaces.json`` records
+each one's architecture, kind, layers in network order and fitted layers, for the reports.
 """
 
 from __future__ import annotations
@@ -62,8 +65,13 @@ class SweepConfig:
   """What a sweep fits.
 
   Attributes:
-    weights: weights checkpoint folders (``jaxmouse weights ...``); labelled by folder name.
-    layers: layer names read from every weights checkpoint.
+    weights: weights checkpoint folders of any network (``jaxmouse weights ...``); labelled by
+      folder name.
+    layers: layer names; each feature space is fitted on those it has (every name must belong to
+      some space, every space must get one); ``("all",)`` for every layer of every space. Empty
+      for precomputed features alone: all their layers.
+    features: precomputed features: folders of ``<layer>.npy`` or ``.npz`` files
+      (``jaxmouse.feature_spaces.PrecomputedSpace``); labelled by folder or file name.
     readouts: any of ``factorized``, ``full``, ``gaussian``, ``ridge``.
     energy: also fit the Gabor energy model feature space (``weights=energy``, ``layer=gabor``).
     areas: areas to fit (None: every area of the data set); one cell per area.
@@ -82,10 +90,12 @@ class SweepConfig:
   fit: fitlib.FitConfig = fitlib.FitConfig()
   select: str = "neuron"
   image_shape: tuple[int, int] | None = None
+  features: tuple[str, ...] = ()
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
     set_("weights", tuple(str(w) for w in _as_tuple(self.weights)))
+    set_("features", tuple(str(f) for f in _as_tuple(self.features)))
     set_("layers", tuple(dict.fromkeys(_as_tuple(self.layers))))  # duplicates dropped, in order
     set_("readouts", tuple(_as_tuple(self.readouts)))
     if self.areas is not None:
@@ -103,10 +113,12 @@ class SweepConfig:
       raise ValueError(f"SweepConfig.readouts has duplicates: {self.readouts}")
     if self.weights and not self.layers:
       raise ValueError("SweepConfig: weights given but no layers (e.g. layers=('conv2_2',))")
-    if self.layers and not self.weights:
-      raise ValueError("SweepConfig: layers given but no weights checkpoint to read them from")
-    if not self.weights and not self.energy:
-      raise ValueError("SweepConfig: nothing to sweep; give weights and layers, or energy=True")
+    if self.layers and not (self.weights or self.features):
+      raise ValueError("SweepConfig: layers given but no weights checkpoint or features to read "
+                       "them from")
+    if not self.weights and not self.features and not self.energy:
+      raise ValueError("SweepConfig: nothing to sweep; give weights and layers, features, or "
+                       "energy=True")
     if self.select not in ("neuron", "area"):
       raise ValueError(f"SweepConfig.select must be 'neuron' or 'area', got {self.select!r}")
     grids = {}
@@ -136,6 +148,8 @@ class SweepConfig:
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     d["fit"] = dataclasses.asdict(self.fit)
+    if not d["features"]:
+      del d["features"]  # the manifest of a sweep without them is what it always was
     return json.loads(json.dumps(d))
 
 
@@ -166,21 +180,32 @@ class Cell:
 
 def weights_labels(paths: Sequence[str]) -> dict[str, str]:
   """``{label: path}`` with the folder name as label (made unique with a suffix)."""
-  out: dict[str, str] = {}
-  for p in paths:
-    base = Path(p).resolve().name or "weights"
-    label, i = base, 2
-    while label in out or label == ENERGY[0]:
-      label, i = f"{base}-{i}", i + 1
-    out[label] = str(p)
-  return out
+  from jaxmouse.feature_spaces import labels
+
+  return labels(paths)
 
 
-def plan(config: SweepConfig, areas: Sequence[str]) -> list[Cell]:
-  """Every cell of a sweep, in the order they run (feature space, then readout, then area)."""
-  spaces = [(label, layer) for label in weights_labels(config.weights) for layer in config.layers]
-  if config.energy:
-    spaces.append(ENERGY)
+def open_spaces(config: SweepConfig, *, cache=None) -> dict:
+  """``{label: FeatureSpace}`` of a sweep: its weights, precomputed features and energy model."""
+  from jaxmouse import feature_spaces
+
+  return feature_spaces.open_spaces(weights=config.weights, features=config.features,
+                                    energy=config.energy, cache=cache, layer_order=config.layers)
+
+
+def space_layers(config: SweepConfig, spaces: Mapping | None = None) -> dict[str, tuple[str, ...]]:
+  """``{label: layers}``: the layers each feature space of the sweep is fitted on."""
+  from jaxmouse import feature_spaces
+
+  return feature_spaces.resolve_layers(spaces or open_spaces(config), config.layers)
+
+
+def plan(config: SweepConfig, areas: Sequence[str], *,
+         layers: Mapping[str, Sequence[str]] | None = None) -> list[Cell]:
+  """Every cell of a sweep, in the order they run (feature space, then readout, then area).
+  ``layers``: ``space_layers(config)``, computed when not given."""
+  layers = space_layers(config) if layers is None else layers
+  spaces = [(label, layer) for label, names in layers.items() for layer in names]
   return [Cell(w, l, r, a) for w, l in spaces for r in config.readouts for a in areas]
 
 
@@ -347,6 +372,20 @@ def _check_manifest(run: Path, manifest: dict) -> None:
       Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+FEATURE_SPACES = "feature_spaces.json"
+
+
+def write_feature_spaces(run, spaces: Mapping, layers: Mapping[str, Sequence[str]]) -> Path:
+  """``RUN/feature_spaces.json``: per label, the feature space's ``arch``, ``kind``, ``layers``
+  (network order), ``normalization``, ``source`` and the ``fitted`` layers; what a report orders
+  and groups layers and networks by."""
+  doc = {label: {**space.describe(), "fitted": list(layers[label])}
+         for label, space in spaces.items()}
+  path = Path(run) / FEATURE_SPACES
+  _io.write_if_changed(path, (json.dumps(doc, indent=2) + "\n").encode())
+  return path
+
+
 # ---- the sweep ---------------------------------------------------------------------------------
 
 def subset(result: fitlib.ReadoutFit, idx) -> fitlib.ReadoutFit:
@@ -383,9 +422,6 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
     mesh: a ``fit.make_mesh()`` to shard neurons over devices (default: all devices when
       there are several, else none).
   """
-  from jaxmouse.models import vgg
-  from jaxmouse.weights import read_metadata
-
   out = Path(out)
   if config.image_shape is not None:
     ds = ds.resize(config.image_shape)
@@ -394,21 +430,17 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
   if missing:
     raise ValueError(f"data set {ds.name!r} has no neurons in area(s) {missing}; available: "
                      f"{list(ds.area_names)}")
-  labels = weights_labels(config.weights)
-  archs, kinds = {}, {ENERGY[0]: "energy"}
-  for label, path in labels.items():
-    arch = read_metadata(path)["arch"]  # FileNotFoundError names a folder that is no checkpoint
-    vgg.check_layers(arch, config.layers)  # ValueError lists the valid layer names
-    small = [l for l in config.layers
-             if min(vgg.output_shape(arch, l, *ds.images.shape[1:3])[:2]) < 1]
-    if small:
-      raise ValueError(f"images of {ds.images.shape[1]}x{ds.images.shape[2]} pixels are too small "
-                       f"for layer(s) {small} of {arch} (it halves them at every pooling)")
-    archs[label] = arch
-    kinds[label] = weights_kind(path)
+  # FileNotFoundError names a folder that is no checkpoint; ValueError lists the valid layers.
+  spaces = open_spaces(config)
+  layers = space_layers(config, spaces)
+  for label, space in spaces.items():
+    space.check_data(layers[label], ds.images.shape)  # images too small, rows != images
+    for layer in layers[label]:
+      for readout in config.readouts:
+        space.check_readout(layer, readout)  # spatial readouts need (n, h, w, c)
   for t in ("train", "validation", "test"):
     ds.tier(t)  # a missing tier is an error before any work
-  _check_memory(ds, config, archs, areas, out)
+  _check_memory(ds, config, spaces, layers, areas, out)
 
   # One loss for every cell, fitted to the response type (FitConfig.loss "auto": Gaussian when
   # any training response of the swept neurons is negative); recorded in sweep.json.
@@ -420,23 +452,21 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
   # Nothing is written before this point; from here on the run folder is this process's alone.
   out.mkdir(parents=True, exist_ok=True)
   with _io.lock_folder(out):
-    return _run_locked(ds, config, out, areas=areas, labels=labels, kinds=kinds,
+    return _run_locked(ds, config, out, areas=areas, spaces=spaces, layers=layers,
                        fit_config=fit_config, loss=loss, feature_cache=feature_cache,
                        progress=progress, mesh=mesh)
 
 
-def _check_memory(ds, config: SweepConfig, archs: Mapping[str, str], areas, out: Path) -> None:
+def _check_memory(ds, config: SweepConfig, spaces: Mapping, layers: Mapping, areas,
+                  out: Path) -> None:
   """Refuses (MemoryError) a sweep whose largest unfinished fit cannot fit in memory."""
-  from jaxmouse.models import gabor, vgg
-
-  h, w = ds.images.shape[1:3]
   n_neurons = int(np.isin(ds.areas, list(areas)).sum())
   n_train = len(np.unique(np.asarray(ds.tier("train")[0])))
   need, what = 0, ""
   for label, layer, readout in dict.fromkeys((c.weights, c.layer, c.readout)
-                                             for c in plan(config, areas) if not is_done(out, c)):
-    shape = (gabor.feature_shape((h, w)) if (label, layer) == ENERGY
-             else vgg.output_shape(archs[label], layer, h, w))
+                                             for c in plan(config, areas, layers=layers)
+                                             if not is_done(out, c)):
+    shape = spaces[label].feature_shape(layer, ds.images.shape)
     g = 1 if readout == "ridge" else len(next(iter(config.grid(readout).values())))
     n = fitlib.memory_bytes(readout=readout, feature_shape=shape, n_images=ds.n_images,
                             n_train_images=n_train, n_neurons=n_neurons, n_configs=g)
@@ -449,27 +479,36 @@ def _check_memory(ds, config: SweepConfig, archs: Mapping[str, str], areas, out:
                      "or smaller images (--resize)")
 
 
-def _run_locked(ds, config: SweepConfig, out: Path, *, areas, labels, kinds, fit_config, loss,
+def _run_locked(ds, config: SweepConfig, out: Path, *, areas, spaces, layers, fit_config, loss,
                 feature_cache, progress, mesh) -> "pandas.DataFrame":
   """``run_sweep`` once its arguments are valid and its run folder is locked."""
   import jax
 
+  from jaxmouse.feature_spaces import NetworkSpace, PrecomputedSpace
   from jaxmouse.features import FeatureCache
-  from jaxmouse.models import gabor
 
   _clean_temporaries(out)
   manifest = {"format": SWEEP_FORMAT, "data": data_fingerprint(ds), "data_name": ds.name,
               "config": config.to_dict(),
-              "weights": {l: str(Path(p).resolve()) for l, p in labels.items()},
+              "weights": {l: str(Path(s.path).resolve()) for l, s in spaces.items()
+                          if isinstance(s, NetworkSpace)},
               "loss": loss}
+  features = {l: str(Path(s.path).resolve()) for l, s in spaces.items()
+              if isinstance(s, PrecomputedSpace)}
+  if features:
+    manifest["features"] = features
   _check_manifest(out, manifest)
+  write_feature_spaces(out, spaces, layers)
 
-  cells = plan(config, areas)
+  cells = plan(config, areas, layers=layers)
   if mesh is None and len(jax.devices()) > 1:
     mesh = fitlib.make_mesh()
   if feature_cache is None or isinstance(feature_cache, (str, os.PathLike)):
     feature_cache = FeatureCache(feature_cache or out / "features", progress=progress)
   feature_cache.clean()
+  for space in spaces.values():
+    if isinstance(space, NetworkSpace):
+      space.cache = feature_cache
   # Neurons of every area fitted, in area order; a readout is fitted for all of them at once
   # (pairs are independent, so this equals fitting area by area) and split into area cells.
   neurons = np.concatenate([np.flatnonzero(ds.areas == a) for a in areas])
@@ -494,21 +533,16 @@ def _run_locked(ds, config: SweepConfig, out: Path, *, areas, labels, kinds, fit
     groups: dict[tuple[str, str], dict[str, list[Cell]]] = {}
     for c in cells:
       groups.setdefault((c.weights, c.layer), {}).setdefault(c.readout, []).append(c)
-    ensured = set()
     for (label, layer), by_readout in groups.items():
       if all(is_done(out, c) for cs in by_readout.values() for c in cs):
         continue
-      if (label, layer) == ENERGY:
-        raw = gabor.features(ds.images)
-      else:
-        if label not in ensured:  # every layer of this checkpoint in one pass over the images
-          feature_cache.ensure(labels[label], ds.images, config.layers)
-          ensured.add(label)
-        raw = feature_cache.layer(labels[label], ds.images, layer)
+      space = spaces[label]
+      # A network's layers are all extracted in one pass over the images, then cached.
+      raw = space.features(ds.images, layer, layers=layers[label])
       # Batch norm + ReLU is for CNN layers; the energy model's features are rectified
       # already (ReLU of the simple subunits, the energy's norm) and are only scaled.
       feats = fitlib.prepare_features(raw, train_images=train_images,
-                                      batch_norm=config.fit.batch_norm and (label, layer) != ENERGY)
+                                      batch_norm=config.fit.batch_norm and space.kind != "energy")
       del raw
       for readout, group in by_readout.items():
         if all(is_done(out, c) for c in group):
@@ -527,7 +561,7 @@ def _run_locked(ds, config: SweepConfig, out: Path, *, areas, labels, kinds, fit
             continue
           idx = np.flatnonzero(neuron_area == cell.area)
           save_cell(out, cell, subset(result, idx), ds.unit_ids[neurons[idx]], grid,
-                    kind=kinds[label],
+                    kind=space.kind,
                     recording=None if neuron_recording is None else neuron_recording[idx])
           if bar is not None:
             bar.update(1)

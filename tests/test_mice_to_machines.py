@@ -174,3 +174,41 @@ def test_allen_nwb_folder_groups_by_area_cre_line_and_class(tmp_path):
       ("area", "VISp"), ("area", "VISal"), ("cre_line", "Cux2-CreERT2"),
       ("cre_line", "Sst-IRES-Cre"), ("cell_class", "excitatory"), ("cell_class", "inhibitory")}
   assert set(cka.neurn) == {"none"} and np.isfinite(cka.value).all()
+
+
+@pytest.mark.slow
+def test_compare_across_networks(tmp_path, capsys):
+  """`compare mice --weights A,B`: each network on its own layers and input size; per area and
+  Cre line its best layer under every measure, with the layer's relative depth."""
+  from jaxmouse.models import zoo
+  from jaxmouse.weights import random_init, save
+
+  save(random_init("vgg16", 0), tmp_path / "vgg")
+  save(random_init("resnet18", 0), tmp_path / "r18")
+  out = tmp_path / "nets"
+  weights = f"{tmp_path / 'vgg'},{tmp_path / 'r18'}"
+  assert main(["compare", "mice", "--config", "tiny", "--neurn-k", "0", "--weights", weights,
+               "--layers", "conv1_2,conv2_2,layer1,layer3", "--out", str(out)]) == 0
+  assert "Networks compared" in capsys.readouterr().out
+  nets = pd.read_csv(out / "networks.csv")
+  assert set(nets.network) == {"vgg", "r18"} and set(nets.measure) == set(mm.MEASURES)
+  assert set(nets[nets.network == "vgg"].layer) <= {"conv1_2", "conv2_2"}
+  assert set(nets[nets.network == "r18"].layer) <= {"layer1", "layer3"}
+  for r in nets.itertuples():
+    arch = "vgg16" if r.network == "vgg" else "resnet18"
+    assert r.depth == pytest.approx(zoo.relative_depth(arch, r.layer))
+  assert set(nets[nets.kind == "area"].group) == set(mm.ALLEN_AREAS)
+  assert "cre_line" in set(nets.kind)
+  rsa = pd.read_csv(out / "rsa.csv")
+  assert set(rsa.network) == {"vgg", "r18"}
+  for f in ("networks.png", "rsa_vgg.png", "rsa_r18.png", "rmse_r18.png", "summary.md"):
+    assert (out / f).stat().st_size > 0, f
+  # A layer no network has is refused before any work, naming every network's layers.
+  assert main(["compare", "mice", "--config", "tiny", "--weights", weights, "--layers",
+               "layer9", "--out", str(tmp_path / "bad")]) == 1
+  err = capsys.readouterr().err
+  assert "unknown layer(s) ['layer9']: no network has them. Valid layers: vgg (vgg16)" in err
+  assert not (tmp_path / "bad").exists()
+  # Input size per network: AlexNet's pool5 needs more than the study's 36x64.
+  assert mm.input_shape(mm.get_config("quick"), "alexnet") == (72, 128)
+  assert mm.input_shape(mm.get_config("quick"), "resnet18") == (36, 64)

@@ -329,3 +329,81 @@ def test_cli_report(tmp_path, capsys):
   assert "AREA=RANK" in capsys.readouterr().err
   assert main(["report", str(tmp_path / "missing")]) == 1
   assert "no results table" in capsys.readouterr().err
+
+
+R18 = ["conv1", "maxpool", "layer1.0", "layer1.1", "layer1", "layer2.0", "layer2.1", "layer2",
+       "layer3.0", "layer3.1", "layer3", "layer4.0", "layer4.1", "layer4"]
+
+
+def _zoo_table(rng, n=40):
+  """A VGG16 ("imagenet_random_crop": trained, despite its name), a ResNet-18 ("r18", trained)
+  and two random ResNet-18 seeds. Validation peaks at the planted layer; a test-only bump sits
+  elsewhere. Returns the table and feature_spaces.json's content."""
+  vgg_layers = ["conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"]
+  spaces = {
+      "imagenet_random_crop": {"arch": "vgg16", "kind": "trained",
+                               "layers": ["conv1_1", "conv1_2", "pool1", "conv2_1", "conv2_2",
+                                          "pool2", "conv3_1", "conv3_2", "conv3_3", "pool3",
+                                          "conv4_1", "conv4_2", "conv4_3", "pool4", "conv5_1",
+                                          "conv5_2", "conv5_3", "pool5"]},
+      "r18": {"arch": "resnet18", "kind": "trained", "layers": R18},
+      "seed0": {"arch": "resnet18", "kind": "random", "layers": R18, "seed": 0},
+      "seed1": {"arch": "resnet18", "kind": "random", "layers": R18, "seed": 1},
+  }
+  fitted = {"imagenet_random_crop": (vgg_layers, "conv3_3", 0.5),
+            "r18": (["layer1.0", "layer1", "layer2", "layer3.1", "layer3", "layer4"], "layer2",
+                    0.4),
+            "seed0": (["layer1.0", "layer1", "layer2", "layer3.1", "layer3", "layer4"], "layer1",
+                      0.3),
+            "seed1": (["layer1.0", "layer1", "layer2", "layer3.1", "layer3", "layer4"], "layer1",
+                      0.3)}
+  rows = []
+  for area in ("V1", "LM"):
+    for j in range(n):
+      uid = f"{area}{j}"
+      for w, (layers, peak, top) in fitted.items():
+        for i, layer in enumerate(layers):
+          val = top * np.exp(-0.5 * (i - layers.index(peak)) ** 2)
+          test = val + (0.4 if i == len(layers) - 1 else 0.0)  # test noise alone favours the last
+          rows.append(dict(weights=w, layer=layer, readout="ridge", area=area, neuron=uid,
+                           feve=test + 0.02 * rng.standard_normal(), fev=0.5,
+                           val_corr=val + 0.01 * rng.standard_normal(),
+                           weights_kind="trained" if w != "seed1" else "random"))
+  return pd.DataFrame(rows), spaces
+
+
+def test_report_over_many_networks(tmp_path):
+  df, spaces = _zoo_table(np.random.default_rng(11))
+  df.to_csv(tmp_path / "results.csv", index=False)
+  (tmp_path / "feature_spaces.json").write_text(json.dumps(spaces))
+  cfg = reports.ReportConfig(n_boot=100, n_perm=100)
+  text = reports.write_report(tmp_path, config=cfg, area_order=["V1", "LM"]).read_text()
+  net = pd.read_csv(tmp_path / "report" / "network_table.csv")
+  got = {(r.area, r.network): (r.layer, r.weights_kind) for r in net.itertuples()}
+  # Kinds from the metadata, not from folder names; random seeds pooled into one network.
+  assert got[("V1", "imagenet_random_crop")] == ("conv3_3", "trained")
+  assert got[("V1", "r18")] == ("layer2", "trained")
+  assert got[("LM", "resnet18 random")] == ("layer1", "random")
+  assert set(net["network"]) == {"imagenet_random_crop", "r18", "resnet18 random"}
+  # Chosen on validation: the test-only bump at each network's last layer is never picked; the
+  # reported FEVE is the chosen layer's.
+  row = net[(net.area == "V1") & (net.network == "r18")].iloc[0]
+  assert row["feve"] == pytest.approx(0.4, abs=0.02)
+  assert row["depth"] == pytest.approx(R18.index("layer2") / (len(R18) - 1))
+  assert "r18 (resnet18) layer2 (depth 0.54)" in text
+  # Layers in each network's own order (alphabetically, layer1 would precede layer1.0).
+  by = pd.read_csv(tmp_path / "report" / "feve_by_network.csv")
+  r18 = by[(by.network == "r18") & (by.area == "V1")]
+  assert list(r18["layer"]) == ["layer1.0", "layer1", "layer2", "layer3.1", "layer3", "layer4"]
+  assert r18["depth"].is_monotonic_increasing and r18["depth"].iloc[-1] == 1.0
+  # One curve per network in every panel: trained solid, random dashed.
+  fig = reports.plot_feve_vs_layer(reports.attach_networks(reports.check_results(df), spaces),
+                                   readout="ridge", area_order=["V1", "LM"])
+  for ax in fig.axes:
+    curves = {l.get_label(): l.get_linestyle() for l in ax.get_lines()
+              if not l.get_label().startswith("_")}
+    assert curves == {"imagenet_random_crop (vgg16)": "-", "r18 (resnet18)": "-",
+                      "resnet18 random": "--"}, curves
+    xs = np.concatenate([l.get_xdata() for l in ax.get_lines()])
+    assert xs.min() >= 0 and xs.max() == 1.0
+  assert (tmp_path / "report" / "feve_vs_layer_ridge.png").stat().st_size > 1000

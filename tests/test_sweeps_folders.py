@@ -340,7 +340,7 @@ def test_images_too_small_for_a_layer_write_nothing(tmp_path, data_file, capsys)
   assert main(_sweep_args(data_file, tmp_path / "run", "--weights", str(tmp_path / "w"),
                           "--layers", "conv1_1,pool5")) == 1
   err = capsys.readouterr().err
-  assert "24x32 pixels are too small for layer(s) ['pool5']" in err, err
+  assert "24x32 pixels are too small for layer pool5 of vgg16: it needs at least 32x32" in err, err
   assert not (tmp_path / "run").exists()
 
 

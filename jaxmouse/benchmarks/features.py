@@ -1,12 +1,16 @@
-"""Images per second of VGG16 feature extraction, jaxmouse against a PyTorch forward.
+"""Images per second of feature extraction, jaxmouse against a PyTorch forward, for any network.
 
-Both sides run the same weights on the same grayscale 0-255 images up to ``conv5_3`` (input
-normalization and tiling to 3 channels included on both sides), float32, on this machine's CPU
-(or jax's default device). Timed calls alternate between the two, so both see the same machine
-load; the table prints medians and the ratio of images/s, jaxmouse over torch.
-PyTorch is a test-only dependency; without it only the jaxmouse column is printed.
+Both sides run the same weights on the same grayscale 0-255 images up to the deepest layer
+(VGG16: ``conv5_3``; other networks: their last layer), input normalization and tiling to 3
+channels included on both sides, float32, on this machine's CPU (or jax's default device). The
+PyTorch side is a plain torch.nn VGG or the torch.nn.functional forwards of
+``jaxmouse.benchmarks.torch_models`` (batch norm in eval mode, as torchvision runs it). Timed
+calls alternate between the two, so both see the same machine load; the table prints medians
+and the ratio of images/s, jaxmouse over torch. PyTorch is a test-only dependency; without it
+only the jaxmouse column is printed.
 
-    jaxmouse bench features                      # 64x64 and 128x128, batch 16
+    jaxmouse bench features                      # VGG16, 64x64 and 128x128, batch 16
+    jaxmouse bench features --arch resnet50 --sizes 36x64,128x128,224x224
     python experiments/bench_features.py --sizes 36x64,64x64,128x128 --batch-size 32
 """
 
@@ -25,9 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="comma-separated HxW image sizes (default: 64x64,128x128)")
   parser.add_argument("--batch-size", type=int, default=16, help="images per forward call")
   parser.add_argument("--repeats", type=int, default=3, help="timed calls per size (median)")
-  parser.add_argument("--layer", default="conv5_3", help="deepest layer computed")
+  parser.add_argument("--arch", default="vgg16",
+                      help="network for random weights: vgg16, vgg19, alexnet, resnet18, "
+                      "resnet34, resnet50, mobilenet_v2, vit_b_16 (default vgg16)")
+  parser.add_argument("--layer", default=None,
+                      help="deepest layer computed (default: conv5_3 for VGG, else the last)")
   parser.add_argument("--weights", default=None,
-                      help="checkpoint folder (default: random VGG16 weights, seed 0)")
+                      help="checkpoint folder (default: random weights of --arch, seed 0)")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
 
 
@@ -56,11 +64,23 @@ def _median_seconds(fns: dict, repeats: int) -> dict[str, float]:
 
 
 def torch_forward(weights, layer: str):
-  """A plain torch.nn VGG (torchvision's layout) holding ``weights``; returns images -> NCHW."""
+  """A PyTorch forward of ``weights`` up to ``layer``: images -> the layer (NCHW; ViT (n, h, w,
+  d)). VGG is a plain torch.nn Sequential, other networks ``torch_models.forward``."""
   import torch
   from torch import nn
 
   from jaxmouse.models import vgg
+  if weights.arch not in vgg.ARCHS:
+    from jaxmouse.benchmarks.torch_models import forward as torch_net
+    from jaxmouse.weights.torchvision import state_dict_from_params
+
+    sd = {k: torch.from_numpy(v) for k, v in
+          state_dict_from_params(weights.params, arch=weights.arch).items()}
+
+    @torch.inference_mode()
+    def forward_net(images: np.ndarray):
+      return torch_net(weights.arch, sd, images, [layer], to_numpy=False)[layer]
+    return forward_net
   mods = []
   for name in vgg.LAYERS[weights.arch]:
     if name.startswith("pool"):
@@ -93,11 +113,12 @@ def run(args) -> list[dict]:
   import jax
 
   from jaxmouse.features import compiled_forward
-  from jaxmouse.models import vgg
+  from jaxmouse.models import vgg, zoo
   from jaxmouse.weights import load, random_init
 
-  weights = load(args.weights) if args.weights else random_init("vgg16", 0)
-  layers = vgg.check_layers(weights.arch, [args.layer])
+  weights = load(args.weights) if args.weights else random_init(args.arch, 0)
+  layer = args.layer or ("conv5_3" if weights.arch in vgg.ARCHS else zoo.layers(weights.arch)[-1])
+  layers = zoo.check_layers(weights.arch, [layer])
   forward = compiled_forward(weights.arch, layers, weights.normalization)
   params = jax.device_put(weights.params)
   torch_ok = not args.no_torch
@@ -118,7 +139,8 @@ def run(args) -> list[dict]:
       tf = torch_forward(weights, layers[0])
 
       def run_torch():
-        out["torch"] = tf(images).permute(0, 2, 3, 1).numpy()
+        y = tf(images)
+        out["torch"] = (y if weights.arch == "vit_b_16" else y.permute(0, 2, 3, 1)).numpy()
       fns["torch"] = run_torch
     t = _median_seconds(fns, args.repeats)
     row = {"size": f"{h}x{w}", "jax_img_s": args.batch_size / t["jax"]}
@@ -129,7 +151,7 @@ def run(args) -> list[dict]:
     rows.append(row)
 
   dev = jax.devices()[0]
-  print(f"VGG16 features up to {layers[0]} ({weights.arch}, {weights.metadata.get('source', '?')} "
+  print(f"{weights.arch} features up to {layers[0]} ({weights.metadata.get('source', '?')} "
         f"weights), float32, batch {args.batch_size}, median of {args.repeats} timed calls")
   threads = f", torch {torch.__version__} with {torch.get_num_threads()} threads" if torch_ok else ""
   print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__} on "

@@ -10,6 +10,7 @@ EXAMPLES = """examples:
   jaxmouse bench fit --neurons 2000 --steps 50 --torch-configs 1
   jaxmouse bench fit --full                # the issue's size: 5000 images, 2000 neurons
   jaxmouse bench features --sizes 64x64,128x128
+  jaxmouse bench features --arch resnet18 --sizes 36x64,128x128,224x224
 """
 
 BENCHES = {
@@ -17,7 +18,7 @@ BENCHES = {
             "readout fitting: all configs in one program vs PyTorch config after config; "
             "FLOP/s vs matmul peak; ridge vs scikit-learn"),
     "features": ("jaxmouse.benchmarks.features",
-                 "VGG16 feature extraction images/s vs a PyTorch forward"),
+                 "feature extraction images/s of any network (--arch) vs a PyTorch forward"),
     "compare": ("jaxmouse.benchmarks.compare",
                 "mice-to-machines table (RMSE, RSA, CKA; areas x layers x neurons) vs a SciPy loop"),
 }

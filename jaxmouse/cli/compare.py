@@ -8,13 +8,16 @@ EXAMPLES = """examples:
   jaxmouse compare mice --config quick --out runs/mice          # simulated mouse, random VGG16
   jaxmouse compare --data allen_nwb/ --weights weights/vgg16 --layers conv1_2,conv3_3,conv5_3 \\
       --neurn-k 3 --out runs/allen                                  # 'mice' is the default
+  jaxmouse compare mice --weights weights/hed,weights/resnet18,weights/resnet18_random0 \\
+      --out runs/networks                                           # networks side by side
   jaxmouse compare digits --config quick --out runs/digits      # NeuRN domain generalization
   jaxmouse compare digits --config quick --data-dir digits/ --domains mnist,mnist_m,svhn,usps \\
       --source mnist --out runs/digits_real
 
-mice writes rsa.csv, cka.csv, rmse.csv, neurons.csv, rsa.png, cka.png, rmse.png,
-representations.png, summary.md; digits writes results.csv, table.csv, table.md, k_sweep.csv,
-accuracy.png, k_sweep.png.
+mice writes rsa.csv, cka.csv, rmse.csv, neurons.csv, networks.csv (per area and Cre line each
+network's best layer under every measure, with its relative depth), networks.png, rsa.png,
+cka.png, rmse.png (per network when there are several), representations.png, summary.md;
+digits writes results.csv, table.csv, table.md, k_sweep.csv, accuracy.png, k_sweep.png.
 """
 
 
@@ -37,9 +40,10 @@ def register(sub, *, name, help):
   mice = p.add_argument_group("mice")
   mice.add_argument("--data", help="a data set jaxmouse.data.load reads (e.g. a folder of Allen "
                     "NWB files); default: the simulated mouse")
-  mice.add_argument("--weights", help="a VGG16 weights folder (jaxmouse weights ...); default: "
-                    "random VGG16, seed 0")
-  mice.add_argument("--layers", help="comma-separated VGG16 layers (default: the config's)")
+  mice.add_argument("--weights", help="weights folders of any networks (jaxmouse weights ...), "
+                    "comma-separated; default: random VGG16, seed 0")
+  mice.add_argument("--layers", help="comma-separated layers, each network taking those it has "
+                    "(default: the config's for VGG16, every layer for other networks)")
   mice.add_argument("--image-shape", help="H,W images are resized to before the network")
   digits = p.add_argument_group("digits")
   digits.add_argument("--data-dir", help="folder with mnist.npz, mnist_m.npz, svhn.npz, usps.npz "
@@ -68,9 +72,13 @@ def _mice(args) -> int:
   from jaxmouse import _io
   from jaxmouse.studies import mice_to_machines as study
 
-  changes = {}
+  from jaxmouse.models import vgg
+
+  changes, layers = {}, None
   if args.layers:
-    changes["layers"] = tuple(l.strip() for l in args.layers.split(",") if l.strip())
+    layers = tuple(l.strip() for l in args.layers.split(",") if l.strip())
+    if all(l in vgg.LAYERS["vgg16"] for l in layers):
+      changes["layers"] = layers  # recorded in config.json
   if args.neurn_k is not None:
     changes["neurn_k"] = args.neurn_k or None  # 0: raw images only
   if args.image_shape:
@@ -80,7 +88,7 @@ def _mice(args) -> int:
       raise ValueError(f"--image-shape: expected H,W, got {args.image_shape!r}") from None
   config = study.get_config(args.config, **changes)
   _io.check_output_path(args.out, overwrite=args.overwrite)
-  result = study.run(config, data=args.data, weights=args.weights,
+  result = study.run(config, data=args.data, weights=args.weights, layers=layers,
                      progress=lambda xs: tqdm(xs, desc="layers"), log=tqdm.write)
   md = study.write_outputs(Path(args.out), config, result, overwrite=args.overwrite)
   print(md)

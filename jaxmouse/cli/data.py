@@ -240,7 +240,8 @@ def _simulate(args):
   io.save(ds, out, format=fmt, overwrite=args.overwrite, **options)
   tpath = simulation.save_truth(truth, simulation.truth_path(out))
   t2 = time.perf_counter()
-  source = "random VGG16 (seed %d)" % args.weights_seed if weights is None else args.weights
+  source = (f"random {config.arch.upper()} (seed {args.weights_seed})" if weights is None
+            else args.weights)
   print(summary.describe(ds, source=f"{fmt}: {out}", truth=truth))
   print(f"\nweights: {source}")
   print(f"simulated in {t1 - t0:.1f} s, written in {t2 - t1:.1f} s -> {out} (+ truth {tpath})")

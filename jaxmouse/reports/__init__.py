@@ -2,8 +2,10 @@
 
 The analyses follow Cadena et al. 2019, with every choice made on validation data:
 
-- FEVE versus layer per area, trained and random weights, the energy model as a reference line
-  (``figures``);
+- FEVE versus layer depth per area, one curve per network (trained solid, random dashed), the
+  energy model as a reference line (``figures``);
+- per area and network: its validation-chosen layer, that layer's relative depth and its test
+  FEVE (``tables.network_table``);
 - per area: each weights kind's validation-chosen layer and its test FEVE, trained minus random
   (each at its own chosen layer, and layer by layer) and CNN minus energy model, with two-level
   bootstrap CIs over test images and neurons (``tables``);
@@ -19,16 +21,19 @@ from jaxmouse.reports.summary import (DATA_FILE, SELECTION_RULE, planted_vs_reco
                                       read_data_info, summary_markdown, write_report)
 from jaxmouse.reports.tables import (AREA_HIERARCHIES, DEFAULT_AREA_RANKS, KINDS,
                                      REQUIRED_COLUMNS, Bootstrap, ReportConfig, TestImages,
-                                     area_table, check_results, choose_layers,
-                                     choose_neuron_layers, feve_by_layer, included, layer_order,
-                                     layer_table, parse_area_ranks, per_neuron, read_results,
-                                     weights_kind_from_name)
+                                     area_table, attach_networks, check_results, choose_layers,
+                                     choose_network_layers, choose_neuron_layers, feve_by_layer,
+                                     feve_by_network, included, layer_order, layer_table,
+                                     network_table, parse_area_ranks, per_neuron,
+                                     read_feature_spaces, read_results, weights_kind_from_name)
 
 __all__ = [
     "AREA_HIERARCHIES", "DATA_FILE", "DEFAULT_AREA_RANKS", "KINDS", "REQUIRED_COLUMNS",
     "SELECTION_RULE", "Bootstrap", "HierarchyTest", "ReportConfig", "TestImages", "area_table",
-    "check_results", "choose_layers", "choose_neuron_layers", "feve_by_layer", "hierarchy_test",
-    "included", "layer_order", "layer_table", "parse_area_ranks", "per_neuron",
+    "attach_networks", "check_results", "choose_layers", "choose_network_layers",
+    "choose_neuron_layers", "feve_by_layer", "feve_by_network", "hierarchy_test", "included",
+    "layer_order", "layer_table", "network_table", "parse_area_ranks", "per_neuron",
+    "read_feature_spaces",
     "planted_vs_recovered", "plot_feve_vs_layer", "read_data_info", "read_results",
     "summary_markdown", "verdict", "weights_kind_from_name", "write_report",
 ]

@@ -13,9 +13,11 @@ import pandas as pd
 
 from jaxmouse._io import atomic_path
 from jaxmouse.reports.hierarchy import HierarchyTest, hierarchy_test, verdict
-from jaxmouse.reports.tables import (ReportConfig, TestImages, area_table, choose_neuron_layers,
-                                     feve_by_layer, included, layer_sort_key, layer_table,
-                                     per_neuron, read_results)
+from jaxmouse.reports.tables import (ReportConfig, TestImages, area_table, attach_networks,
+                                     choose_neuron_layers, feve_by_layer, feve_by_network,
+                                     included, layer_sort_key, layer_table, network_label,
+                                     network_table, per_neuron, read_feature_spaces,
+                                     read_results)
 
 DATA_FILE = "data.json"
 SELECTION_RULE = (
@@ -163,7 +165,8 @@ def _order(keys) -> np.ndarray:
 
 def summary_markdown(table: pd.DataFrame, tests: Sequence[HierarchyTest], cfg: ReportConfig, *,
                      n_neurons: int, n_excluded: int, figures: Sequence[str], ci_method: str,
-                     data_info: Mapping | None = None, planted: Sequence[str] = ()) -> str:
+                     data_info: Mapping | None = None, planted: Sequence[str] = (),
+                     networks: pd.DataFrame | None = None) -> str:
   """The three questions of the study, answered with this run's numbers."""
   info = dict(data_info or {})
   simulated = is_simulated(info)
@@ -218,6 +221,19 @@ def summary_markdown(table: pd.DataFrame, tests: Sequence[HierarchyTest], cfg: R
                  f"(each at its own validation-chosen layer); trained - random "
                  f"{_fmt(r['trained_minus_random'])} [{_fmt(r['diff_ci_low'])}, "
                  f"{_fmt(r['diff_ci_high'])}]: {v}")
+  if networks is not None and len(networks):
+    lines += ["", "## Networks", "",
+              "Each network at its own layer chosen on validation (depth: the layer's position in "
+              "its network, first 0, last 1); test FEVE with CI. Random networks average their "
+              "seeds.", ""]
+    for (readout, area), g in networks.groupby(["readout", "area"], sort=False):
+      g = g.sort_values("feve", ascending=False)
+      parts = [(network_label(r["network"], r["arch"], r["weights_kind"])
+                + (f" {r['layer']} (depth {_fmt(r['depth'], 2)})"
+                   if r["weights_kind"] != "energy" else "")
+                + f": {_fmt(r['feve'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
+               for _, r in g.iterrows()]
+      lines.append(f"- {readout} / {area}: " + "; ".join(parts))
   if planted:
     lines += ["", "## Planted versus recovered", ""] + list(planted)
   lines += ["", "## Files", ""] + [f"- `{f}`" for f in figures] + [
@@ -226,7 +242,11 @@ def summary_markdown(table: pd.DataFrame, tests: Sequence[HierarchyTest], cfg: R
       "- `trained_vs_random_by_layer.csv`: trained - random layer by layer, with CIs",
       "- `feve_by_layer.csv`: mean/sd/sem test FEVE and mean validation correlation per readout, "
       "weights kind, area and layer",
-      "- `hierarchy.json`: the hierarchy test per readout", ""]
+      "- `hierarchy.json`: the hierarchy test per readout",
+      "- `network_table.csv`: per readout, area and network, its validation-chosen layer, the "
+      "layer's relative depth, and its test FEVE with CI",
+      "- `feve_by_network.csv`: mean/sd/sem test FEVE and mean validation correlation per "
+      "readout, network, area and layer, with each layer's relative depth", ""]
   return "\n".join(lines)
 
 
@@ -248,6 +268,8 @@ def write_report(run: str | Path, *, config: ReportConfig | None = None,
   if df.empty:
     raise ValueError(f"{run}: no neuron passes the explainable-variance threshold "
                      f"{cfg.fev_threshold} (or every FEVE is NaN)")
+  # Kinds, architectures and layer order from the sweep's record of its feature spaces.
+  df = attach_networks(df, read_feature_spaces(run))
   info = read_data_info(run)
   images = TestImages(run)
   out = Path(out) if out else (run if run.is_dir() else run.parent) / "report"
@@ -275,6 +297,14 @@ def write_report(run: str | Path, *, config: ReportConfig | None = None,
     layer_table(df, cfg, images=images).to_csv(tmp, index=False)
   with atomic_path(out / "feve_by_layer.csv") as tmp:
     feve_by_layer(df).to_csv(tmp, index=False)
+  networks = network_table(df, cfg, images=images)
+  order = {a: i for i, a in enumerate(area_order or [])}
+  networks = networks.sort_values(["readout", "area"], key=lambda c: c.map(order).fillna(
+      len(order)) if c.name == "area" else c, kind="stable").reset_index(drop=True)
+  with atomic_path(out / "network_table.csv") as tmp:
+    networks.to_csv(tmp, index=False)
+  with atomic_path(out / "feve_by_network.csv") as tmp:
+    feve_by_network(df).to_csv(tmp, index=False)
   with atomic_path(out / "hierarchy.json") as tmp:
     tmp.write_text(json.dumps([dataclasses.asdict(t) for t in tests], indent=2))
   planted = []
@@ -287,7 +317,8 @@ def write_report(run: str | Path, *, config: ReportConfig | None = None,
   n_in = df["neuron"].nunique()
   ci_method = table["ci_method"].iloc[0] if "ci_method" in table and len(table) else ""
   text = summary_markdown(table, tests, cfg, n_neurons=n_in, n_excluded=n_all - n_in,
-                          figures=figures, ci_method=ci_method, data_info=info, planted=planted)
+                          figures=figures, ci_method=ci_method, data_info=info, planted=planted,
+                          networks=networks)
   with atomic_path(out / "summary.md") as tmp:
     tmp.write_text(text)
   return out / "summary.md"

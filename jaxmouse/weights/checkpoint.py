@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxmouse import _io
-from jaxmouse.models import vgg
+from jaxmouse.models import zoo
 from jaxmouse.weights._types import Weights, check_params, fingerprint
 
 FORMAT = "jaxmouse-weights"
@@ -25,9 +25,11 @@ def save(weights: Weights, dir: str | os.PathLike, *, overwrite: bool = False) -
       "format_version": FORMAT_VERSION,
       "arch": weights.arch,
       "normalization": weights.normalization,
-      "layers": list(vgg.LAYERS[weights.arch]),
+      "layers": list(zoo.layers(weights.arch)),  # network order, for reports
+      "kind": weights.kind,
       "params_sha256": weights.fingerprint,
-      **{k: v for k, v in weights.metadata.items() if k not in ("format", "format_version")},
+      **{k: v for k, v in weights.metadata.items()
+         if k not in ("format", "format_version", "kind")},
   }
   _io.check_free_space(dir, sum(a.nbytes for d in weights.params.values() for a in d.values()))
   with _io.atomic_path(dir, is_dir=True) as tmp:
@@ -61,7 +63,10 @@ def load(dir: str | os.PathLike) -> Weights:
   the params' sha256 against the ``params_sha256`` that ``save`` recorded."""
   dir = Path(dir)
   meta = read_metadata(dir)
-  arch = vgg.check_arch(meta["arch"])
+  try:
+    arch = zoo.check_arch(meta["arch"])
+  except ValueError as e:
+    raise ValueError(f"weights checkpoint {dir}: {dir / 'metadata.json'}: {e}") from None
   recorded = meta.get("params_sha256")
   if not isinstance(recorded, str):
     raise ValueError(f"weights checkpoint {dir}: {dir / 'metadata.json'} lacks the string field "

@@ -1,5 +1,9 @@
 """Convert weight files in torchvision's or Keras's layout into ``Weights``.
 
+VGG files are read here (torchvision's ``features.<i>`` indices, Keras's ``blockB_convI``);
+AlexNet, ResNet, MobileNetV2 and ViT state dicts by ``jaxmouse.weights.torchvision``, through
+the same restricted readers.
+
 PyTorch kernels are ``(c_out, c_in, kh, kw)`` and become HWIO ``(kh, kw, c_in, c_out)``; Keras
 kernels are HWIO already. Both frameworks compute cross-correlations, as XLA does, so no kernel is
 flipped. Parts of a file that are not the conv stack (torchvision's ``classifier.*``, Keras's
@@ -16,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxmouse import _io
-from jaxmouse.models import vgg
-from jaxmouse.weights import readers
+from jaxmouse.models import vgg, zoo
+from jaxmouse.weights import readers, torchvision
 from jaxmouse.weights._types import Weights, check_params
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -122,17 +126,29 @@ def _raise_with_extra(arch, params, extra, source, *, torch_names):
   raise ValueError(msg)
 
 
-def convert(src: str | os.PathLike, *, arch: str = "vgg16", normalization: str | None = None
-            ) -> Weights:
-  """Reads a torchvision state dict (.pth/.safetensors) or a Keras VGG .h5 into ``Weights``.
+def convert(src: str | os.PathLike, *, arch: str = "vgg16", normalization: str | None = None,
+            kind: str = "trained") -> Weights:
+  """Reads a torchvision state dict (.pth/.safetensors) of any ``zoo.ARCHS`` network, or a Keras
+  VGG .h5, into ``Weights``.
 
   ``normalization`` defaults to the source's convention: ``"torchvision"`` for PyTorch files,
   ``"caffe"`` for Keras files (Keras's VGG16 and HED were trained on BGR minus channel means).
+  ``kind`` (``trained`` or ``random``) is recorded in the metadata for the reports.
   """
   src = Path(src)
-  vgg.check_arch(arch)
+  zoo.check_arch(arch)
+  if kind not in ("trained", "random"):
+    raise ValueError(f"kind must be 'trained' or 'random', got {kind!r}")
   fmt = detect_format(src)
-  if fmt == "keras":
+  if fmt == "keras" and arch not in vgg.ARCHS:
+    raise ValueError(f"{src} is a Keras HDF5 file; Keras files are read for VGG only, not {arch} "
+                     "(convert a torchvision .pth or .safetensors file instead)")
+  if fmt != "keras" and arch not in vgg.ARCHS:
+    state = readers.read_torch(src) if fmt == "torch" else readers.read_safetensors(src)
+    layout = "torch-state-dict" if fmt == "torch" else "safetensors"
+    params, skipped = torchvision.params_from_state_dict(state, arch=arch, source=str(src))
+    default_norm = "torchvision"
+  elif fmt == "keras":
     layout, layers = readers.read_keras_h5(src)
     params, skipped = params_from_keras(layers, arch=arch, source=str(src))
     default_norm = "caffe"
@@ -144,4 +160,4 @@ def convert(src: str | os.PathLike, *, arch: str = "vgg16", normalization: str |
   return Weights(arch=arch, params=params, normalization=normalization or default_norm,
                  metadata={"source": str(src.resolve()), "source_name": src.name,
                            "source_sha256": _io.sha256_file(src), "source_format": layout,
-                           "skipped": skipped})
+                           "skipped": skipped, "kind": kind})

