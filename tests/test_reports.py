@@ -407,3 +407,22 @@ def test_report_over_many_networks(tmp_path):
     xs = np.concatenate([l.get_xdata() for l in ax.get_lines()])
     assert xs.min() >= 0 and xs.max() == 1.0
   assert (tmp_path / "report" / "feve_vs_layer_ridge.png").stat().st_size > 1000
+
+
+def test_the_study_questions_pair_the_trained_network_with_random_weights_of_its_architecture():
+  """Two random networks: the one of the trained network's architecture trails it by 0.1, the
+  other (another architecture) is far better. Trained - random must use the former, not a pool."""
+  rng = np.random.default_rng(8)
+  df = _table(rng, peaks={"V1": 3, "LM": 5}, trained_gain=0.1, n=40)
+  other = df[df["weights"] == "random0"].copy()
+  other["weights"], other["feve"], other["val_corr"] = "alexnet_rand", other["feve"] + 0.5, \
+      other["val_corr"] + 0.5
+  df = reports.check_results(pd.concat([df[df["weights"] != "random1"], other]))
+  spaces = {"vgg": {"arch": "vgg16", "kind": "trained", "layers": LAYERS},
+            "random0": {"arch": "vgg16", "kind": "random", "seed": 0, "layers": LAYERS},
+            "alexnet_rand": {"arch": "alexnet", "kind": "random", "layers": LAYERS}}
+  df = reports.attach_networks(reports.included(df, reports.ReportConfig()), spaces)
+  study, used = reports.study_networks(df)
+  assert used == {"trained": "vgg", "random": "vgg16 random", "energy": "energy"}
+  table = reports.area_table(study, reports.ReportConfig(n_boot=100)).set_index("area")
+  np.testing.assert_allclose(table["trained_minus_random"], 0.1, atol=0.03)

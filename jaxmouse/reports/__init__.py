@@ -25,7 +25,8 @@ from jaxmouse.reports.tables import (AREA_HIERARCHIES, DEFAULT_AREA_RANKS, KINDS
                                      choose_network_layers, choose_neuron_layers, feve_by_layer,
                                      feve_by_network, included, layer_order, layer_table,
                                      network_table, parse_area_ranks, per_neuron,
-                                     read_feature_spaces, read_results, weights_kind_from_name)
+                                     read_feature_spaces, read_results, study_networks,
+                                     weights_kind_from_name)
 
 __all__ = [
     "AREA_HIERARCHIES", "DATA_FILE", "DEFAULT_AREA_RANKS", "KINDS", "REQUIRED_COLUMNS",
@@ -33,7 +34,7 @@ __all__ = [
     "attach_networks", "check_results", "choose_layers", "choose_network_layers",
     "choose_neuron_layers", "feve_by_layer", "feve_by_network", "hierarchy_test", "included",
     "layer_order", "layer_table", "network_table", "parse_area_ranks", "per_neuron",
-    "read_feature_spaces",
+    "read_feature_spaces", "study_networks",
     "planted_vs_recovered", "plot_feve_vs_layer", "read_data_info", "read_results",
     "summary_markdown", "verdict", "weights_kind_from_name", "write_report",
 ]

@@ -14,6 +14,7 @@ import pandas as pd
 from jaxmouse._io import atomic_path
 from jaxmouse.reports.hierarchy import HierarchyTest, hierarchy_test, verdict
 from jaxmouse.reports.tables import (ReportConfig, TestImages, area_table, attach_networks,
+                                     study_networks,
                                      choose_neuron_layers, feve_by_layer, feve_by_network,
                                      included, layer_sort_key, layer_table, network_label,
                                      network_table, per_neuron, read_feature_spaces,
@@ -166,8 +167,10 @@ def _order(keys) -> np.ndarray:
 def summary_markdown(table: pd.DataFrame, tests: Sequence[HierarchyTest], cfg: ReportConfig, *,
                      n_neurons: int, n_excluded: int, figures: Sequence[str], ci_method: str,
                      data_info: Mapping | None = None, planted: Sequence[str] = (),
-                     networks: pd.DataFrame | None = None) -> str:
-  """The three questions of the study, answered with this run's numbers."""
+                     networks: pd.DataFrame | None = None,
+                     study_networks: Mapping[str, str] | None = None) -> str:
+  """The three questions of the study, answered with this run's numbers. ``study_networks``
+  (``{kind: network}``) names the networks the questions read when the run has more."""
   info = dict(data_info or {})
   simulated = is_simulated(info)
   title = "# Cadena et al. 2019 analyses" + (" (simulated data)" if simulated else "")
@@ -181,6 +184,10 @@ def summary_markdown(table: pd.DataFrame, tests: Sequence[HierarchyTest], cfg: R
   lines += ["## How choices were made", "", SELECTION_RULE, "",
             f"Neurons included: {n_neurons} (explainable-variance fraction >= {cfg.fev_threshold};"
             f" {n_excluded} excluded). Intervals: {ci_method}.", ""]
+  if study_networks:
+    named = ", ".join(f"{k}: {n}" for k, n in study_networks.items())
+    lines += [f"Questions 1-3 compare these networks ({named}); the others are in *Networks*.",
+              ""]
 
   lines += ["## 1. Do CNN features beat the energy model?", ""]
   rows = [r for _, r in table.iterrows() if _has(r, "cnn_minus_energy")]
@@ -274,13 +281,16 @@ def write_report(run: str | Path, *, config: ReportConfig | None = None,
   images = TestImages(run)
   out = Path(out) if out else (run if run.is_dir() else run.parent) / "report"
   out.mkdir(parents=True, exist_ok=True)
-  table = area_table(df, cfg, images=images)
+  # The study's questions compare one trained network with random weights of its architecture
+  # (and the energy model); every network is in the per-network tables.
+  study, used = study_networks(df)
+  table = area_table(study, cfg, images=images)
   order = {a: i for i, a in enumerate(area_order or [])}
   table = table.sort_values(["readout", "area"], key=lambda c: c.map(order).fillna(len(order))
                             if c.name == "area" else c, kind="stable").reset_index(drop=True)
   readouts = sorted(df["readout"].unique())
-  tests = [hierarchy_test(df, cfg, readout=r) for r in readouts
-           if set(df.loc[df["readout"] == r, "weights_kind"]) & {"trained", "random"}]
+  tests = [hierarchy_test(study, cfg, readout=r) for r in readouts
+           if set(study.loc[study["readout"] == r, "weights_kind"]) & {"trained", "random"}]
   note = "simulated data" if is_simulated(info) else ""
   figures = []
   for readout in readouts:
@@ -294,7 +304,7 @@ def write_report(run: str | Path, *, config: ReportConfig | None = None,
   with atomic_path(out / "area_table.csv") as tmp:
     table.to_csv(tmp, index=False)
   with atomic_path(out / "trained_vs_random_by_layer.csv") as tmp:
-    layer_table(df, cfg, images=images).to_csv(tmp, index=False)
+    layer_table(study, cfg, images=images).to_csv(tmp, index=False)
   with atomic_path(out / "feve_by_layer.csv") as tmp:
     feve_by_layer(df).to_csv(tmp, index=False)
   networks = network_table(df, cfg, images=images)
@@ -312,13 +322,14 @@ def write_report(run: str | Path, *, config: ReportConfig | None = None,
     from jaxmouse.data.simulation import load_truth
 
     base = run if run.is_dir() else run.parent
-    planted = planted_vs_recovered(df, load_truth(base / info["truth"]), readouts=readouts)
+    planted = planted_vs_recovered(study, load_truth(base / info["truth"]), readouts=readouts)
   n_all = raw["neuron"].nunique()
   n_in = df["neuron"].nunique()
   ci_method = table["ci_method"].iloc[0] if "ci_method" in table and len(table) else ""
   text = summary_markdown(table, tests, cfg, n_neurons=n_in, n_excluded=n_all - n_in,
                           figures=figures, ci_method=ci_method, data_info=info, planted=planted,
-                          networks=networks)
+                          networks=networks,
+                          study_networks=used if df["network"].nunique() > len(used) else None)
   with atomic_path(out / "summary.md") as tmp:
     tmp.write_text(text)
   return out / "summary.md"

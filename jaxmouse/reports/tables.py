@@ -206,7 +206,7 @@ def attach_networks(df: pd.DataFrame, spaces: Mapping[str, Mapping] | None = Non
   is the table's (VGG-style names sorted by block), and their architecture is unknown.
   """
   spaces = dict(spaces or {})
-  df = df.copy()
+  df = df.reset_index(drop=True)  # rows are addressed by position below
   network, arch, depth = (pd.Series("", index=df.index, dtype=object),
                           pd.Series("", index=df.index, dtype=object),
                           pd.Series(np.nan, index=df.index))
@@ -241,6 +241,28 @@ def network_label(network: str, arch: str, kind: str) -> str:
       return network if arch else "random weights"
     return f"{network} ({arch}, random)" if arch else f"{network} (random)"
   return f"{network} ({arch})" if arch and arch != network else f"{network} (trained)"
+
+
+def study_networks(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+  """The rows the study's per-kind questions read: one trained network (the first in the
+  table), one random network (of the trained network's architecture when there is one, so that
+  trained and random differ only in their weights; else the first) and the energy model.
+  Returns ``(rows, {kind: network})``; other networks appear only in the per-network tables.
+  """
+  df = _with_networks(df)
+  chosen: dict[str, str] = {}
+  trained = list(dict.fromkeys(df.loc[df["weights_kind"] == "trained", "network"]))
+  if trained:
+    chosen["trained"] = trained[0]
+  rnd = df[df["weights_kind"] == "random"]
+  if len(rnd):
+    arch = df.loc[df["network"] == chosen.get("trained"), "arch"]
+    same = rnd[rnd["arch"] == arch.iloc[0]] if len(arch) and arch.iloc[0] else rnd.iloc[:0]
+    chosen["random"] = str((same if len(same) else rnd)["network"].iloc[0])
+  keep = df["network"].isin(chosen.values()) | (df["weights_kind"] == "energy")
+  if (df["weights_kind"] == "energy").any():
+    chosen["energy"] = "energy"
+  return df[keep], chosen
 
 
 def _with_networks(df: pd.DataFrame) -> pd.DataFrame:
