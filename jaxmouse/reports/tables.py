@@ -24,6 +24,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -444,13 +445,15 @@ class Bootstrap:
       return np.nan, np.nan, np.nan
     rng = np.random.default_rng([self.cfg.seed, salt, 0xB007])
     idx = rng.integers(0, k, size=(self.cfg.n_boot, k))
-    if draws is None:
-      boots = np.nanmean(point[idx], axis=1)
-    else:
-      boots = np.nanmean(np.take_along_axis(draws, idx, axis=1), axis=1)
-    a = (1 - self.cfg.ci) / 2
-    lo, hi = np.nanquantile(boots, [a, 1 - a])
-    return float(np.nanmean(point)), float(lo), float(hi)
+    with warnings.catch_warnings():  # a resample of a few neurons may leave none included
+      warnings.simplefilter("ignore", RuntimeWarning)
+      if draws is None:
+        boots = np.nanmean(point[idx], axis=1)
+      else:
+        boots = np.nanmean(np.take_along_axis(draws, idx, axis=1), axis=1)
+      a = (1 - self.cfg.ci) / 2
+      lo, hi = np.nanquantile(boots, [a, 1 - a])
+      return float(np.nanmean(point)), float(lo), float(hi)
 
 
 def _salt(*parts) -> int:
