@@ -10,9 +10,12 @@ The analyses follow Cadena et al. 2019, with every choice made on validation dat
 - the hierarchy test: each neuron's validation-chosen layer against its area's rank, with a CI
   and permutations that respect recordings (``hierarchy``);
 - ``summary.md``: the questions answered, the data described, and for a simulated mouse what was
-  planted against what was recovered (``summary``).
+  planted against what was recovered (``summary``);
+- learning curves of the readouts trained by gradient descent: validation correlation versus step
+  per penalty config, median over neurons (``curves``).
 """
 
+from jaxmouse.reports.curves import learning_curves, plot_learning_curves, read_histories
 from jaxmouse.reports.figures import plot_feve_vs_layer
 from jaxmouse.reports.hierarchy import HierarchyTest, _spearman_perm, hierarchy_test, verdict
 from jaxmouse.reports.summary import (DATA_FILE, SELECTION_RULE, planted_vs_recovered,
@@ -28,7 +31,8 @@ __all__ = [
     "AREA_HIERARCHIES", "DATA_FILE", "DEFAULT_AREA_RANKS", "KINDS", "REQUIRED_COLUMNS",
     "SELECTION_RULE", "Bootstrap", "HierarchyTest", "ReportConfig", "TestImages", "area_table",
     "check_results", "choose_layers", "choose_neuron_layers", "feve_by_layer", "hierarchy_test",
-    "included", "layer_order", "layer_table", "parse_area_ranks", "per_neuron",
-    "planted_vs_recovered", "plot_feve_vs_layer", "read_data_info", "read_results",
+    "included", "layer_order", "layer_table", "learning_curves", "parse_area_ranks", "per_neuron",
+    "planted_vs_recovered", "plot_feve_vs_layer", "plot_learning_curves", "read_data_info",
+    "read_histories", "read_results",
     "summary_markdown", "verdict", "weights_kind_from_name", "write_report",
 ]

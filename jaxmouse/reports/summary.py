@@ -227,6 +227,29 @@ def summary_markdown(table: pd.DataFrame, tests: Sequence[HierarchyTest], cfg: R
   return "\n".join(lines)
 
 
+def _write_learning_curves(run: Path, out: Path, *, note: str) -> list[str]:
+  """``learning_curves.csv`` and ``learning_curves_<readout>.png`` from the cells' histories
+  (readouts trained by gradient descent); the files written."""
+  import matplotlib.pyplot as plt
+
+  from jaxmouse.reports.curves import learning_curves, plot_learning_curves, read_histories
+
+  curves = learning_curves(read_histories(run))
+  if curves.empty:
+    return []
+  with atomic_path(out / "learning_curves.csv") as tmp:
+    curves.to_csv(tmp, index=False)
+  written = ["learning_curves.csv"]
+  for readout in sorted(curves["readout"].unique()):
+    fig = plot_learning_curves(curves, readout=readout, note=note)
+    name = f"learning_curves_{readout}.png"
+    with atomic_path(out / name) as tmp:
+      fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    written.append(name)
+  return written
+
+
 def write_report(run: str | Path, *, config: ReportConfig | None = None,
                  out: str | Path | None = None, area_order: Sequence[str] | None = None) -> Path:
   """Reads RUN/results.csv (and RUN/data.json, the cells' test-image statistics and a truth file
@@ -274,6 +297,7 @@ def write_report(run: str | Path, *, config: ReportConfig | None = None,
     feve_by_layer(df).to_csv(tmp, index=False)
   with atomic_path(out / "hierarchy.json") as tmp:
     tmp.write_text(json.dumps([dataclasses.asdict(t) for t in tests], indent=2))
+  figures += _write_learning_curves(run, out, note=note)
   planted = []
   if info.get("truth"):
     from jaxmouse.data.simulation import load_truth
