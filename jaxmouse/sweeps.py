@@ -402,6 +402,21 @@ def fit_progress_bar(show: bool, *, desc: str):
     bar.close()
 
 
+def fit_readout(feats, tiers: Mapping[str, fitlib.Trials], *, readout: str, config: SweepConfig,
+                fit_config: fitlib.FitConfig, groups, mesh=None, progress: bool = False,
+                desc: str = "") -> fitlib.ReadoutFit:
+  """What a sweep does for one feature space and readout: the readout over its grid
+  (``config.grid``) for every neuron of the swept areas at once, a config chosen per neuron or
+  per area (``config.select``, ``groups (k,)`` the neurons' areas) on validation, scores on
+  test. ``feats``: prepared features (``fitlib.prepare_features``); ``progress``: a bar inside
+  the fit."""
+  with fit_progress_bar(progress and readout != "ridge", desc=desc) as on_check:
+    return fitlib.fit_and_score(
+        feats, train=tiers["train"], validation=tiers["validation"], test=tiers["test"],
+        readout=readout, grid=config.grid(readout), config=fit_config, select=config.select,
+        groups=groups, mesh=mesh, prepared=True, progress=on_check)
+
+
 def _tiers(ds, neurons):
   out = {}
   for t in ("train", "validation", "test"):
@@ -558,12 +573,9 @@ def _run_locked(ds, config: SweepConfig, out: Path, *, areas, labels, kinds, fit
         # The whole group is refitted even if a kill left some of its cells written: the same
         # program on the same neurons gives bit-identical results for the missing ones.
         grid = config.grid(readout)
-        with fit_progress_bar(progress and readout != "ridge",
-                              desc=f"{label} {layer} {readout}") as on_check:
-          result = fitlib.fit_and_score(
-              feats, train=tiers["train"], validation=tiers["validation"], test=tiers["test"],
-              readout=readout, grid=grid, config=fit_config, select=config.select,
-              groups=neuron_area, mesh=mesh, prepared=True, progress=on_check)
+        result = fit_readout(feats, tiers, readout=readout, config=config, fit_config=fit_config,
+                             groups=neuron_area, mesh=mesh, progress=progress,
+                             desc=f"{label} {layer} {readout}")
         for cell in group:
           if is_done(out, cell):
             continue

@@ -252,10 +252,27 @@ def _write_learning_curves(run: Path, out: Path, *, note: str) -> list[str]:
 
 def write_report(run: str | Path, *, config: ReportConfig | None = None,
                  out: str | Path | None = None, area_order: Sequence[str] | None = None) -> Path:
-  """Reads RUN/results.csv (and RUN/data.json, the cells' test-image statistics and a truth file
-  when present) and writes RUN/report/{summary.md, *.csv, *.png, *.pdf}.
+  """Reads RUN/results.csv (and RUN/data.json, the cells' test-image statistics, their learning
+  curves and a truth file when present) and writes RUN/report/{summary.md, *.csv, *.png, *.pdf}
+  (also ``jaxmouse.report``).
 
   Returns the path of summary.md. Every file is written atomically; nothing is refitted.
+
+  Example: two layers of a random VGG16 scored on a small simulated mouse, the run folder kept,
+  then reported:
+
+  >>> import os, tempfile, jaxmouse
+  >>> from jaxmouse import weights
+  >>> from jaxmouse.data import SimulationConfig, simulate
+  >>> tmp = tempfile.TemporaryDirectory()
+  >>> ds, _ = simulate(SimulationConfig.tiny(seed=1))
+  >>> net = weights.save(weights.random_init("vgg16", 0), os.path.join(tmp.name, "random0"))
+  >>> run = os.path.join(tmp.name, "run")
+  >>> table = jaxmouse.score(net, ds, layers=["conv1_2", "conv2_2"], out=run)
+  >>> summary = jaxmouse.report(run, config=jaxmouse.reports.ReportConfig(n_boot=200, n_perm=200))
+  >>> sorted(p.name for p in summary.parent.glob("*.csv"))
+  ['area_table.csv', 'feve_by_layer.csv', 'trained_vs_random_by_layer.csv']
+  >>> tmp.cleanup()
   """
   import matplotlib.pyplot as plt
 
