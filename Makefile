@@ -1,6 +1,8 @@
 # Two entry points for a new user (see README.md):
-#   make main   creates .venv, installs jaxmouse, runs the main job on the embedded default
-#   make test   creates .venv, installs jaxmouse with its test extras, runs the test suite
+#   make main   creates .venv, installs jaxmouse (no test extras), runs the main job on the
+#               embedded default
+#   make test   creates .venv, installs jaxmouse with its test extras (pytest, hypothesis and
+#               PyTorch, the tests' reference), runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
 OUT ?= runs/quick
@@ -8,14 +10,19 @@ OUT ?= runs/quick
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: main test install
+.PHONY: main test install install-test
 install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
 
 main: $(VENV)/.installed
 	$(VENV)/bin/jaxmouse run cadena2019 --config quick --out $(OUT)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest -m "not network" -q

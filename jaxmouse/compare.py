@@ -50,6 +50,11 @@ best layer is chosen on (``value_select``, ``rmse_select``; for unit-level measu
 on one half of ``select`` scored on the other, so wide layers gain nothing from having more
 candidates); the ``evaluate`` images only score (``value``, ``rmse``).
 
+Ceilings and uncertainty (``jaxmouse.reliability``). Every RSA / CKA row also carries the group's
+noise ceiling (split halves of each image's repeats, Spearman-Brown corrected), the score as a
+fraction of it, and percentile intervals from resampling the evaluate images; all of them are
+computed on the evaluate images, like the scores.
+
 Everything here is a pure function of arrays; ``compare_dataset`` strings them together for a
 ``NeuralDataset`` and a network, the only function that calls the feature extractor.
 """
@@ -634,6 +639,10 @@ class CompareConfig:
     on); the other images only score (``split_images``).
   tier: trials used (None: every trial).
   seed: image split, embedding and k-means seed.
+  ceiling_splits: random split halves of each image's repeats averaged for the RSA / CKA noise
+    ceilings.
+  n_boot: resamples of the evaluate images for the RSA / CKA intervals (0: none).
+  ci: the intervals' level.
   """
 
   layers: tuple[str, ...]
@@ -648,6 +657,9 @@ class CompareConfig:
   select_fraction: float = 0.5
   tier: str | None = None
   seed: int = 0
+  ceiling_splits: int = 5
+  n_boot: int = 1000
+  ci: float = 0.95
 
   def __post_init__(self):
     object.__setattr__(self, "layers", tuple(self.layers))
@@ -668,6 +680,9 @@ class CompareConfig:
     if not 0 < self.select_fraction < 1:
       raise ValueError(f"CompareConfig: select_fraction must be in (0, 1), got "
                        f"{self.select_fraction}")
+    if self.ceiling_splits < 1 or self.n_boot < 0 or not 0.5 < self.ci < 1:
+      raise ValueError(f"CompareConfig: need ceiling_splits >= 1, n_boot >= 0 and ci in (0.5, "
+                       f"1), got {self.ceiling_splits}, {self.n_boot}, {self.ci}")
 
 
 def network_input(images: np.ndarray, neurn_k: int | None) -> np.ndarray:
@@ -767,7 +782,10 @@ def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]],
     ``{"rsa": rows, "cka": rows, "rmse": rows, "neurons": rows, "maps": (n_neurons, h, w),
     "maps_select": (n_neurons, h, w), "groups": {kind: {name: indices}}, "central": {kind:
     {name: indices}}, "images": {set: indices into ds.images}}``; rows are lists of dicts ready
-    for a DataFrame: rsa/cka rows ``kind, group, layer, method, value, value_select``; rmse rows
+    for a DataFrame: rsa/cka rows ``kind, group, layer, method, value, value_select`` and, from
+    the evaluate images, ``ci_low, ci_high`` (image bootstrap), ``ceiling`` (the group's noise
+    ceiling), ``normalized`` (value / ceiling) with ``normalized_ci_low, normalized_ci_high``, and
+    ``ceiling_images`` (evaluate images with two or more trials, which the ceiling rests on); rmse rows
     ``kind, group, layer, level, rmse, rmse_select, n_neurons``; neurons rows ``neuron, area,
     layer, best_rmse, best_unit`` (unit chosen on select, RMSE on evaluate). ``maps`` uses every
     image (for display); ``maps_select`` the select images (what the clusters are made from).
@@ -838,6 +856,7 @@ def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]],
     add_rmse("kernels", {name: k_maps for name in sets})
   layer_rdms = {s: [] for s in scored}
   layer_grams = {s: [] for s in scored}
+  matched_eval = {"rdm": [], "gram": []}  # (layer, group) matrices of the matched units
   for layer in (progress(config.layers) if progress else config.layers):
     feats = np.asarray(features_fn(net_images, [layer])[layer])  # (k, h, w, c)
     flat = feats.reshape(n_images, -1)
@@ -861,6 +880,9 @@ def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]],
                          "value": r, "value_select": (r_ab + r_ba) / 2})
       out["cka"].append({"kind": kind, "group": g, "layer": layer, "method": "matched",
                          "value": c, "value_select": (c_ab + c_ba) / 2})
+      y = jnp.asarray(standardize(flat[sets["evaluate"]][:, matched["select"][idx]]))
+      matched_eval["rdm"].append(rdm(y))
+      matched_eval["gram"].append(centered_gram(y))
     add_rmse(layer, {name: unit_representations(feats[subset], images[subset],
                                                 shape=config.map_shape, grid=config.unit_grid)
                      for name, subset in sets.items()})
@@ -875,4 +897,72 @@ def compare_dataset(ds, features_fn: Callable[[np.ndarray, Sequence[str]],
       out["cka"].append({"kind": kind, "group": g, "layer": layer, "method": "layer",
                          "value": float(cka_m["evaluate"][i, j]),
                          "value_select": float(cka_m["select"][i, j])})
+  _add_ceilings_and_intervals(out, config, responses=responses, trial_image=trial_image,
+                              evaluate=sets["evaluate"], mean_resp=mean_resp, names=names,
+                              groups=groups, neural={"rdm": neural_rdms["evaluate"],
+                                                     "gram": neural_grams["evaluate"]},
+                              layers={"rdm": layer_rdms["evaluate"],
+                                      "gram": layer_grams["evaluate"]},
+                              matched=matched_eval, prep=prep)
   return out
+
+
+def _add_ceilings_and_intervals(out: dict, config: CompareConfig, *, responses, trial_image,
+                                evaluate, mean_resp, names, groups, neural, layers, matched,
+                                prep) -> None:
+  """Adds to every rsa / cka row of ``out`` its group's noise ceiling, the normalized score and
+  image-bootstrap intervals (``jaxmouse.reliability``), all on the evaluate images. The
+  ``layer`` rows compare ``prep``-ed responses (as their values do), the ``matched`` rows
+  z-scored ones (as ``matched_rsa_cka``)."""
+  from jaxmouse import reliability
+
+  halves, ok = reliability.split_half_means(responses, trial_image, evaluate,
+                                            n_splits=config.ceiling_splits, seed=config.seed)
+  n, n_layers = len(evaluate), len(config.layers)
+  where = np.flatnonzero(ok)
+
+  def half_matrices(fn, prep_fn):
+    """(G, S, 2, n, n): each group's split-half matrices over the images with two trials."""
+    g = np.zeros((len(names), halves.shape[0], 2, n, n), np.float32)
+    if where.size < 3:
+      return g
+    for a, (kind, name) in enumerate(names):
+      idx = groups[kind][name]
+      for s in range(halves.shape[0]):
+        for h in range(2):
+          m = np.asarray(fn(prep_fn(halves[s, h][where][:, idx])))
+          g[a, s, h][np.ix_(where, where)] = m
+    return g
+
+  fns = {"rsa": ("rdm", rdm), "cka": ("gram", centered_gram)}
+  z_neural = {"rdm": [], "gram": []}
+  for kind, name in names:
+    x = jnp.asarray(standardize(mean_resp[evaluate][:, groups[kind][name]]))
+    z_neural["rdm"].append(rdm(x))
+    z_neural["gram"].append(centered_gram(x))
+  n_groups = len(names)
+  for measure, (key, fn) in fns.items():
+    forms = {
+        # layer rows: group a against layer j; matched rows: against its own matched units.
+        "layer": (neural[key], jnp.stack(layers[key]), prep,
+                  [(a, j) for a in range(n_groups) for j in range(n_layers)]),
+        "matched": (jnp.stack(z_neural[key]), jnp.stack(matched[key]), standardize,
+                    [(a, j * n_groups + a) for a in range(n_groups) for j in range(n_layers)]),
+    }
+    for method, (neural_m, models, prep_fn, pairs) in forms.items():
+      res = reliability.ceiling_and_intervals(
+          measure=measure, neural=np.asarray(neural_m), models=np.asarray(models),
+          pairs=np.asarray(pairs), halves=half_matrices(fn, prep_fn), ok=ok,
+          n_boot=config.n_boot, seed=config.seed, ci=config.ci)
+      stats = {}
+      for q, (a, _) in enumerate(pairs):
+        stats[(names[a], config.layers[q % n_layers])] = {
+            "ci_low": res["ci_low"][q], "ci_high": res["ci_high"][q],
+            "ceiling": res["ceiling"][a], "normalized": res["normalized"][q],
+            "normalized_ci_low": res["normalized_ci_low"][q],
+            "normalized_ci_high": res["normalized_ci_high"][q],
+            "ceiling_images": int(where.size)}
+      for row in out[measure]:
+        if row["method"] == method:
+          row.update({k: float(v) if k != "ceiling_images" else v
+                      for k, v in stats[((row["kind"], row["group"]), row["layer"])].items()})

@@ -10,7 +10,10 @@ area's cell is written at once and atomically under ``RUN/cells/<cell>/``:
   ``state/``      orbax checkpoint: the chosen per-neuron parameters, chosen config index,
                   validation correlations (chosen and whole grid) and test scores;
   ``rows.csv``    the cell's rows of the results table;
-  ``cell.json``   what the cell is (weights, layer, readout, area, grid, unit ids, steps).
+  ``cell.json``   what the cell is (weights, layer, readout, area, grid, unit ids, steps);
+  ``history.npz`` validation correlation of every (config, neuron) pair per check (learning
+                  curves: ``check_steps (c,)``, ``val_history (c, g, k)``, ``stop_step (g, k)``;
+                  ridge: ``val_corr_grid (g, k)`` only), read by the report.
 
 Re-running the same sweep skips finished cells (also after ``kill -9``: an unfinished cell
 leaves only a hidden temporary folder that the next start removes), and since every cell is a
@@ -32,6 +35,7 @@ each one's architecture, kind, layers in network order and fitted layers, for th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -273,6 +277,7 @@ def cell_rows(cell: Cell, result: fitlib.ReadoutFit, unit_ids, *, kind: str = ""
 
 
 TEST_IMAGES = "test_images.npz"
+HISTORY = "history.npz"
 
 
 def save_cell(run, cell: Cell, result: fitlib.ReadoutFit, unit_ids, grid, *, kind: str = "",
@@ -306,6 +311,13 @@ def save_cell(run, cell: Cell, result: fitlib.ReadoutFit, unit_ids, grid, *, kin
       with open(tmp / TEST_IMAGES, "wb") as f:
         np.savez(f, unit_ids=np.asarray(unit_ids).astype(str),
                  **{k: np.asarray(v) for k, v in result.test_stats.items()})
+    curves = {k: np.asarray(getattr(result, k)) for k in ("val_history", "check_steps",
+                                                          "stop_step")
+              if getattr(result, k) is not None}
+    with open(tmp / HISTORY, "wb") as f:
+      np.savez(f, unit_ids=np.asarray(unit_ids).astype(str),
+               configs=np.asarray(result.configs, dtype=str),
+               val_corr_grid=np.asarray(result.val_corr_grid, np.float32), **curves)
     (tmp / "cell.json").write_text(json.dumps(meta, indent=2) + "\n")
   return target
 
@@ -398,7 +410,50 @@ def subset(result: fitlib.ReadoutFit, idx) -> fitlib.ReadoutFit:
       scores={k: np.asarray(v)[idx] for k, v in result.scores.items()},
       test_stats=None if result.test_stats is None else {
           k: (np.asarray(v)[:, idx] if np.ndim(v) == 2 else np.asarray(v))
-          for k, v in result.test_stats.items()})
+          for k, v in result.test_stats.items()},
+      val_history=None if result.val_history is None else result.val_history[:, :, idx],
+      stop_step=None if result.stop_step is None else result.stop_step[:, idx])
+
+
+@contextlib.contextmanager
+def fit_progress_bar(show: bool, *, desc: str):
+  """A tqdm bar inside one fit (steps, active pairs, best validation correlation so far), fed by
+  ``fit``'s progress callback; yields the callback (None when ``show`` is false)."""
+  if not show:
+    yield None
+    return
+  from tqdm.auto import tqdm
+
+  bar = tqdm(total=None, unit="step", desc=desc, leave=False, position=1)
+
+  def on_check(p: fitlib.FitProgress) -> None:
+    bar.total = p.max_steps
+    bar.n = p.step
+    bar.set_postfix_str(f"active {p.active}/{p.pairs} pairs, best val r {p.best_val_corr:.3f}",
+                        refresh=False)
+    bar.refresh()
+    _log.debug("%s: step %d, %d of %d pairs active, median best validation r %.4f", desc,
+               p.step, p.active, p.pairs, p.best_val_corr)
+
+  try:
+    yield on_check
+  finally:
+    bar.close()
+
+
+def fit_readout(feats, tiers: Mapping[str, fitlib.Trials], *, readout: str, config: SweepConfig,
+                fit_config: fitlib.FitConfig, groups, mesh=None, progress: bool = False,
+                desc: str = "") -> fitlib.ReadoutFit:
+  """What a sweep does for one feature space and readout: the readout over its grid
+  (``config.grid``) for every neuron of the swept areas at once, a config chosen per neuron or
+  per area (``config.select``, ``groups (k,)`` the neurons' areas) on validation, scores on
+  test. ``feats``: prepared features (``fitlib.prepare_features``); ``progress``: a bar inside
+  the fit."""
+  with fit_progress_bar(progress and readout != "ridge", desc=desc) as on_check:
+    return fitlib.fit_and_score(
+        feats, train=tiers["train"], validation=tiers["validation"], test=tiers["test"],
+        readout=readout, grid=config.grid(readout), config=fit_config, select=config.select,
+        groups=groups, mesh=mesh, prepared=True, progress=on_check)
 
 
 def _tiers(ds, neurons):
@@ -552,10 +607,9 @@ def _run_locked(ds, config: SweepConfig, out: Path, *, areas, spaces, layers, fi
         # The whole group is refitted even if a kill left some of its cells written: the same
         # program on the same neurons gives bit-identical results for the missing ones.
         grid = config.grid(readout)
-        result = fitlib.fit_and_score(
-            feats, train=tiers["train"], validation=tiers["validation"], test=tiers["test"],
-            readout=readout, grid=grid, config=fit_config, select=config.select,
-            groups=neuron_area, mesh=mesh, prepared=True)
+        result = fit_readout(feats, tiers, readout=readout, config=config, fit_config=fit_config,
+                             groups=neuron_area, mesh=mesh, progress=progress,
+                             desc=f"{label} {layer} {readout}")
         for cell in group:
           if is_done(out, cell):
             continue

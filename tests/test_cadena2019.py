@@ -291,6 +291,19 @@ def test_full_config_on_allen_dff_files(tmp_path, monkeypatch, capsys):
   assert all(isinstance(v, str) for k, v in record.items() if k != "simulated")
   study = json.loads((out / "study.json").read_text())
   assert study["config"]["readouts"] == ["ridge"] and study["config"]["image_shape"] == [36, 46]
+  # RUN/run.json: the resolved config, the data set's fingerprint, versions and devices.
+  import jax
+
+  from jaxmouse import sweeps
+
+  run = json.loads((out / "run.json").read_text())
+  assert run["status"] == "finished" and run["config"] == study["config"]
+  assert run["config_source"] == "full" and run["set"] == []
+  assert run["data"]["fingerprint"] == sweeps.data_fingerprint(ds)
+  assert run["data"]["simulated"] is False
+  assert run["versions"]["jax"] == jax.__version__ and run["versions"]["flax"]
+  assert run["versions"]["jaxmouse"]
+  assert [d["id"] for d in run["devices"]] == [d.id for d in jax.devices()]
 
 
 def test_a_poisson_loss_on_dff_is_refused_before_the_run_folder_is_claimed(tmp_path, capsys):

@@ -186,3 +186,72 @@ def test_dff_like_responses_get_a_gaussian_loss_by_default_and_poisson_is_refuse
   cell = sweeps.load_cell(tmp_path / "a", sweeps.Cell("energy", "gabor", "factorized", "V1"))
   bias = cell["state"]["params"]["bias"]
   assert np.isfinite(bias).all() and (bias < 0).any()  # linear output: centred responses
+
+
+def test_each_cell_saves_its_learning_curves_and_the_report_draws_them(planted, tmp_path):
+  from jaxmouse import reports
+  from jaxmouse.reports import curves
+
+  ds, _, _, _, _ = planted
+  grids = {"factorized": {"l1": (1e-3, 1e-1), "smooth": (1e-2,)}}
+  fit = fitlib.FitConfig(max_steps=200, eval_every=50, batch_size=32, lr=1e-2, patience=2)
+  config = sweeps.SweepConfig(energy=True, readouts=("factorized", "ridge"), grids=grids, fit=fit)
+  run = tmp_path / "run"
+  table = sweeps.run_sweep(ds, config, run, progress=True)  # a bar inside the fit, too
+  areas = list(ds.area_names)
+  for area in areas:
+    cell = sweeps.Cell("energy", "gabor", "factorized", area)
+    h = np.load(sweeps.cell_dir(run, cell) / sweeps.HISTORY)
+    k = int((ds.areas == area).sum())
+    c = len(h["check_steps"])
+    assert h["val_history"].shape == (c, 2, k) and h["stop_step"].shape == (2, k)
+    assert h["check_steps"][0] == 0 and (np.diff(h["check_steps"]) == 50).all()
+    assert ((h["stop_step"] >= 50) & (h["stop_step"] <= 200)).all()
+    assert list(h["configs"]) == ["l1=0.001 smooth=0.01", "l1=0.1 smooth=0.01"]
+    # The curve is the validation correlation the fit chose on: its maximum over checks is
+    # each pair's best (within the improvement tolerance), as saved in the cell's state.
+    state = sweeps.load_cell(run, cell)["state"]
+    np.testing.assert_allclose(h["val_history"].max(axis=0), state["val_corr_grid"], atol=1e-4)
+    rows = table[(table["area"] == area) & (table["readout"] == "factorized")]
+    np.testing.assert_allclose(h["val_history"].max(axis=0).max(axis=0), rows["val_corr"],
+                               atol=1e-4)
+    ridge = np.load(sweeps.cell_dir(run, sweeps.Cell("energy", "gabor", "ridge", area))
+                    / sweeps.HISTORY)
+    assert "val_history" not in ridge and ridge["val_corr_grid"].shape[1] == k
+
+  hist = curves.read_histories(run)
+  assert list(hist) == [("energy", "gabor", "factorized")]  # ridge has no curve
+  pooled = np.concatenate([np.load(sweeps.cell_dir(run, sweeps.Cell("energy", "gabor",
+                                                                    "factorized", a))
+                                   / sweeps.HISTORY)["val_history"] for a in areas], axis=2)
+  lc = curves.learning_curves(hist)
+  assert len(lc) == pooled.shape[0] * 2
+  for j, config in enumerate(["l1=0.001 smooth=0.01", "l1=0.1 smooth=0.01"]):
+    got = lc[lc["config"] == config].sort_values("step")["median_val_corr"].to_numpy()
+    np.testing.assert_allclose(got, np.median(pooled[:, j], axis=1), rtol=1e-6)
+  reports.write_report(run, config=reports.ReportConfig(fev_threshold=0.0, n_boot=50,
+                                                        n_perm=50))
+  assert (run / "report" / "learning_curves_factorized.png").stat().st_size > 0
+  assert not (run / "report" / "learning_curves_ridge.png").exists()
+  assert "learning_curves_factorized.png" in (run / "report" / "summary.md").read_text()
+
+
+def test_fit_reports_progress_after_every_check(planted):
+  ds, _, _, _, _ = planted
+  from jaxmouse.models import gabor
+
+  feats = gabor.features(ds.images)
+  tr, va = ds.tier("train"), ds.tier("validation")
+  seen = []
+  res = fitlib.fit(feats, train=fitlib.Trials(*tr), validation=fitlib.Trials(*va),
+                   readout="factorized", grid={"l1": [1e-3, 1e-2]},
+                   config=fitlib.FitConfig(max_steps=150, eval_every=50, batch_size=32, lr=1e-2),
+                   progress=seen.append)
+  assert [p.step for p in seen] == list(res.check_steps) == [0, 50, 100, 150]
+  assert all(p.pairs == 2 * ds.n_neurons and p.max_steps == 150 for p in seen)
+  assert [p.active for p in seen] == sorted((p.active for p in seen), reverse=True)
+  # The best so far: per pair the running maximum of the validation history, best config per
+  # neuron, median over neurons.
+  running = np.maximum.accumulate(res.val_history, axis=0).max(axis=1)  # (checks, k)
+  np.testing.assert_allclose([p.best_val_corr for p in seen], np.median(running, axis=1),
+                             atol=1e-4)

@@ -9,8 +9,10 @@ subcommand does not break the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
   from jaxmouse import __version__
 
   parser.add_argument("--version", action="version", version=f"jaxmouse {__version__}")
+  _add_verbosity(parser, default=0)
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
   for name, (module, summary) in SUBCOMMANDS.items():
     try:
@@ -57,7 +60,69 @@ def build_parser() -> argparse.ArgumentParser:
         continue
       raise
     mod.register(sub, name=name, help=summary)
+    # -v / -q also after the subcommand (``jaxmouse run cadena2019 -q``).
+    _add_verbosity(sub.choices[name], default=argparse.SUPPRESS)
   return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, *, default) -> None:
+  parser.add_argument("-v", "--verbose", action="count", default=default,
+                      help="more messages: -v adds the details of each stage (debug level)")
+  parser.add_argument("-q", "--quiet", action="count", default=default,
+                      help="only warnings and errors, and no progress bars")
+
+
+def log_level(args: argparse.Namespace) -> int:
+  """The ``logging`` level of the ``jaxmouse`` loggers for ``-v`` / ``-q``."""
+  if getattr(args, "quiet", 0):
+    return logging.WARNING
+  return logging.DEBUG if getattr(args, "verbose", 0) else logging.INFO
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+  """Progress bars are drawn unless ``-q`` was given."""
+  return not getattr(args, "quiet", 0)
+
+
+class _Handler(logging.Handler):
+  """Log records as lines on stderr, written through tqdm so that progress bars stay intact;
+  warnings and errors carry the command's prefix, as the CLI's own warnings do."""
+
+  def __init__(self, prefix: str):
+    super().__init__()
+    self.prefix = prefix
+
+  def emit(self, record: logging.LogRecord) -> None:
+    try:
+      msg = record.getMessage()
+      if record.levelno >= logging.WARNING:
+        msg = f"{self.prefix}: {record.levelname.lower()}: {msg}"
+      try:
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg, file=sys.stderr)
+      except ImportError:
+        print(msg, file=sys.stderr)
+    except Exception:  # noqa: BLE001 -- logging must never break the command
+      self.handleError(record)
+
+
+@contextlib.contextmanager
+def configure_logging(args: argparse.Namespace, prefix: str):
+  """While the command runs, the ``jaxmouse`` loggers write to stderr at the level of ``-v`` /
+  ``-q``; afterwards they are as they were (the command may run inside another program)."""
+  logger = logging.getLogger("jaxmouse")
+  saved = (logger.level, logger.propagate)
+  handler = _Handler(prefix)
+  logger.addHandler(handler)
+  logger.setLevel(log_level(args))
+  logger.propagate = False
+  try:
+    yield logger
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(saved[0])
+    logger.propagate = saved[1]
 
 
 def describe_error(e: BaseException) -> str | None:
@@ -89,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.print_help()
     return 2
   prefix = f"jaxmouse {args.command}"
-  with warnings.catch_warnings():
+  with configure_logging(args, prefix), warnings.catch_warnings():
     # jaxmouse's own warnings (e.g. images on a 0-1 scale) as one line each, like the errors.
     warnings.simplefilter("default")
     shown = warnings.showwarning

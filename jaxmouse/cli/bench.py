@@ -46,7 +46,14 @@ def register(sub, *, name: str, help: str) -> None:
 
 def _runner(module: str):
   def run(args):
-    importlib.import_module(module).run(args)
+    try:
+      importlib.import_module(module).run(args)
+    except ModuleNotFoundError as e:
+      if e.name != "torch":
+        raise
+      # make main installs jaxmouse without PyTorch; only the benchmarks' references need it.
+      raise ValueError("this benchmark compares with a PyTorch reference, and PyTorch is not "
+                       "installed: pip install -e '.[test]' (or make test)") from None
   return run
 
 

@@ -14,10 +14,13 @@ EXAMPLES = """examples:
   jaxmouse compare digits --config quick --data-dir digits/ --domains mnist,mnist_m,svhn,usps \\
       --source mnist --out runs/digits_real
 
-mice writes rsa.csv, cka.csv, rmse.csv, neurons.csv, networks.csv (per area and Cre line each
-network's best layer under every measure, with its relative depth), networks.png, rsa.png,
-cka.png, rmse.png (per network when there are several), representations.png, summary.md;
-digits writes results.csv, table.csv, table.md, k_sweep.csv, accuracy.png, k_sweep.png.
+mice writes rsa.csv, cka.csv (each value with its image-bootstrap interval, the group's noise
+ceiling and value / ceiling), rmse.csv, neurons.csv, ceilings.csv, networks.csv (per area and
+Cre line each network's best layer under every measure, with its relative depth), networks.png,
+rsa.png, cka.png and rmse_layers.png (areas x layers heatmaps, per network when there are
+several), rmse.png, embedding.png (UMAP when umap-learn is installed, else PCA; k-means clusters,
+coloured by area and Cre line), representations.png, summary.md; digits writes results.csv,
+table.csv, table.md, k_sweep.csv, accuracy.png, k_sweep.png.
 """
 
 
@@ -64,10 +67,24 @@ def _run(args) -> int:
   return _digits(args) if args.experiment == "digits" else _mice(args)
 
 
+def _progress(args, desc: str | None = None):
+  """A tqdm wrapper for loops (None with -q) and the logger's info for messages."""
+  import logging
+
+  from jaxmouse.cli import show_progress
+
+  log = logging.getLogger("jaxmouse.compare").info
+  if not show_progress(args):
+    return None, log
+  from tqdm.auto import tqdm
+
+  if desc is None:
+    return (lambda xs, desc: tqdm(xs, desc=desc)), log
+  return (lambda xs: tqdm(xs, desc=desc)), log
+
+
 def _mice(args) -> int:
   from pathlib import Path
-
-  from tqdm.auto import tqdm
 
   from jaxmouse import _io
   from jaxmouse.studies import mice_to_machines as study
@@ -88,8 +105,9 @@ def _mice(args) -> int:
       raise ValueError(f"--image-shape: expected H,W, got {args.image_shape!r}") from None
   config = study.get_config(args.config, **changes)
   _io.check_output_path(args.out, overwrite=args.overwrite)
+  progress, log = _progress(args, "layers")
   result = study.run(config, data=args.data, weights=args.weights, layers=layers,
-                     progress=lambda xs: tqdm(xs, desc="layers"), log=tqdm.write)
+                     progress=progress, log=log)
   md = study.write_outputs(Path(args.out), config, result, overwrite=args.overwrite)
   print(md)
   print(f"wrote {args.out}/")
@@ -98,8 +116,6 @@ def _mice(args) -> int:
 
 def _digits(args) -> int:
   from pathlib import Path
-
-  from tqdm.auto import tqdm
 
   from jaxmouse import _io
   from jaxmouse.studies import neurn_digits as study
@@ -121,7 +137,8 @@ def _digits(args) -> int:
     changes["neurn_k"] = args.neurn_k
   config = study.get_config(args.config, **changes)
   _io.check_output_path(args.out, overwrite=args.overwrite)
-  result = study.run(config, progress=lambda xs, desc: tqdm(xs, desc=desc), log=tqdm.write)
+  progress, log = _progress(args)
+  result = study.run(config, progress=progress, log=log)
   written = study.write_outputs(Path(args.out), config, result, overwrite=args.overwrite)
   print(written["markdown"])
   print(f"wrote {args.out}/")

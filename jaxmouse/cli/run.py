@@ -13,6 +13,18 @@ EXAMPLES = """examples:
   jaxmouse run cadena2019 --config full --data 'allen/*.nwb' --trained weights/imagenet_vgg16
   jaxmouse run cadena2019 --config full --data mouse_dff.npz --loss gaussian
   jaxmouse run cadena2019 --config quick --trained weights/resnet18 --out runs/quick-resnet18
+  jaxmouse run cadena2019 --config quick --set fit.max_steps=2000 --set layers=conv3_3,conv4_3
+  jaxmouse run cadena2019 --config quick --print-config > mine.toml   # edit, then:
+  jaxmouse run cadena2019 --config mine.toml --out runs/mine
+
+--config takes quick, full or a TOML file whose keys replace fields of its base config
+(base = "quick" by default): top-level fields such as layers, readouts, areas, energy, and the
+tables [fit] (FitConfig), [simulation] (SimulationConfig), [grids.<readout>], [area_ranks],
+[per_format.<format>]. --set KEY=VALUE changes one key on top (dots reach into tables; VALUE is
+a TOML value or a plain string); unknown keys are refused with the valid ones. Data-format
+changes (Allen: ridge at 36x46) apply before --set, and the flags --trained, --areas, --loss,
+--area-ranks last. --print-config prints the resolved config as TOML and runs nothing.
+RUN/run.json records it with the data set's fingerprint, the versions and the devices.
 
 Allen Brain Observatory files (a folder, or a quoted glob pattern): L0 events when every file has
 an events file, else dF/F, averaged over [start, start + 2 x duration) after each onset; tiers by
@@ -36,7 +48,13 @@ def register(sub, *, name, help):
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("study", choices=["cadena2019"], help="which study")
   p.add_argument("--config", default="quick", help="quick (default: the simulated mouse, minutes "
-                 "on a laptop) or full (all 13 layers, full grids)")
+                 "on a laptop), full (all 13 layers, full grids) or a .toml file of changes to "
+                 "one of them")
+  p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                 help="change one config key, e.g. fit.max_steps=2000 or "
+                 "grids.ridge.alpha=[0.1,1,10] (repeatable)")
+  p.add_argument("--print-config", action="store_true",
+                 help="print the resolved config as TOML (reusable with --config) and exit")
   p.add_argument("--data", help="a data set (npz/HDF5, Sensorium file tree, Allen NWB files, TFDS "
                  "folder); default: simulate a mouse")
   p.add_argument("--trained", help="a converted weights checkpoint of any network to use as the "
@@ -56,11 +74,14 @@ def register(sub, *, name, help):
 
 def _run(args):
   import dataclasses
+  import logging
 
+  from jaxmouse import configs
+  from jaxmouse.cli import show_progress
   from jaxmouse.studies import cadena2019
 
-  # The config for this data format first (Allen: ridge at 36x46), then the flags on top.
-  config = cadena2019.get_config(args.config).for_format(cadena2019.data_format(args.data))
+  # The config (named or a file), the data format's changes, --set, then the flags on top.
+  config = cadena2019.resolve_config(args.config, sets=args.sets, data=args.data)
   changes = {}
   if args.trained:
     from jaxmouse.weights import read_metadata
@@ -75,6 +96,17 @@ def _run(args):
     changes["area_ranks"] = args.area_ranks
   if changes:
     config = dataclasses.replace(config, **changes)
+  if args.print_config:
+    fmt = cadena2019.data_format(args.data)
+    print(configs.to_toml(config, header=(
+        f"jaxmouse run cadena2019: the config {args.config!r} resolved for "
+        f"{'the simulated mouse' if fmt is None else f'{fmt} data'}"
+        f"{' with --set ' + ' '.join(args.sets) if args.sets else ''}.\n"
+        "Run it with: jaxmouse run cadena2019 --config THIS_FILE.toml")), end="")
+    return 0
   out = args.out or f"runs/cadena2019-{config.name}"
-  summary = cadena2019.run(config, out=out, data=args.data)
+  log = logging.getLogger("jaxmouse.run")
+  summary = cadena2019.run(config, out=out, data=args.data, log=log.info,
+                           progress=show_progress(args),
+                           record={"config_source": args.config, "set": list(args.sets)})
   print(f"report: {summary.parent} (summary: {summary})")

@@ -121,7 +121,8 @@ def register(sub, *, name: str, help: str) -> None:
                  help="standardize channels and apply ReLU before the readout")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--feature-cache", default=None, help="feature cache folder (default RUN/features)")
-  p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars (as -q, but "
+                 "keeping the messages)")
   p.set_defaults(func=run)
 
 
@@ -149,11 +150,13 @@ def run(args) -> None:
 
   from jaxmouse import data, sweeps
 
+  from jaxmouse.cli import show_progress
+
   config = config_from_args(args)
   ds = data.load(args.data)
   t0 = time.perf_counter()
   table = sweeps.run_sweep(ds, config, args.out, feature_cache=args.feature_cache,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress and show_progress(args))
   summary = (table.groupby(["weights", "layer", "readout", "area"], sort=False)
              [["feve", "corr", "corr_avg", "oracle"]].mean())
   summary.insert(0, "neurons", table.groupby(["weights", "layer", "readout", "area"],

@@ -91,10 +91,24 @@ def _is_nwb(path: Path) -> bool:
 
 def load(path: str | os.PathLike | Sequence[str | os.PathLike], *, format: str | None = None,
          **options) -> NeuralDataset:
-  """Reads a data set in any supported format.
+  """Reads a data set in any supported format (also ``jaxmouse.load``).
 
   ``options`` go to the format's loader, e.g. ``final_test="test"`` (filetree) or
   ``response="dff"``, ``n_test_images=...`` (allen); see each module.
+
+  Example:
+
+  >>> import os, tempfile, jaxmouse
+  >>> from jaxmouse.data import SimulationConfig, save, simulate
+  >>> tmp = tempfile.TemporaryDirectory()
+  >>> ds, _ = simulate(SimulationConfig.tiny(seed=1))
+  >>> path = save(ds, os.path.join(tmp.name, "mouse.npz"))
+  >>> back = jaxmouse.load(path)
+  >>> (back.n_neurons, back.n_images) == (ds.n_neurons, ds.n_images)
+  True
+  >>> back.tier("test")[1].shape == ds.tier("test")[1].shape
+  True
+  >>> tmp.cleanup()
   """
   path = expand(path)
   format = format or detect_format(path)

@@ -12,9 +12,12 @@ The analyses follow Cadena et al. 2019, with every choice made on validation dat
 - the hierarchy test: each neuron's validation-chosen layer against its area's rank, with a CI
   and permutations that respect recordings (``hierarchy``);
 - ``summary.md``: the questions answered, the data described, and for a simulated mouse what was
-  planted against what was recovered (``summary``).
+  planted against what was recovered (``summary``);
+- learning curves of the readouts trained by gradient descent: validation correlation versus step
+  per penalty config, median over neurons (``curves``).
 """
 
+from jaxmouse.reports.curves import learning_curves, plot_learning_curves, read_histories
 from jaxmouse.reports.figures import plot_feve_vs_layer
 from jaxmouse.reports.hierarchy import HierarchyTest, _spearman_perm, hierarchy_test, verdict
 from jaxmouse.reports.summary import (DATA_FILE, SELECTION_RULE, planted_vs_recovered,
@@ -33,8 +36,8 @@ __all__ = [
     "SELECTION_RULE", "Bootstrap", "HierarchyTest", "ReportConfig", "TestImages", "area_table",
     "attach_networks", "check_results", "choose_layers", "choose_network_layers",
     "choose_neuron_layers", "feve_by_layer", "feve_by_network", "hierarchy_test", "included",
-    "layer_order", "layer_table", "network_table", "parse_area_ranks", "per_neuron",
-    "read_feature_spaces", "study_networks",
-    "planted_vs_recovered", "plot_feve_vs_layer", "read_data_info", "read_results",
+    "layer_order", "layer_table", "learning_curves", "network_table", "parse_area_ranks",
+    "per_neuron", "planted_vs_recovered", "plot_feve_vs_layer", "plot_learning_curves",
+    "read_data_info", "read_feature_spaces", "read_histories", "read_results", "study_networks",
     "summary_markdown", "verdict", "weights_kind_from_name", "write_report",
 ]

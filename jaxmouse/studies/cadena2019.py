@@ -12,6 +12,8 @@ Run folder layout::
   RUN/study.json            the study config of this run (a different config is refused)
   RUN/data.json             what the data are: simulated or not (what was planted), response
                             type, window, loss, split, input size
+  RUN/run.json              the resolved config, the data set's fingerprint, jaxmouse/JAX/Flax
+                            versions, devices, command; "finished" when the report is written
   RUN/weights/<label>/      orbax checkpoints: the trained weights and random seeds
   RUN/data/simulated.npz    the simulated mouse, when no data set is given (+ simulated.truth.npz)
   RUN/features/             per-layer feature cache
@@ -52,7 +54,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from jaxmouse._io import atomic_path, lock_folder, read_json
 
@@ -86,6 +88,16 @@ NETWORKS = {
 }
 
 
+def _construct(cls, fields: Mapping, what: str):
+  """``cls(**fields)``, with an unknown key refused as a ValueError listing the valid ones."""
+  valid = [f.name for f in dataclasses.fields(cls)]
+  unknown = sorted(set(fields) - set(valid))
+  if unknown:
+    raise ValueError(f"StudyConfig.{what} has unknown keys {unknown}; valid keys: "
+                     f"{', '.join(valid)}")
+  return cls(**fields)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StudyConfig:
   """One configuration of the study (a config as code; see ``CONFIGS``).
@@ -104,7 +116,8 @@ class StudyConfig:
       readout is its own sweep under RUN/sweeps/<readout>, sharing one feature cache.
     grids: per readout ``{penalty: values}``; the grid is their cartesian product.
     energy: include the Gabor energy model.
-    energy_readouts: the readouts the energy model is fitted with (None: every readout).
+    energy_readouts: the readouts the energy model is fitted with (None: every readout; a
+      config whose readouts include none of them fits no energy model).
     image_shape: (H, W) the images are resized to (the study's 36x64).
     image_fit: how images of another aspect ratio reach ``image_shape``: ``"pad"`` (scaled to
       fit, margins filled with the images' mean gray, as the screen around a stimulus) or
@@ -160,11 +173,8 @@ class StudyConfig:
         raise ValueError(f"StudyConfig.readout_layers[{readout!r}] has layers {extra} that are "
                          f"not in layers {self.layers}")
     if self.energy_readouts is not None:
+      # Readouts named here but not run (after a format override or a config file) are ignored.
       object.__setattr__(self, "energy_readouts", tuple(self.energy_readouts))
-      # A format override (per_format) may leave fewer readouts; the others are simply absent.
-      if not set(self.energy_readouts) & set(self.readouts) and self.energy:
-        raise ValueError(f"StudyConfig.energy_readouts {self.energy_readouts} names none of the "
-                         f"readouts {self.readouts}")
     if len(self.image_shape) != 2:
       raise ValueError(f"StudyConfig.image_shape must be (H, W), got {self.image_shape}")
     if self.image_fit not in ("pad", "crop"):
@@ -181,6 +191,25 @@ class StudyConfig:
       raise ValueError(f"StudyConfig: {e}") from None
     if not self.random_seeds and self.trained is None:
       raise ValueError("StudyConfig: neither trained weights nor random seeds")
+    # The tables passed on to other configs are checked now, not when a run reaches them.
+    from jaxmouse import fit as fitlib
+    from jaxmouse import readouts as readouts_lib
+
+    _construct(fitlib.FitConfig, self.fit, "fit")
+    for readout, grid in self.grids.items():
+      if readout not in readouts_lib.NAMES:
+        raise ValueError(f"StudyConfig.grids names unknown readout {readout!r}; available: "
+                         f"{list(readouts_lib.NAMES)}")
+      penalties = ("alpha",) if readout == "ridge" else readouts_lib.get(readout).penalties
+      unknown = sorted(set(grid) - set(penalties))
+      if unknown:
+        raise ValueError(f"StudyConfig.grids[{readout!r}] has unknown penalties {unknown}; "
+                         f"the {readout} readout has {list(penalties)}")
+    if self.simulation:
+      from jaxmouse import data as dlib
+
+      _construct(dlib.SimulationConfig, {"areas": self.areas or AREAS, **self.simulation},
+                 "simulation")
 
   def for_format(self, fmt: str | None) -> "StudyConfig":
     """The config a data set of format ``fmt`` is run with: the fields ``per_format[fmt]``
@@ -270,8 +299,46 @@ CONFIGS = {"quick": QUICK, "full": FULL}
 
 def get_config(name: str) -> StudyConfig:
   if name not in CONFIGS:
-    raise ValueError(f"unknown cadena2019 config {name!r}; available: {list(CONFIGS)}")
+    raise ValueError(f"unknown cadena2019 config {name!r}; available: {list(CONFIGS)}, or a "
+                     ".toml config file")
   return CONFIGS[name]
+
+
+def config_schema():
+  """What ``--set`` and config files may change: StudyConfig's fields, ``fit.<FitConfig field>``,
+  ``simulation.<SimulationConfig field>``, ``per_format.<format>.<StudyConfig field>``."""
+  from jaxmouse import configs
+  from jaxmouse import data as dlib
+  from jaxmouse import fit as fitlib
+
+  return configs.Schema(StudyConfig, tables={"fit": fitlib.FitConfig,
+                                             "simulation": dlib.SimulationConfig,
+                                             "per_format": "self"})
+
+
+def resolve_config(spec: str, *, sets: Mapping | Sequence[str] = (), data=None) -> StudyConfig:
+  """The config a run uses.
+
+  ``spec``: ``"quick"``, ``"full"`` or the path of a TOML file (``jaxmouse.configs``: fields
+  replaced in its ``base``, default quick). Then the data format's changes (``for_format``;
+  Allen: ridge at 36x46), then ``sets`` (``["fit.max_steps=2000", ...]`` or ``{key: value}``),
+  which therefore win over both. Unknown keys and values of the wrong type are a ValueError
+  naming the key and the valid ones.
+  """
+  from jaxmouse import configs
+
+  schema = config_schema()
+  if spec in CONFIGS:
+    config = CONFIGS[spec]
+  elif str(spec).endswith(".toml") or Path(spec).is_file():
+    config = configs.from_toml(spec, configs=CONFIGS, schema=schema, default_base="quick")
+  else:
+    get_config(spec)  # the error lists the configs
+  changes = dict(sets) if isinstance(sets, Mapping) else configs.parse_sets(sets)
+  early = {k: v for k, v in changes.items() if k.split(".")[0] == "per_format"}
+  config = configs.apply(config, early, schema)
+  config = config.for_format(data_format(data))
+  return configs.apply(config, {k: v for k, v in changes.items() if k not in early}, schema)
 
 
 def _check_run_folder(out: Path, config: StudyConfig, data) -> None:
@@ -469,8 +536,13 @@ def _ready(config: StudyConfig, loaded):
 
 
 def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str], None] = print,
-        progress: bool = True) -> Path:
-  """Runs (or resumes) the study into ``out``; returns the path of the report's summary.md."""
+        progress: bool = True, record: Mapping | None = None) -> Path:
+  """Runs (or resumes) the study into ``out``; returns the path of the report's summary.md.
+
+  ``RUN/run.json`` records the resolved config, the data set's fingerprint, the versions of
+  jaxmouse, JAX and Flax, the devices and the command, plus the keys of ``record`` (e.g. where
+  the config came from); it is rewritten by every invocation and says whether it finished.
+  """
   out = Path(out)
   t0 = time.perf_counter()
   # A missing or unknown data set, and a loss that does not fit the data, are errors before
@@ -482,27 +554,38 @@ def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str],
   out.mkdir(parents=True, exist_ok=True)
   with lock_folder(out):
     return _run_locked(config, out=out, data=data, prepared=prepared, log=log,
-                       progress=progress, t0=t0)
+                       progress=progress, t0=t0, record=record)
+
+
+RUN_FILE = "run.json"
 
 
 def _run_locked(config: StudyConfig, *, out: Path, data, prepared, log: Callable[[str], None],
-                progress: bool, t0: float) -> Path:
+                progress: bool, t0: float, record: Mapping | None = None) -> Path:
   """``run`` once the run folder is locked."""
   import pandas as pd
 
   from jaxmouse import fit as fitlib
-  from jaxmouse import reports, sweeps
+  from jaxmouse import provenance, reports, sweeps
 
   _check_run_folder(out, config, data)
   folders = prepare_weights(config, out, log)
-  ds, fit_kwargs, record = prepared or _ready(config, prepare_data(config, out, data, log,
-                                                                   progress))
-  loss = record["loss"]
+  ds, fit_kwargs, described = prepared or _ready(config, prepare_data(config, out, data, log,
+                                                                      progress))
+  loss = described["loss"]
   with atomic_path(out / reports.DATA_FILE) as tmp:
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.write_text(json.dumps(described, indent=2) + "\n")
+  source = (str(Path(data).resolve()) if data is not None
+            else str(out / "data" / "simulated.npz"))
+  info = provenance.run_record(
+      config=config.to_dict(), data={"name": ds.name, "source": source,
+                                     "simulated": bool(described.get("simulated")),
+                                     "fingerprint": sweeps.data_fingerprint(ds)},
+      **dict(record or {}), status="running")
+  _write_run_file(out, info)
   log(f"data set {ds.name!r}: {ds.n_neurons} neurons "
       f"({', '.join(f'{a} {n}' for a, n in ds.neurons_per_area().items())}), "
-      f"{ds.n_images} images, {ds.n_trials} trials; {record['response_type']}; loss {loss}")
+      f"{ds.n_images} images, {ds.n_trials} trials; {described['response_type']}; loss {loss}")
   tables = []
   for readout in config.readouts:
     layers = config.layers_of(readout)
@@ -524,5 +607,12 @@ def _run_locked(config: StudyConfig, *, out: Path, data, prepared, log: Callable
   summary = reports.write_report(
       out, config=reports.ReportConfig(area_ranks=ranks, fev_threshold=config.fev_threshold),
       area_order=areas)
+  _write_run_file(out, {**info, "status": "finished", "finished": provenance.now(),
+                        "seconds": round(time.perf_counter() - t0, 1)})
   log(f"done in {time.perf_counter() - t0:.0f} s; report: {summary}")
   return summary
+
+
+def _write_run_file(out: Path, info: Mapping) -> None:
+  with atomic_path(out / RUN_FILE) as tmp:
+    tmp.write_text(json.dumps(info, indent=2) + "\n")

@@ -39,9 +39,18 @@ Run::
       --out runs/networks
 
 Writes ``rsa.csv``, ``cka.csv``, ``rmse.csv``, ``neurons.csv`` (with a ``network`` column),
-``networks.csv``, ``networks.png``, ``rsa.png``, ``cka.png``, ``rmse.png`` (one set per network,
-``rsa_<network>.png`` ..., when there are several), ``representations.png``, ``summary.md`` and
-``config.json``.
+``ceilings.csv``, ``networks.csv``, ``networks.png``, ``rsa.png``, ``cka.png`` (areas x layers
+heatmaps, raw and as a fraction of the noise ceiling), ``rmse_layers.png`` (areas x layers),
+``rmse.png`` (one set per network, ``rsa_<network>.png`` ..., when there are several),
+``embedding.png`` (every neuron's representation embedded, k-means clusters, coloured by cluster,
+area and Cre line), ``representations.png``, ``summary.md`` and ``config.json``.
+
+Ceilings and uncertainty: every RSA / CKA value comes with its group's noise ceiling (split halves
+of each image's repeats, Spearman-Brown corrected), the value as a fraction of it, and 95%
+intervals from resampling the evaluate images (``jaxmouse.reliability``); like the values, they
+are computed on the evaluate images. The simulated mouse shows most images repeatedly (as the
+Allen natural scenes are, 50 times each), so that the ceilings rest on nearly every evaluate
+image.
 """
 
 from __future__ import annotations
@@ -82,9 +91,12 @@ class MiceConfig:
   (None: raw images only). image_shape: images are resized to this before the network (and
   neural representations use ``map_shape``). neuron_scale: the simulated mouse has
   ``round(scale * PAPER_COUNTS)`` neurons per area. n_images, n_test_images, n_repeats: the
-  simulated image set. sim_n_features, sim_rf_sigma: planted readouts (see
-  ``jaxmouse.data.SimulationConfig``). weights_seed: random VGG16 when no weights are given.
-  n_clusters, n_central: k-means per group. seed: simulation, image split, clustering.
+  simulated image set (``n_test_images`` of them shown ``n_repeats`` times, the others once).
+  sim_n_features, sim_rf_sigma: planted readouts (see ``jaxmouse.data.SimulationConfig``).
+  weights_seed: random VGG16 when no weights are given. n_clusters, n_central: k-means per
+  group. ceiling_splits, n_boot: split halves for the RSA / CKA noise ceilings and image
+  resamples for their intervals (``jaxmouse.compare.CompareConfig``). seed: simulation, image
+  split, clustering, resamples.
   """
 
   name: str
@@ -101,6 +113,8 @@ class MiceConfig:
   weights_seed: int = 0
   n_clusters: int = 4
   n_central: int = 3
+  ceiling_splits: int = 5
+  n_boot: int = 1000
   seed: int = 0
   network_input: Mapping[str, tuple[int, int]] = dataclasses.field(
       default_factory=lambda: dict(NETWORK_INPUT))
@@ -130,16 +144,18 @@ class MiceConfig:
 
 
 CONFIGS = {
-    # Simulated mouse, 250 neurons in six areas, 400 images at 36x64, 7 layers: ~1-2 min on 2 cores.
+    # Simulated mouse, 250 neurons in six areas, 400 images at 36x64 (360 of them shown 5 times,
+    # for the noise ceilings), 7 layers: ~2 min on 2 cores.
     "quick": MiceConfig(name="quick", layers=("conv1_2", "conv2_2", "conv3_1", "conv3_3",
-                                              "conv4_1", "conv4_3", "conv5_1")),
-    # The paper's 1,000 neurons, 1,000 images, all 13 conv layers.
+                                              "conv4_1", "conv4_3", "conv5_1"),
+                        n_test_images=360),
+    # The paper's 1,000 neurons, 1,000 images (900 shown 10 times), all 13 conv layers.
     "full": MiceConfig(name="full", layers=ALL_CONV, neuron_scale=1.0, n_images=1000,
-                       n_test_images=100, n_repeats=10),
+                       n_test_images=900, n_repeats=10),
     # For tests: seconds.
     "tiny": MiceConfig(name="tiny", layers=("conv1_2", "conv2_2"), image_shape=(24, 32),
-                       map_shape=(12, 16), neuron_scale=0.05, n_images=80, n_test_images=8,
-                       n_repeats=3),
+                       map_shape=(12, 16), neuron_scale=0.05, n_images=80, n_test_images=64,
+                       n_repeats=3, n_boot=200),
 }
 
 
@@ -327,6 +343,7 @@ def run(config: MiceConfig, *, data=None, weights=None, layers: Sequence[str] | 
     kernel = w.params[zoo.FIRST_CONV[w.arch]]["kernel"]
     base = compare.CompareConfig(layers=per_network[name], map_shape=config.map_shape,
                                  n_clusters=config.n_clusters, n_central=config.n_central,
+                                 ceiling_splits=config.ceiling_splits, n_boot=config.n_boot,
                                  seed=config.seed)
     prefix = f"{name} ({w.arch}, input {shape[0]}x{shape[1]}): "
     mine, out = compare_arms(ds, features, base, neurn_k=config.neurn_k, kernel=kernel,
@@ -389,17 +406,18 @@ def network_comparison(tables: dict, depths: Mapping[str, Mapping[str, float]] |
         sel = df[(df.neurn == arm) & (df.kind == kind) & (df.group == group)
                  & (df.network == net) & (df.method == method)]
         top = _chosen(sel, "value_select", lowest=False)
-        picks.append((f"{measure}_{method}", top.layer, float(top.value)))
+        picks.append((f"{measure}_{method}", top.layer, float(top.value),
+                      float(top.get("normalized", np.nan))))
     for level in ("bottom_up", "top_down"):
       sel = g[g.level == level]
       top = _chosen(sel, "rmse_select", lowest=True)
-      picks.append((f"rmse_{level}", top.layer, float(top.rmse)))
-    for measure, layer, value in picks:
+      picks.append((f"rmse_{level}", top.layer, float(top.rmse), np.nan))
+    for measure, layer, value, of_ceiling in picks:
       rows.append({"neurn": arm, "kind": kind, "group": group, "network": net,
                    "measure": measure, "layer": layer, "value": value,
-                   "depth": depths.get(net, {}).get(layer, np.nan)})
+                   "of_ceiling": of_ceiling, "depth": depths.get(net, {}).get(layer, np.nan)})
   return pd.DataFrame(rows, columns=["neurn", "kind", "group", "network", "measure", "layer",
-                                     "value", "depth"])
+                                     "value", "of_ceiling", "depth"])
 
 
 def best_layers(tables: dict, planted: dict) -> "pd.DataFrame":
@@ -417,8 +435,36 @@ def best_layers(tables: dict, planted: dict) -> "pd.DataFrame":
       row["planted"] = planted.get(group, "") if kind == "area" else ""
     for r in g.itertuples():
       fmt = ".3f" if r.measure.startswith("rmse") else ".2f"
-      row[r.measure] = f"{r.layer} ({r.value:{fmt}})"
+      frac = f"; {r.of_ceiling:.2f} of ceiling" if np.isfinite(r.of_ceiling) else ""
+      row[r.measure] = f"{r.layer} ({r.value:{fmt}}{frac})"
     rows.append(row)
+  return pd.DataFrame(rows)
+
+
+CEILING_COLUMNS = ("value", "ci_low", "ci_high", "ceiling", "normalized", "normalized_ci_low",
+                   "normalized_ci_high", "ceiling_images")
+
+
+def ceiling_table(tables: dict) -> "pd.DataFrame":
+  """Per measure (RSA, CKA), form, arm, kind and group, at the layer chosen on the select
+  images: the value on the evaluate images with its image-bootstrap interval, the group's noise
+  ceiling, and the value as a fraction of the ceiling with its interval (``ceiling_images``:
+  evaluate images with two or more trials). Empty when the rows carry no ceilings."""
+  import pandas as pd
+
+  rows = []
+  for measure in ("rsa", "cka"):
+    df = pd.DataFrame(tables[measure])
+    if "ceiling" not in df:
+      return pd.DataFrame()
+    if "network" not in df:
+      df["network"] = ""
+    for (net, method, arm, kind, group), sel in df.groupby(
+        ["network", "method", "neurn", "kind", "group"], sort=False):
+      top = _chosen(sel, "value_select", lowest=False)
+      rows.append({"network": net, "measure": measure, "method": method, "neurn": arm,
+                   "kind": kind, "group": group, "layer": top.layer,
+                   **{c: top[c] for c in CEILING_COLUMNS}})
   return pd.DataFrame(rows)
 
 
@@ -468,10 +514,13 @@ def write_outputs(out: Path, config: MiceConfig, result: dict, *, overwrite: boo
   best = best_layers(tables, result["planted"])
   effect = neurn_effect(tables)
   comparison = network_comparison(tables, result.get("depths"))
+  ceilings = ceiling_table(tables)
   tag = "SIMULATED mouse: " if result.get("simulated") else ""
   with _io.atomic_path(out, is_dir=True) as tmp:
     for key, rows in tables.items():
       pd.DataFrame(rows).to_csv(tmp / f"{key}.csv", index=False)
+    if len(ceilings):
+      ceilings.to_csv(tmp / "ceilings.csv", index=False)
     comparison.to_csv(tmp / "networks.csv", index=False)
     _plot_networks(plt, comparison, tmp / "networks.png", tag=tag)
     nets = list(dict.fromkeys(pd.DataFrame(tables["rmse"]).get("network", pd.Series([""]))))
@@ -479,20 +528,36 @@ def write_outputs(out: Path, config: MiceConfig, result: dict, *, overwrite: boo
       suffix = f"_{net}" if len(nets) > 1 else ""
       pick = lambda rows: (pd.DataFrame(rows)[pd.DataFrame(rows)["network"] == net]
                            if len(nets) > 1 else pd.DataFrame(rows))
+      label = tag + (f"{net}: " if suffix else "")
       for measure in ("rsa", "cka"):
         _plot_similarity(plt, pick(tables[measure]), measure, tmp / f"{measure}{suffix}.png",
-                         tag=tag + (f"{net}: " if suffix else ""))
-      _plot_rmse(plt, pick(tables["rmse"]), tmp / f"rmse{suffix}.png",
-                 tag=tag + (f"{net}: " if suffix else ""))
+                         tag=label)
+      _plot_rmse(plt, pick(tables["rmse"]), tmp / f"rmse{suffix}.png", tag=label)
+      _plot_rmse_layers(plt, pick(tables["rmse"]), tmp / f"rmse_layers{suffix}.png", tag=label)
+    _plot_embedding(plt, result, tmp / "embedding.png", seed=config.seed,
+                    n_clusters=config.n_clusters, tag=tag)
     _plot_representations(plt, result, tmp / "representations.png", seed=config.seed,
                           n_clusters=config.n_clusters, tag=tag)
-    md = summary_markdown(config, result, best, effect, comparison)
+    md = summary_markdown(config, result, best, effect, comparison, ceilings)
     (tmp / "summary.md").write_text(md)
     (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
   return md
 
 
-def summary_markdown(config: MiceConfig, result: dict, best, effect, comparison=None) -> str:
+CEILING_NOTE = (
+    "Ceilings and intervals: each group's noise ceiling is the RSA (CKA) between the "
+    "representations of two random halves of each image's trials, averaged over {splits} "
+    "splits and Spearman-Brown corrected (the agreement expected with an independent "
+    "replicate of the data); `of ceiling` = value / ceiling. Intervals: {ci:.0%} percentile "
+    "intervals over {n_boot} resamples of the evaluate images (the ceiling recomputed in each "
+    "for the fraction). All on the evaluate images. A model equal to the noise-free neural "
+    "representation is expected near sqrt(ceiling) for RSA, so fractions above 1 mean noisy "
+    "data, not a model better than the data; CKA of noisy data is biased upward and its "
+    "ceiling is optimistic at low reliability.")
+
+
+def summary_markdown(config: MiceConfig, result: dict, best, effect, comparison=None,
+                     ceilings=None) -> str:
   simulated = result.get("simulated")
   title = f"# Mice to machines: {config.name}" + (" (SIMULATED data)" if simulated else "")
   k = "none" if config.neurn_k is None else f"k={config.neurn_k}"
@@ -527,6 +592,27 @@ def summary_markdown(config: MiceConfig, result: dict, best, effect, comparison=
   if eff is not None and len(eff):
     lowered = int((eff["change"] < 0).sum())
     lines += [f"NeuRN lowers the RMSE in {lowered} of {len(eff)} area x level cells.", ""]
+  if ceilings is not None and len(ceilings):
+    lines += ["## RSA and CKA against their noise ceilings (each group at its layer chosen on "
+              "select images; evaluate images)", "",
+              CEILING_NOTE.format(splits=config.ceiling_splits, ci=0.95, n_boot=config.n_boot),
+              ""]
+    n_eval = result["images"].get("evaluate")
+    few = ceilings[ceilings["ceiling_images"] < (n_eval or 0)]
+    if len(few):
+      lines += [f"The ceilings rest on the {int(few['ceiling_images'].min())} evaluate images "
+                f"shown at least twice (of {n_eval}); the values use all {n_eval}.", ""]
+    fmt = lambda v, lo, hi: f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+    show = ceilings[ceilings["kind"] == "area"].copy()
+    cols = (["network"] if show["network"].nunique() > 1 else []) + ["measure", "method", "neurn",
+                                                                       "group", "layer"]
+    table = show[cols].copy()
+    table["value [CI]"] = [fmt(*r) for r in show[["value", "ci_low", "ci_high"]].to_numpy()]
+    table["ceiling"] = show["ceiling"].to_numpy()
+    table["of ceiling [CI]"] = [fmt(*r) for r in show[["normalized", "normalized_ci_low",
+                                                       "normalized_ci_high"]].to_numpy()]
+    lines += [_markdown(table, floatfmt="{:.2f}"), "",
+              "Cre lines and cell classes: `ceilings.csv`.", ""]
   return "\n".join(lines)
 
 
@@ -581,25 +667,30 @@ def _plot_networks(plt, comparison, path: Path, *, tag: str = "") -> None:
 
 
 def _plot_similarity(plt, df, measure: str, path: Path, *, tag: str = "") -> None:
+  """Areas x layers heatmaps per form and arm: the value, and (when the rows carry ceilings)
+  the value as a fraction of the area's noise ceiling."""
   df = df[df.kind == "area"]
   arms = list(dict.fromkeys(df.neurn))
-  methods = ("matched", "layer")
-  fig, axes = plt.subplots(len(methods), len(arms), figsize=(4.2 * len(arms), 5.6), squeeze=False)
-  for i, method in enumerate(methods):
+  values = ["value"] + (["normalized"] if "normalized" in df else [])
+  panels = [(m, v) for v in values for m in ("matched", "layer")]
+  fig, axes = plt.subplots(len(panels), len(arms), figsize=(4.2 * len(arms), 2.8 * len(panels)),
+                           squeeze=False)
+  for i, (method, value) in enumerate(panels):
     for j, arm in enumerate(arms):
       sel = df[(df.neurn == arm) & (df.method == method)]
       rows, cols = list(dict.fromkeys(sel.group)), list(dict.fromkeys(sel.layer))
-      table = sel.pivot(index="group", columns="layer", values="value").loc[rows, cols]
+      table = sel.pivot(index="group", columns="layer", values=value).loc[rows, cols]
       choice = sel.pivot(index="group", columns="layer", values="value_select").loc[rows, cols]
       ax = axes[i, j]
-      im = ax.imshow(table.values, aspect="auto", cmap="viridis")
+      im = ax.imshow(table.values.astype(float), aspect="auto", cmap="viridis")
       ax.set_xticks(range(table.shape[1]), table.columns, rotation=60, fontsize=7)
       ax.set_yticks(range(table.shape[0]), table.index, fontsize=8)
       ax.plot(choice.values.argmax(1), range(table.shape[0]), "w*", ms=7)
-      ax.set_title(f"{measure.upper()} {method}, NeuRN {arm}", fontsize=9)
+      what = "" if value == "value" else " / ceiling"
+      ax.set_title(f"{measure.upper()}{what} {method}, NeuRN {arm}", fontsize=9)
       fig.colorbar(im, ax=ax, fraction=0.046)
-  fig.suptitle(f"{tag}{measure.upper()} on evaluate images; * = layer chosen on select images",
-               fontsize=9)
+  fig.suptitle(f"{tag}{measure.upper()} on evaluate images (areas x layers); * = layer chosen on "
+               "select images", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -627,6 +718,63 @@ def _plot_rmse(plt, df, path: Path, *, tag: str = "") -> None:
       ax.set_title(f"{level} ({kind})", fontsize=9)
       ax.legend(fontsize=7)
   fig.suptitle(f"{tag}RMSE on evaluate images, at the layer chosen on select images", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _plot_rmse_layers(plt, df, path: Path, *, tag: str = "") -> None:
+  """Areas x layers heatmaps of the RMSE (evaluate images) per level and arm; * marks the layer
+  chosen on the select images (lowest ``rmse_select``)."""
+  df = df[(df.kind == "area") & (df.layer != "kernels")]
+  arms = list(dict.fromkeys(df.neurn))
+  levels = ("top_down", "bottom_up")
+  fig, axes = plt.subplots(len(levels), len(arms), figsize=(4.2 * len(arms), 5.6), squeeze=False)
+  for i, level in enumerate(levels):
+    for j, arm in enumerate(arms):
+      sel = df[(df.neurn == arm) & (df.level == level)]
+      rows, cols = list(dict.fromkeys(sel.group)), list(dict.fromkeys(sel.layer))
+      table = sel.pivot(index="group", columns="layer", values="rmse").loc[rows, cols]
+      choice = sel.pivot(index="group", columns="layer", values="rmse_select").loc[rows, cols]
+      ax = axes[i, j]
+      im = ax.imshow(table.values.astype(float), aspect="auto", cmap="viridis_r")
+      ax.set_xticks(range(table.shape[1]), table.columns, rotation=60, fontsize=7)
+      ax.set_yticks(range(table.shape[0]), table.index, fontsize=8)
+      ax.plot(np.nanargmin(choice.values.astype(float), 1), range(table.shape[0]), "w*", ms=7)
+      ax.set_title(f"RMSE {level}, NeuRN {arm}", fontsize=9)
+      fig.colorbar(im, ax=ax, fraction=0.046)
+  fig.suptitle(f"{tag}RMSE on evaluate images (areas x layers; lower = more similar); * = layer "
+               "chosen on select images", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _plot_embedding(plt, result: dict, path: Path, *, seed: int, n_clusters: int,
+                    tag: str = "") -> None:
+  """Every neuron's representation (select images) embedded together (UMAP when installed,
+  else PCA) and clustered by k-means, coloured by cluster, by area and by Cre line (or cell
+  class), as the study shows them."""
+  maps, groups = result["maps_select"], result["groups"]
+  emb, method = compare.embed(maps, seed=seed)
+  clusters = compare.cluster(emb, n_clusters=n_clusters, seed=seed)
+  colourings = [("k-means cluster", {f"cluster {c}": np.flatnonzero(clusters.labels == c)
+                                     for c in np.unique(clusters.labels)})]
+  colourings += [(kind.replace("_", " "), groups[kind]) for kind in ("area", "cre_line",
+                                                                     "cell_class")
+                 if kind in groups]
+  fig, axes = plt.subplots(1, len(colourings), figsize=(4.0 * len(colourings), 3.8),
+                           squeeze=False)
+  for ax, (title, members) in zip(axes[0], colourings):
+    for i, (name, idx) in enumerate(members.items()):
+      ax.scatter(emb[idx, 0], emb[idx, 1], s=7, color=f"C{i % 10}", label=f"{name} ({idx.size})")
+    ax.scatter(clusters.centers[:, 0], clusters.centers[:, 1], marker="x", color="k", s=30)
+    ax.set_title(f"by {title}", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=6, markerscale=1.5, loc="best")
+  fig.suptitle(f"{tag}{maps.shape[0]} neural representations (select images), {method.upper()} "
+               f"embedding, k-means with {n_clusters} clusters (x: centroids)", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
