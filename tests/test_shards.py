@@ -256,3 +256,37 @@ def test_results_are_appended_and_end_in_plan_order(tmp_path, data_file, straigh
   assert len(collected) == 1
   assert sum(reads.values()) == 4 + 2 + 6, reads
 
+
+# ---- a study ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sharded_study_writes_its_report_once_every_cell_is_done(tmp_path):
+  from jaxmouse import weights as wlib
+  from jaxmouse.studies import cadena2019
+
+  wlib.save(wlib.random_init("vgg16", 5), tmp_path / "trained")
+  sim = dict(image_shape=(32, 48), neurons_per_area=6, n_images=160, n_test_images=20,
+             n_repeats=3, gabor_fraction=0.0, layers=("conv1_2",), arch="vgg16", weights_seed=0)
+  config = cadena2019.StudyConfig(
+      name="shards", layers=("conv1_2", "conv2_2"), random_seeds=(0,),
+      trained=str(tmp_path / "trained"), readouts=("ridge",),
+      grids={"ridge": {"alpha": (0.1, 1.0)}}, energy=True, image_shape=(32, 48), simulation=sim)
+  out, logs = tmp_path / "run", []
+  run = lambda shard: cadena2019.run(config, out=out, log=logs.append, progress=False,
+                                     shard=shard)
+  assert run("0/2") is None  # the other shard's cells are not done: no report yet
+  assert not (out / "report").exists() and not (out / "results.csv").exists()
+  assert "shard 0/2 done" in logs[-1]
+  cells = sorted((out / "sweeps").rglob("cell.json"))
+  assert 0 < len(cells) < 4 * 5  # (2 networks x 2 layers + energy) x 4 areas
+  simulated = (out / "data" / "simulated.npz").stat().st_mtime_ns
+  summary = run("1/2")  # finds every cell done: the report
+  assert summary.is_file() and (out / "results.csv").is_file()
+  assert len(sorted((out / "sweeps").rglob("cell.json"))) == 20
+  assert (out / "data" / "simulated.npz").stat().st_mtime_ns == simulated  # prepared once
+  stamps = {p: p.stat().st_mtime_ns for p in (out / "sweeps").rglob("cell.json")}
+  results = (out / "results.csv").read_bytes()
+  assert run(None) == summary  # the plain command refits nothing and writes the same table
+  assert {p: p.stat().st_mtime_ns for p in (out / "sweeps").rglob("cell.json")} == stamps
+  assert (out / "results.csv").read_bytes() == results
+  assert not list(out.glob(".*.lock"))

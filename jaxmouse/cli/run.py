@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from jaxmouse.cli.report import area_ranks
+from jaxmouse.cli.sweep import add_cluster_arguments, start_cluster
 
 EXAMPLES = """examples:
   jaxmouse run cadena2019                                  # quick config, simulated mouse, HED weights
@@ -19,6 +20,10 @@ image; the ridge readout with a per-neuron penalty at 36x46 (118 images are few 
 trained by gradient descent). RUN/data.json states the response type, window, loss and split.
 
 Re-running the same command resumes: finished stages and sweep cells are skipped.
+With --shard I/N (or auto, in a Slurm array) workers share one --out folder and split each
+sweep's cells; the worker that finds every cell done writes the report. --distributed runs
+every fit over the devices of all processes of a jax.distributed job (a TPU pod slice, a Slurm
+allocation): start the same command in each process.
 """
 
 
@@ -45,14 +50,17 @@ def register(sub, *, name, help):
                  "V1/VISp below every higher area), 'anatomical' (Harris et al. 2019 hierarchy "
                  "scores: VISp < VISl < VISrl < VISal < VISpm < VISam) or AREA=RANK items")
   p.add_argument("--out", default=None, help="run folder (default runs/cadena2019-<config>)")
+  add_cluster_arguments(p)
   p.set_defaults(func=_run)
 
 
 def _run(args):
   import dataclasses
 
+  from jaxmouse import cluster
   from jaxmouse.studies import cadena2019
 
+  shard = start_cluster(args)
   # The config for this data format first (Allen: ridge at 36x46), then the flags on top.
   config = cadena2019.get_config(args.config).for_format(cadena2019.data_format(args.data))
   changes = {}
@@ -67,5 +75,11 @@ def _run(args):
   if changes:
     config = dataclasses.replace(config, **changes)
   out = args.out or f"runs/cadena2019-{config.name}"
-  summary = cadena2019.run(config, out=out, data=args.data)
+  summary = cadena2019.run(config, out=out, data=args.data, shard=shard)
+  if not cluster.is_lead():
+    return
+  if summary is None:
+    print(f"shard {shard} done: the report is written by the worker that finds every cell "
+          "done, or by the same command without --shard")
+    return
   print(f"report: {summary.parent} (summary: {summary})")
