@@ -62,11 +62,15 @@ def _arms(text: str) -> list[tuple[int, int]]:
   return arms
 
 
-def _pinned(i: int, cores: int):
-  """A ``preexec_fn`` that pins process ``i`` of an arm to ``cores`` cores of its own."""
+def _pinned(i: int, cores: int, argv: list[str]) -> list[str]:
+  """``argv`` (a Python command line) run as process ``i`` of an arm, pinned to ``cores`` cores
+  of its own: a small Python that pins itself, then becomes the command (no fork of this
+  multithreaded process)."""
   n = os.cpu_count() or 1
-  mine = {(i * cores + j) % n for j in range(cores)}
-  return (lambda: os.sched_setaffinity(0, mine)) if hasattr(os, "sched_setaffinity") else None
+  mine = sorted({(i * cores + j) % n for j in range(cores)})
+  pin = (f"import os, sys; hasattr(os, 'sched_setaffinity') and os.sched_setaffinity(0, {mine}); "
+         "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+  return [sys.executable, "-c", pin, *argv[1:]]
 
 
 def _env(**extra) -> dict:
@@ -102,8 +106,8 @@ def _sweep_arm(scratch: Path, argv: list[str], workers: int, cores: int,
   cmds = [[sys.executable, "-m", "jaxmouse", *argv, "--out", str(out)]
           + (["--shard", f"{i}/{workers}"] if workers > 1 else []) for i in range(workers)]
   start = time.perf_counter()
-  procs = [subprocess.Popen(c, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=_pinned(i, cores)) for i, c in enumerate(cmds)]
+  procs = [subprocess.Popen(_pinned(i, cores, c), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True) for i, c in enumerate(cmds)]
   errors = [p.communicate()[1] for p in procs]
   took = time.perf_counter() - start
   for p, err in zip(procs, errors):
@@ -204,9 +208,9 @@ def _fit_arm(args, processes: int, cores: int) -> dict:
   procs = []
   for i in range(processes):
     argv[1] = i
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "jaxmouse.benchmarks.scaling", *map(str, argv)], env=_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pinned(i, cores)))
+    cmd = [sys.executable, "-m", "jaxmouse.benchmarks.scaling", *map(str, argv)]
+    procs.append(subprocess.Popen(_pinned(i, cores, cmd), env=_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
   outs = [p.communicate() for p in procs]
   for p, (_, err) in zip(procs, outs):
     if p.returncode:
