@@ -427,7 +427,7 @@ def taking_turns(path: str | os.PathLike) -> Iterator[None]:
   """Holds an exclusive lock on the file ``path``, waiting for it: processes that would do the
   same work (extract one layer, prepare one study) do it one after the other, and each finds
   what the previous one made. The file is removed on release. Without file locks (or in a
-  read-only folder) it does nothing."""
+  read-only folder) it does nothing: the work is then done by each, atomically."""
   path = Path(path)
   if _locks_off():
     yield
@@ -442,9 +442,12 @@ def taking_turns(path: str | os.PathLike) -> Iterator[None]:
       return
     try:
       fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError:
+    except OSError as e:
       os.close(fd)
-      raise
+      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        raise
+      yield  # a file system without locks: as with JAXMOUSE_NO_LOCK
+      return
     if _same_file(fd, path):
       break
     os.close(fd)  # the previous holder removed it while we waited: lock the new one
