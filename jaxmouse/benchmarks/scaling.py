@@ -19,7 +19,9 @@ The fit: a factorized readout on ``--images`` images of 16x16x64 features for ``
 neurons x ``--configs`` penalty configs, ``--steps`` steps without early stopping, timed warm
 (after one run that compiles); N processes of one device each are joined by ``jax.distributed``
 over the loopback address, the neuron axis split between them. Medians over ``--repeats``, with
-the range: the machine may be shared with other jobs.
+the range: the machine may be shared with other jobs. The CPU seconds of all workers (or
+processes) tell the work done apart from the waiting: on a busy machine they are the steadier
+figure, and their ratio between arms bounds what free cores (another node) would give.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -100,20 +103,26 @@ def sweep_dataset(seed: int = 0):
                        name="scaling")
 
 
+def _children_cpu() -> float:
+  r = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return r.ru_utime + r.ru_stime
+
+
 def _sweep_arm(scratch: Path, argv: list[str], workers: int, cores: int,
-               k: int) -> tuple[float, bytes]:
+               k: int) -> tuple[float, float, bytes]:
+  """(wall seconds, CPU seconds of all workers, results.csv) of one run of an arm."""
   out = scratch / f"sweep-{workers}x{cores}-{k}"
   cmds = [[sys.executable, "-m", "jaxmouse", *argv, "--out", str(out)]
           + (["--shard", f"{i}/{workers}"] if workers > 1 else []) for i in range(workers)]
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), _children_cpu()
   procs = [subprocess.Popen(_pinned(i, cores, c), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True) for i, c in enumerate(cmds)]
   errors = [p.communicate()[1] for p in procs]
-  took = time.perf_counter() - start
+  took, cpu = time.perf_counter() - start, _children_cpu() - cpu
   for p, err in zip(procs, errors):
     if p.returncode:
       raise RuntimeError(f"a sweep worker failed: {err[-2000:]}")
-  return took, (out / "results.csv").read_bytes()
+  return took, cpu, (out / "results.csv").read_bytes()
 
 
 def bench_sweep(args, scratch: Path) -> None:
@@ -137,20 +146,24 @@ def bench_sweep(args, scratch: Path) -> None:
   print(f"sweep: {n_cells} cells ({len(sweeps.fits(sweeps.plan(config, ['V1'])))} fits x 4 "
         f"areas); {args.repeats} runs per arm, arms interleaved")
   times: dict[tuple[int, int], list[float]] = {a: [] for a in _arms(args.arms)}
-  tables = set()
+  cpus: dict[tuple[int, int], list[float]] = {a: [] for a in times}
+  tables: dict[int, set[bytes]] = {}
   for k in range(args.repeats):
     for workers, cores in times:
-      took, table = _sweep_arm(scratch, argv, workers, cores, k)
+      took, cpu, table = _sweep_arm(scratch, argv, workers, cores, k)
       times[workers, cores].append(took)
-      tables.add(table)
+      cpus[workers, cores].append(cpu)
+      tables.setdefault(cores, set()).add(table)
   print(f"{'workers x cores':>16}  {'wall time: median (min-max)':>30}  {'cells/hour':>10}  "
-        f"{'speed-up':>8}")
+        f"{'speed-up':>8}  {'CPU s (all workers)':>19}")
   base = statistics.median(next(iter(times.values())))
   for (workers, cores), ts in times.items():
     m = statistics.median(ts)
     print(f"{f'{workers} x {cores}':>16}  {_spread(ts):>30}  {n_cells / m * 3600:>10.0f}  "
-          f"{base / m:>8.2f}")
-  print(f"the same results.csv bytes in every run: {'yes' if len(tables) == 1 else 'NO'}")
+          f"{base / m:>8.2f}  {statistics.median(cpus[workers, cores]):>19.1f}")
+  same = all(len(t) == 1 for t in tables.values())
+  print(f"the same results.csv bytes in every run with the same cores per worker: "
+        f"{'yes' if same else 'NO'}")
 
 
 # ---- one large fit ------------------------------------------------------------------------------
@@ -188,14 +201,15 @@ def _fit_worker(argv: list[str]) -> None:
   config = fitlib.FitConfig(max_steps=steps, eval_every=max(steps // 4, 1), batch_size=128,
                             patience=10**6, lr=1e-2)
   mesh = fitlib.make_mesh() if jax.device_count() > 1 else None
-  times = []
+  times, cpus = [], []
   for _ in range(repeats + 1):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fitlib.fit(feats, train=train, validation=val, readout="factorized", grid=grid, config=config,
                mesh=mesh)
     times.append(time.perf_counter() - start)
-  if cluster.is_lead():
-    print(json.dumps({"first": times[0], "warm": times[1:], "devices": jax.device_count()}))
+    cpus.append(time.process_time() - cpu)
+  print(json.dumps({"first": times[0], "warm": times[1:], "cpu": cpus[1:],
+                    "devices": jax.device_count()}))
 
 
 def _fit_arm(args, processes: int, cores: int) -> dict:
@@ -215,7 +229,10 @@ def _fit_arm(args, processes: int, cores: int) -> dict:
   for p, (_, err) in zip(procs, outs):
     if p.returncode:
       raise RuntimeError(f"a fit process failed: {err[-2000:]}")
-  return json.loads(outs[0][0].strip().splitlines()[-1])
+  reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+  # CPU seconds of a warm run, summed over the processes.
+  return {**reports[0], "cpu": [sum(r["cpu"][i] for r in reports)
+                                for i in range(len(reports[0]["cpu"]))]}
 
 
 def bench_fit(args) -> None:
@@ -224,14 +241,14 @@ def bench_fit(args) -> None:
         f"neurons x {args.configs} configs = {pairs} pairs, {args.steps} steps; "
         f"{args.repeats} warm runs after one that compiles")
   print(f"{'processes x cores':>18}  {'devices':>7}  {'first run':>9}  "
-        f"{'warm: median (min-max)':>26}  {'speed-up':>8}")
+        f"{'warm: median (min-max)':>26}  {'speed-up':>8}  {'CPU s (all processes)':>21}")
   base = None
   for processes, cores in _arms(args.arms):
     r = _fit_arm(args, processes, cores)
     m = statistics.median(r["warm"])
     base = base or m
     print(f"{f'{processes} x {cores}':>18}  {r['devices']:>7}  {r['first']:>8.1f}s  "
-          f"{_spread(r['warm']):>26}  {base / m:>8.2f}")
+          f"{_spread(r['warm']):>26}  {base / m:>8.2f}  {statistics.median(r['cpu']):>21.1f}")
 
 
 def run(args) -> None:
