@@ -98,9 +98,9 @@ def _slurm_index(environ: Mapping[str, str]) -> tuple[int, int]:
     raise ValueError("--shard auto: the SLURM_ARRAY_TASK_* variables must be integers") from None
   index, rest = divmod(task - first, max(step, 1))
   if rest or not 0 <= index < count:
-    raise ValueError(f"--shard auto: Slurm array task {task} is not one of {count} evenly spaced "
-                     f"tasks from {first} (an array given as a list?); submit --array=0-{count - 1} "
-                     "or pass --shard I/N")
+    raise ValueError(f"--shard auto: Slurm array task {task} is not one of {count} evenly "
+                     f"spaced tasks from {first} (an array given as a list?); submit "
+                     f"--array=0-{count - 1} or pass --shard I/N")
   return index, count
 
 

@@ -64,7 +64,8 @@ def describe_error(e: BaseException) -> str | None:
   """The one line the CLI prints for an expected failure, or None for a bug (a traceback).
 
   Expected: bad input (ValueError, KeyError), missing or existing files, a folder in use, the
-  failure of the lead process of a multi-process run (on the others), and every OSError (read-only folder, disk full, ...) with the path and the cause; out of memory.
+  failure of the lead process of a multi-process run (on the others), and every OSError
+  (read-only folder, disk full, ...) with the path and the cause; out of memory.
   """
   from jaxmouse._io import FolderLocked
   from jaxmouse.cluster import LeadFailed

@@ -11,7 +11,7 @@ EXAMPLES = """examples:
   jaxmouse bench fit --neurons 2000 --steps 50 --torch-configs 1
   jaxmouse bench fit --full                # the issue's size: 5000 images, 2000 neurons
   jaxmouse bench features --sizes 64x64,128x128
-  jaxmouse bench scaling                   # cells/hour with 1 and 2 shard workers; a fit in 1 and 2 processes
+  jaxmouse bench scaling                   # cells/hour with 1, 2 shard workers; a fit in 1, 2 processes
 """
 
 BENCHES = {
@@ -23,7 +23,8 @@ BENCHES = {
     "compare": ("jaxmouse.benchmarks.compare",
                 "mice-to-machines table (RMSE, RSA, CKA; areas x layers x neurons) vs a SciPy loop"),
     "scaling": ("jaxmouse.benchmarks.scaling",
-                "cells/hour of a sweep with 1 and 2 shard workers; one fit in 1 and 2 JAX processes"),
+                "cells/hour of a sweep with 1 and 2 shard workers; one fit in 1 and 2 JAX "
+                "processes"),
 }
 
 

@@ -462,7 +462,7 @@ def _run_locked(config: StudyConfig, *, out: Path, data, log: Callable[[str], No
   log(f"data set {ds.name!r}: {ds.n_neurons} neurons "
       f"({', '.join(f'{a} {n}' for a, n in ds.neurons_per_area().items())}), "
       f"{ds.n_images} images, {ds.n_trials} trials; {record['response_type']}; loss {loss}")
-  tables, left = [], 0
+  tables, cells = [], []
   for readout in config.readouts:
     layers = config.layers_of(readout)
     sweep = sweeps.SweepConfig(
@@ -475,8 +475,10 @@ def _run_locked(config: StudyConfig, *, out: Path, data, log: Callable[[str], No
     tables.append(sweeps.run_sweep(ds, sweep, out / "sweeps" / readout,
                                    feature_cache=out / "features", progress=progress,
                                    shard=shard))
-    left += sum(not sweeps.is_done(out / "sweeps" / readout, c)
-                for c in sweeps.plan(sweep, sweep.areas or ds.area_names))
+    cells += [(out / "sweeps" / readout, c)
+              for c in sweeps.plan(sweep, sweep.areas or ds.area_names)]
+  # Counted by the lead, so that every process of a multi-process run takes the same branch.
+  left = int(cluster.lead_decides(lambda: [sum(not sweeps.is_done(*rc) for rc in cells)], 1)[0])
   if shard is not None and left:
     log(f"shard {shard} done in {time.perf_counter() - t0:.0f} s; {left} cells are other "
         "shards': the report is written by the worker that finds every cell done")
