@@ -217,15 +217,22 @@ def fits(cells: Sequence[Cell]) -> list[list[Cell]]:
 
 def shard_cells(cells: Sequence[Cell], shard) -> list[Cell]:
   """The cells that worker ``shard`` (a ``cluster.Shard`` or ``(index, count)``; None: all)
-  runs, in plan order: the fits of the plan dealt round-robin, fit ``j`` to worker
-  ``j % count``. A fit's area cells stay together (they are one program, and a fit of other
-  neurons would start from other random numbers), and neighbouring layers, whose costs differ
-  most, go to different workers."""
+  runs, in plan order.
+
+  The fits are dealt round-robin, readout by readout (all fits of the first readout in plan
+  order, then those of the next, one count running on): each worker gets its share of every
+  readout (whose costs differ most: closed-form ridge against gradient descent) and, within a
+  readout, every ``count``-th layer. A fit's area cells stay together: they are one program,
+  and a fit of other neurons would start from other random numbers.
+  """
   shard = cluster.check_shard(shard)
   if shard is None:
     return list(cells)
-  return [c for j, group in enumerate(fits(cells)) if j % shard.count == shard.index
-          for c in group]
+  groups = fits(cells)
+  readouts = list(dict.fromkeys(g[0].readout for g in groups))
+  dealt = sorted(range(len(groups)), key=lambda j: (readouts.index(groups[j][0].readout), j))
+  mine = {j for turn, j in enumerate(dealt) if turn % shard.count == shard.index}
+  return [c for j, group in enumerate(groups) if j in mine for c in group]
 
 
 def data_fingerprint(ds) -> str:

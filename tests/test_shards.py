@@ -78,18 +78,24 @@ def test_shard_from_text_and_scheduler_environment():
     Shard.parse("auto/2", {"JOB_COMPLETION_INDEX": "3"})
 
 
-def test_shards_deal_whole_fits_round_robin():
-  config = sweeps.SweepConfig(energy=True, readouts=("ridge", "factorized", "gaussian"))
+def test_shards_deal_whole_fits_of_every_readout():
+  config = sweeps.SweepConfig(weights=("a", "b"), layers=("conv1_2", "conv2_2", "conv3_3"),
+                              energy=True, readouts=("ridge", "factorized"))
   cells = sweeps.plan(config, ["V1", "LM", "AL"])
   fits = sweeps.fits(cells)
-  assert [len(f) for f in fits] == [3, 3, 3]
-  for n in (1, 2, 3, 5):
+  assert len(fits) == 14 and {len(f) for f in fits} == {3}
+  for n in (1, 2, 3, 4, 5):
     parts = [sweeps.shard_cells(cells, (i, n)) for i in range(n)]
     assert sorted(c.id for p in parts for c in p) == sorted(c.id for c in cells)  # a partition
-    for i, part in enumerate(parts):
-      assert part == [c for c in cells if part and c in part]  # in plan order
-      assert part == [c for j, f in enumerate(fits) if j % n == i for c in f]  # whole fits
+    for part in parts:
+      assert part == [c for c in cells if c in set(part)]  # in plan order
+      assert all(set(f) <= set(part) or not set(f) & set(part) for f in fits)  # whole fits
+    # Every worker gets its share of each readout: a worker of 2 does not get only ridge.
+    for readout in config.readouts:
+      counts = [sum(c.readout == readout for c in p) // 3 for p in parts]
+      assert max(counts) - min(counts) <= 1, (n, readout, counts)
   assert sweeps.shard_cells(cells, None) == cells
+  assert sweeps.shard_cells(cells, (0, 2)) == sweeps.shard_cells(cells, "0/2")
 
 
 # ---- workers together ---------------------------------------------------------------------------
