@@ -52,6 +52,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -215,23 +216,31 @@ def fits(cells: Sequence[Cell]) -> list[list[Cell]]:
   return list(groups.values())
 
 
-def shard_cells(cells: Sequence[Cell], shard) -> list[Cell]:
+def shard_cells(cells: Sequence[Cell], shard, *, cost=None) -> list[Cell]:
   """The cells that worker ``shard`` (a ``cluster.Shard`` or ``(index, count)``; None: all)
   runs, in plan order.
 
-  The fits are dealt round-robin, readout by readout (all fits of the first readout in plan
-  order, then those of the next, one count running on): each worker gets its share of every
-  readout (whose costs differ most: closed-form ridge against gradient descent) and, within a
-  readout, every ``count``-th layer. A fit's area cells stay together: they are one program,
-  and a fit of other neurons would start from other random numbers.
+  A fit's area cells stay together: they are one program, and a fit of other neurons would
+  start from other random numbers. The fits are dealt largest first, each to the worker with
+  the least estimated work so far (the lowest index on a tie): ``cost(fit_cells)`` estimates a
+  fit's work (default 1 each). Among fits of equal cost, readout by readout in plan order, so
+  that with equal costs each worker gets its share of every readout, round-robin. The deal
+  depends on the sweep alone: every worker computes the same one.
   """
   shard = cluster.check_shard(shard)
   if shard is None:
     return list(cells)
   groups = fits(cells)
+  costs = [float(cost(g)) if cost is not None else 1.0 for g in groups]
   readouts = list(dict.fromkeys(g[0].readout for g in groups))
-  dealt = sorted(range(len(groups)), key=lambda j: (readouts.index(groups[j][0].readout), j))
-  mine = {j for turn, j in enumerate(dealt) if turn % shard.count == shard.index}
+  order = sorted(range(len(groups)),
+                 key=lambda j: (-costs[j], readouts.index(groups[j][0].readout), j))
+  load, mine = [0.0] * shard.count, set()
+  for j in order:
+    worker = min(range(shard.count), key=lambda w: (load[w], w))
+    load[worker] += costs[j]
+    if worker == shard.index:
+      mine.add(j)
   return [c for j, group in enumerate(groups) if j in mine for c in group]
 
 
@@ -551,7 +560,7 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
     claim_timeout: seconds after which a claim of another host that is no longer refreshed
       counts as left by a process that is gone (``_io.Claim``).
   """
-  from jaxmouse.models import vgg
+  from jaxmouse.models import gabor, vgg
   from jaxmouse.weights import read_metadata
 
   out = Path(out)
@@ -586,6 +595,18 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
     fit_config, why = fitlib.resolve_loss(config.fit,
                                           ds.tier("train")[1][:, np.isin(ds.areas, areas)])
     loss = f"{fit_config.loss} ({why})"
+  def cost(fit_cells):
+    """A fit's work, roughly, for dealing fits to shards: the features of one image, times
+    configs x steps / 10 for a readout trained by gradient descent (ridge: about ten steps)."""
+    c = fit_cells[0]
+    h, w = ds.images.shape[1:3]
+    shape = (gabor.feature_shape((h, w)) if (c.weights, c.layer) == ENERGY
+             else vgg.output_shape(archs[c.weights], c.layer, h, w))
+    if c.readout == "ridge":
+      return math.prod(shape)
+    return math.prod(shape) * len(next(iter(config.grid(c.readout).values()))) * max(
+        config.fit.max_steps / 10, 1)
+
   # Nothing is written before this point; from here on the run folder is this process's alone,
   # or shared with the other workers of a sharded sweep.
   with contextlib.ExitStack() as stack:
@@ -595,7 +616,8 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
     cluster.on_lead(lock)
     return _run_locked(ds, config, out, areas=areas, labels=labels, kinds=kinds,
                        fit_config=fit_config, loss=loss, feature_cache=feature_cache,
-                       progress=progress, mesh=mesh, shard=shard, claim_timeout=claim_timeout)
+                       progress=progress, mesh=mesh, shard=shard, claim_timeout=claim_timeout,
+                       cost=cost)
 
 
 def _check_memory(ds, config: SweepConfig, archs: Mapping[str, str], areas, out: Path) -> None:
@@ -623,7 +645,8 @@ def _check_memory(ds, config: SweepConfig, archs: Mapping[str, str], areas, out:
 
 
 def _run_locked(ds, config: SweepConfig, out: Path, *, areas, labels, kinds, fit_config, loss,
-                feature_cache, progress, mesh, shard, claim_timeout) -> "pandas.DataFrame":
+                feature_cache, progress, mesh, shard, claim_timeout,
+                cost=None) -> "pandas.DataFrame":
   """``run_sweep`` once its arguments are valid and its run folder is locked."""
   import jax
 
@@ -661,7 +684,7 @@ def _run_locked(ds, config: SweepConfig, out: Path, *, areas, labels, kinds, fit
     _log.warning("%d of %d neurons have no explainable variance on the test images (constant, "
                  "or noise only): their FEVE is NaN", n_flat, len(ev))
 
-  mine = shard_cells(cells, shard)
+  mine = shard_cells(cells, shard, cost=cost)
   results = _ResultsFile(out, cells)
   claims = _Claims(out, timeout=claim_timeout, shard=shard)
   bar = None

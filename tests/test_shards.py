@@ -96,6 +96,16 @@ def test_shards_deal_whole_fits_of_every_readout():
       assert max(counts) - min(counts) <= 1, (n, readout, counts)
   assert sweeps.shard_cells(cells, None) == cells
   assert sweeps.shard_cells(cells, (0, 2)) == sweeps.shard_cells(cells, "0/2")
+  # With costs, the largest fits go first, each to the least loaded worker: one fit that costs
+  # as much as the other 13 together has a worker to itself.
+  big = fits[3]
+  cost = lambda f: 13.0 if f == big else 1.0
+  parts = [sweeps.shard_cells(cells, (i, 2), cost=cost) for i in range(2)]
+  assert parts[0] == big and len(parts[1]) == 13 * 3
+  size = lambda f: 2.0 if f[0].readout == "ridge" else 7.0
+  parts = [sweeps.shard_cells(cells, (i, 3), cost=size) for i in range(3)]
+  loads = [sum(size(f) for f in fits if set(f) <= set(p)) for p in parts]
+  assert max(loads) - min(loads) <= 7, loads  # no worker more than one fit ahead
 
 
 # ---- workers together ---------------------------------------------------------------------------

@@ -27,13 +27,13 @@ the same command again resumes (finished cells are skipped; results are the same
 uninterrupted run). RUN/results.csv has one row per feature space x layer x readout x neuron:
   weights, layer, readout, area, neuron, config, feve, corr, corr_avg, oracle, fev, val_corr
 
-Past one machine: --shard I/N runs worker I's share of the fits (dealt round-robin, readout by
-readout), beside the other workers in one --out folder (a shared file system); each claims a
-cell before fitting it (RUN/claims/), so workers started together never fit a cell twice. The
-same command without --shard then finds every cell done and writes the table. --distributed
-runs one fit over the devices of several processes (jax.distributed): start the same command
-in each; JAX finds Slurm, TPU pod slices and Open MPI by itself, else give --coordinator,
---num-processes and --process-id.
+Past one machine: --shard I/N runs worker I's share of the fits (dealt largest first to the
+least loaded worker), beside the other workers in one --out folder (a shared file system); each
+claims a cell before fitting it (RUN/claims/), so workers started together never fit a cell
+twice. The same command without --shard then finds every cell done and writes the table.
+--distributed runs one fit over the devices of several processes (jax.distributed): start the
+same command in each; JAX finds Slurm, TPU pod slices and Open MPI by itself, else give
+--coordinator, --num-processes and --process-id.
 """
 
 
