@@ -1,8 +1,9 @@
 """File helpers shared by the stateful shells: atomic writes, output-path checks, run-folder
-locks, stale temporaries and the memory check.
+locks, claims of single pieces of work, stale temporaries and the memory check.
 
 Nothing here touches arrays or models; it only guarantees that a file or folder a user sees is
-either complete or absent, that two runs never write into one folder at once, and that a run
+either complete or absent, that two runs never write into one folder at once unless they are
+workers of one sharded sweep (which claim each piece of work before doing it), and that a run
 that cannot fit in memory is refused before it starts.
 """
 
@@ -20,6 +21,8 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -235,28 +238,81 @@ def _command() -> str:
   return " ".join([prog, *sys.argv[1:]])[:300]
 
 
-def _read_lock(fd: int) -> dict | None:
+def _record(**extra) -> dict:
+  """Who this process is, for a lock or claim file: host, pid, process start, time, command."""
+  return {"host": socket.gethostname(), "host_id": _host_id(), "pid": os.getpid(),
+          "start": _process_start(os.getpid()),
+          "since": datetime.datetime.now().isoformat(timespec="seconds"),
+          "command": _command(), **extra}
+
+
+def _read_records(fd: int) -> list[dict]:
+  """The JSON records of a lock or claim file, one per line (unreadable lines skipped)."""
   try:
-    info = json.loads(os.pread(fd, 1 << 16, 0).decode())
-  except (OSError, ValueError):
-    return None
-  return info if isinstance(info, dict) else None
+    text = os.pread(fd, 1 << 20, 0).decode(errors="replace")
+  except OSError:
+    return []
+  out = []
+  for line in text.splitlines():
+    try:
+      info = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(info, dict):
+      out.append(info)
+  return out
+
+
+def _same_file(fd: int, path: Path) -> bool:
+  """Whether ``path`` still names the file open as ``fd`` (not unlinked or replaced)."""
+  try:
+    return os.path.samestat(os.fstat(fd), os.stat(path))
+  except FileNotFoundError:
+    return False
+
+
+def _live_elsewhere(info: dict) -> bool:
+  """Whether a record names a live process of this host other than this one."""
+  try:
+    pid, start = int(info.get("pid", 0)), int(info.get("start", 0))
+  except (TypeError, ValueError):
+    return False
+  same_host = (info.get("host_id") == _host_id() if "host_id" in info
+               else info.get("host") == socket.gethostname())
+  return same_host and pid != os.getpid() and _process_alive(pid, start)
+
+
+def _known_dead(info: dict) -> bool:
+  """Whether a record names a process of this host that is gone (other hosts: unknown)."""
+  same_host = (info.get("host_id") == _host_id() if "host_id" in info
+               else info.get("host") == socket.gethostname())
+  return same_host and not _live_elsewhere(info) and info.get("pid") != os.getpid()
+
+
+def _locks_off() -> bool:
+  return fcntl is None or os.environ.get(NO_LOCK_ENV, "") not in ("", "0")
 
 
 class FolderLock:
-  """An exclusive lock on a run folder: ``FOLDER/.jaxmouse.lock``, held for a process's run.
+  """A lock on a run folder: ``FOLDER/.jaxmouse.lock``, held for a process's run.
 
-  The lock is a kernel lock (``flock``) on that file, so it dies with its process, ``kill -9``
-  included, and two processes can never both take it; the file records who holds it (host,
-  pid, process start, command) for the message that refuses a second process. A file left by a
-  process that is gone is taken over. A file that names a live process of this host is refused
-  even when its kernel lock is free (a file system whose locks do nothing). ``path`` may be any
-  lock file, so claims of single cells can reuse this class.
+  Exclusive (the default) for a run that has the folder to itself; ``shared`` for the workers
+  of a sharded sweep, which run side by side and split the cells by claims (``Claim``): shared
+  holders exclude an exclusive one and the other way round, so a plain run never meets a
+  sharded one. The lock is a kernel lock (``flock``) on that file, so it dies with its process,
+  ``kill -9`` included, and an exclusive holder is always alone; the file records its holders,
+  one JSON line each (host, pid, process start, command, mode), for the message that refuses a
+  second process. A file left by a process that is gone is taken over. A file that names a live
+  process of this host (for a shared lock: a live exclusive holder) is refused even when its
+  kernel lock is free (a file system whose locks do nothing). ``path`` may be any lock file.
+  The last holder removes the file.
   """
 
-  def __init__(self, folder: str | os.PathLike, *, path: str | os.PathLike | None = None):
+  def __init__(self, folder: str | os.PathLike, *, path: str | os.PathLike | None = None,
+               shared: bool = False):
     self.folder = Path(folder)
     self.path = Path(path) if path is not None else self.folder / LOCK_NAME
+    self.shared = shared
     self._fd: int | None = None
 
   @property
@@ -266,16 +322,25 @@ class FolderLock:
   def acquire(self) -> "FolderLock":
     if self._fd is not None:
       raise RuntimeError(f"{self.path} is already held by this FolderLock")
-    if fcntl is None or os.environ.get(NO_LOCK_ENV, "") not in ("", "0"):
+    if _locks_off():
       return self
-    for _ in range(100):  # retried only while other processes release and unlink the file
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
+    for _ in range(200):  # retried only while other processes release and unlink the file
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
+                   0o644)
       try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
       except BlockingIOError:
-        info = _read_lock(fd)
+        records, moved = _read_records(fd), not _same_file(fd, self.path)
         os.close(fd)
-        raise FolderLocked(self._refusal(info)) from None
+        if moved:
+          continue
+        if self.shared and records and all(r.get("mode") == "shared" for r in records):
+          # Only shard workers hold it: the exclusive lock in the way is the moment in which the
+          # last of them checks that it is the last (see ``release``).
+          time.sleep(0.01)
+          continue
+        raise FolderLocked(self._refusal(records)) from None
       except OSError as e:
         os.close(fd)
         if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
@@ -283,39 +348,34 @@ class FolderLock:
                         f"({e.strerror}); set {NO_LOCK_ENV}=1 to run without the lock (then "
                         "never start two runs in this folder)") from None
         raise
-      try:
-        same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-      except FileNotFoundError:
-        same = False
-      if not same:  # the previous holder unlinked the file while we waited: lock the new one
+      if not _same_file(fd, self.path):  # the previous holder unlinked it while we waited
         os.close(fd)
         continue
-      info = _read_lock(fd)
-      if info is not None and self._live_elsewhere(info):
+      records = _read_records(fd)
+      live = [r for r in records if _live_elsewhere(r)
+              and (not self.shared or r.get("mode") != "shared")]
+      if live:
         os.close(fd)
-        raise FolderLocked(self._refusal(info, kernel_lock_free=True))
-      record = {"host": socket.gethostname(), "pid": os.getpid(),
-                "start": _process_start(os.getpid()),
-                "since": datetime.datetime.now().isoformat(timespec="seconds"),
-                "command": _command()}
-      os.ftruncate(fd, 0)
-      os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        raise FolderLocked(self._refusal(live, kernel_lock_free=True))
+      line = (json.dumps(_record(mode="shared" if self.shared else "exclusive")) + "\n").encode()
+      if not self.shared:
+        os.ftruncate(fd, 0)  # alone: the records of processes that are gone go
+      os.write(fd, line)  # O_APPEND: shared holders add their line, each in one write
       self._fd = fd
       return self
     raise FolderLocked(f"{self.folder}: could not lock {self.path}; other processes keep "
-                       "replacing it")
+                       "taking and releasing it")
 
-  def _live_elsewhere(self, info: dict) -> bool:
-    try:
-      pid, start = int(info.get("pid", 0)), int(info.get("start", 0))
-    except (TypeError, ValueError):
-      return False
-    return (info.get("host") == socket.gethostname() and pid != os.getpid()
-            and _process_alive(pid, start))
-
-  def _refusal(self, info: dict | None, kernel_lock_free: bool = False) -> str:
-    msg = (f"{self.folder} is in use by another jaxmouse run ({_holder_text(info)}); wait for it "
-           "to finish or use another folder")
+  def _refusal(self, records: list[dict], kernel_lock_free: bool = False) -> str:
+    records = [r for r in records if not _known_dead(r)] or records
+    last = records[-1] if records else None
+    holder = _holder_text(last)
+    if last and last.get("mode") == "shared":
+      others = len(records) - 1
+      holder = (f"a sharded sweep: {holder}" + (f", and {others} other worker(s)" if others else "")
+                + "; it takes --shard workers only")
+    msg = (f"{self.folder} is in use by another jaxmouse run ({holder}); wait for it to finish "
+           "or use another folder")
     if kernel_lock_free:
       msg += f"; if that run is gone, delete {self.path}"
     return msg
@@ -323,8 +383,15 @@ class FolderLock:
   def release(self) -> None:
     if self._fd is None:
       return
-    with contextlib.suppress(OSError):
-      os.unlink(self.path)  # while still locked, so no one locks a file that is then removed
+    last = True
+    if self.shared:  # the last shard worker out removes the file; the others leave it
+      try:
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError:
+        last = False
+    if last:
+      with contextlib.suppress(OSError):
+        os.unlink(self.path)  # while still locked, so no one locks a file that is then removed
     os.close(self._fd)
     self._fd = None
 
@@ -336,13 +403,14 @@ class FolderLock:
 
 
 @contextlib.contextmanager
-def lock_folder(folder: str | os.PathLike) -> Iterator[FolderLock]:
-  """``with lock_folder(run): ...`` holds ``run``'s lock (see ``FolderLock``).
+def lock_folder(folder: str | os.PathLike, *, shared: bool = False) -> Iterator[FolderLock]:
+  """``with lock_folder(run): ...`` holds ``run``'s lock (see ``FolderLock``; ``shared`` for the
+  workers of a sharded sweep).
 
   A folder this process cannot write to (read-only) is not locked: the process cannot harm
   another there, and any write it tries fails with a clear OSError.
   """
-  lock = FolderLock(folder)
+  lock = FolderLock(folder, shared=shared)
   try:
     lock.acquire()
   except OSError as e:
@@ -352,6 +420,217 @@ def lock_folder(folder: str | os.PathLike) -> Iterator[FolderLock]:
     yield lock
   finally:
     lock.release()
+
+
+@contextlib.contextmanager
+def taking_turns(path: str | os.PathLike) -> Iterator[None]:
+  """Holds an exclusive lock on the file ``path``, waiting for it: processes that would do the
+  same work (extract one layer, prepare one study) do it one after the other, and each finds
+  what the previous one made. The file is removed on release. Without file locks (or in a
+  read-only folder) it does nothing: the work is then done by each, atomically."""
+  path = Path(path)
+  if _locks_off():
+    yield
+    return
+  while True:
+    try:
+      fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as e:
+      if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        raise
+      yield
+      return
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as e:
+      os.close(fd)
+      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        raise
+      yield  # a file system without locks: as with JAXMOUSE_NO_LOCK
+      return
+    if _same_file(fd, path):
+      break
+    os.close(fd)  # the previous holder removed it while we waited: lock the new one
+  try:
+    yield
+  finally:
+    with contextlib.suppress(OSError):
+      os.unlink(path)
+    os.close(fd)
+
+
+# ---- claims of single pieces of work -------------------------------------------------------------
+
+CLAIM_TIMEOUT_S = 600.0
+
+
+class Claim:
+  """One process's claim of one piece of work (a sweep cell): the file ``path``, created with
+  ``O_EXCL`` and holding a JSON record of its holder (host, pid, process start, time, command).
+
+  ``acquire()`` returns False while another live process holds the claim. The holder also keeps
+  a kernel lock (``flock``) on the file and refreshes its modification time every
+  ``timeout / 4`` seconds, so a claim is stale, and taken over, when its kernel lock is free and
+  its process is gone: on this host by the same test as a folder lock's (the pid is gone or
+  reused), on another host when the claim has not been refreshed for ``timeout`` seconds (the
+  clocks of hosts sharing a folder must agree to well within it). A takeover rewrites the file
+  in place under the kernel lock, so of two processes that find one stale claim only one gets
+  it; ``previous`` then holds the record it replaced. ``release()`` removes the file.
+  """
+
+  def __init__(self, path: str | os.PathLike, *, timeout: float = CLAIM_TIMEOUT_S, **note):
+    if not timeout > 0:
+      raise ValueError(f"a claim timeout must be positive, got {timeout!r} seconds")
+    self.path = Path(path)
+    self.timeout = float(timeout)
+    self.note = note
+    self.previous: dict | None = None
+    self._fd: int | None = None
+
+  @property
+  def held(self) -> bool:
+    return self._fd is not None
+
+  def acquire(self) -> bool:
+    if self._fd is not None:
+      raise RuntimeError(f"{self.path} is already held by this Claim")
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+      try:
+        fd, created = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+      except FileExistsError:
+        try:
+          fd, created = os.open(self.path, flags), False
+        except FileNotFoundError:  # released meanwhile: create it
+          continue
+      if not _locks_off():
+        try:
+          fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its holder lives (or another process is taking it over)
+          os.close(fd)
+          return False
+        except OSError as e:
+          if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            os.close(fd)
+            raise
+      if not _same_file(fd, self.path):  # released (removed) while we opened it
+        os.close(fd)
+        continue
+      previous = None
+      if not created:
+        records = _read_records(fd)
+        previous = records[-1] if records else {}
+        if not self._stale(previous, fd):
+          os.close(fd)
+          return False
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, (json.dumps(_record(**self.note)) + "\n").encode(), 0)
+      self._fd, self.previous = fd, previous
+      _heartbeat.add(self)
+      return True
+    return False
+
+  def _stale(self, record: dict, fd: int) -> bool:
+    """Whether the process that wrote ``record`` into the claim open as ``fd`` is gone."""
+    if record.get("host_id") == _host_id() and record.get("pid") != os.getpid():
+      try:
+        return not _process_alive(int(record.get("pid", 0)), int(record.get("start", 0)))
+      except (TypeError, ValueError):
+        return True
+    # Another host (or a record not yet written): only the refreshed time tells.
+    return time.time() - os.fstat(fd).st_mtime > self.timeout
+
+  def refresh(self) -> None:
+    if self._fd is not None:
+      with contextlib.suppress(OSError):
+        os.utime(self._fd)
+
+  def release(self) -> None:
+    if self._fd is None:
+      return
+    _heartbeat.discard(self)
+    if _same_file(self._fd, self.path):
+      with contextlib.suppress(OSError):
+        os.unlink(self.path)  # while still locked, as a folder lock
+    os.close(self._fd)
+    self._fd = None
+
+class _Heartbeat:
+  """One daemon thread per process that refreshes the claims it holds."""
+
+  def __init__(self):
+    self._claims: set[Claim] = set()
+    self._lock = threading.Lock()
+    self._thread: threading.Thread | None = None
+
+  def add(self, claim: Claim) -> None:
+    with self._lock:
+      self._claims.add(claim)
+      if self._thread is None or not self._thread.is_alive():
+        self._thread = threading.Thread(target=self._run, name="jaxmouse-claims", daemon=True)
+        self._thread.start()
+
+  def discard(self, claim: Claim) -> None:
+    with self._lock:
+      self._claims.discard(claim)
+
+  def _run(self) -> None:
+    while True:
+      with self._lock:
+        claims = list(self._claims)
+      period = min([c.timeout / 4 for c in claims] or [60.0])
+      time.sleep(min(period, 60.0))
+      for c in claims:
+        c.refresh()
+
+
+_heartbeat = _Heartbeat()
+
+
+def append_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Appends ``data`` to the file ``path`` in one ``write``; a write that fails midway (a full
+  disk) is cut off again, so the file holds either all of ``data`` or none of it."""
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+  try:
+    size = os.fstat(fd).st_size
+    try:
+      written = os.write(fd, data)
+      if written != len(data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    except OSError:
+      with contextlib.suppress(OSError):
+        os.ftruncate(fd, size)
+      raise
+  finally:
+    os.close(fd)
+
+
+def create_once(path: str | os.PathLike, data: bytes) -> bytes:
+  """Writes ``data`` to ``path`` unless it exists, atomically (a complete file appears in one
+  hard link, and of processes racing to create it one wins, never replacing another's); returns
+  what ``path`` holds afterwards."""
+  path = Path(path)
+  if path.exists():
+    return path.read_bytes()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", suffix=owner_tag(), dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    try:
+      os.link(tmp, path)
+    except FileExistsError:
+      pass
+    except OSError as e:  # a file system without hard links: a rename, if still absent
+      if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+        raise
+      if not path.exists():
+        os.replace(tmp, path)
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+  return path.read_bytes()
 
 
 # ---- memory -------------------------------------------------------------------------------------

@@ -203,7 +203,9 @@ class FeatureCache:
   ``cache.layer(weights, images, "conv3_1")`` returns an ``(n, h, w, c)`` float32 memmap; a miss
   computes it. ``cache.ensure(weights, images, layers)`` computes all missing ``layers`` in one
   streaming pass over the images, so a sweep calls it once and then reads layer by layer.
-  ``weights`` is a ``Weights`` or a checkpoint folder.
+  ``weights`` is a ``Weights`` or a checkpoint folder. Processes sharing a cache (shards of a
+  sweep) extract a missing layer once: they take turns on a lock file in its folder, and a
+  layer file, once there, is never replaced.
   """
 
   def __init__(self, root: str | os.PathLike, *, batch_size: int = 32, progress: bool = False):
@@ -241,18 +243,23 @@ class FeatureCache:
     layers = zoo.check_layers(w.arch, layers)
     images = check_images(images)
     folder = self.folder(w, images)
-    _io.clean_stale_temporaries(folder)
-    missing = [l for l in layers if not (folder / f"{l}.npy").is_file()]
-    if missing:
-      extract_to_dir(w, images, folder, layers=missing, batch_size=self.batch_size,
-                     progress=self.progress)
-      info = folder / "info.json"
-      if not info.exists():
-        with _io.atomic_path(info) as tmp:
-          Path(tmp).write_text(json.dumps({
-              "arch": w.arch, "normalization": w.normalization, "weights_sha256": w.fingerprint,
-              "weights_metadata": w.metadata, "images_shape": list(images.shape),
-              "images_sha256": self._images_key(images)}, indent=2) + "\n")
+    missing = lambda: [l for l in layers if not (folder / f"{l}.npy").is_file()]
+    if missing():
+      folder.mkdir(parents=True, exist_ok=True)
+      # Processes that need the same layers (the shards of a sweep) take turns: the first
+      # extracts them, the next finds them there, and no layer is replaced while one reads it.
+      with _io.taking_turns(folder / ".extracting.lock"):
+        _io.clean_stale_temporaries(folder)
+        if missing():
+          extract_to_dir(w, images, folder, layers=missing(), batch_size=self.batch_size,
+                         progress=self.progress)
+        info = folder / "info.json"
+        if not info.exists():
+          with _io.atomic_path(info) as tmp:
+            Path(tmp).write_text(json.dumps({
+                "arch": w.arch, "normalization": w.normalization, "weights_sha256": w.fingerprint,
+                "weights_metadata": w.metadata, "images_shape": list(images.shape),
+                "images_sha256": self._images_key(images)}, indent=2) + "\n")
     return {l: folder / f"{l}.npy" for l in layers}
 
   def clean(self) -> None:

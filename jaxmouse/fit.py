@@ -26,7 +26,10 @@ scores come from ``jaxmouse.metrics``.
 
 Sharding: pass ``mesh=make_mesh()`` to split the neuron (and config) axes of parameters,
 optimizer state and responses over devices with ``NamedSharding``; the code is the same on one
-CPU or many accelerators and the numbers agree.
+CPU or many accelerators and the numbers agree. After ``jax.distributed.initialize`` the mesh
+spans the devices of every process: each process passes the same inputs, places only its own
+devices' blocks, and reads results (the stopping test, the returned arrays) gathered over all
+processes, so every process takes the same decisions and returns the same ``FitResult``.
 
 Example: ridge readouts of every neuron of a small simulated mouse on its raw pixels, a penalty
 chosen per neuron on validation, scored on the test repeats:
@@ -51,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxmouse import metrics
@@ -506,7 +510,22 @@ def make_mesh(devices: Sequence[jax.Device] | None = None, *, config_shards: int
 def _put(tree, mesh):
   if mesh is None:
     return jax.device_put(tree)
-  return jax.tree.map(lambda x: jax.device_put(x, _pair_spec(x, mesh)), tree)
+  return jax.tree.map(lambda x: _place(x, _pair_spec(x, mesh)), tree)
+
+
+def _place(x, sharding):
+  """``x`` (the same value in every process) as an array split by ``sharding``; over a mesh that
+  spans several processes, each process places the blocks of its own devices."""
+  if sharding.is_fully_addressable:
+    return jax.device_put(x, sharding)
+  return jax.make_array_from_callback(np.shape(x), sharding, lambda index: x[index])
+
+
+def _to_host(a) -> np.ndarray:
+  """A NumPy copy of ``a`` in every process, gathered when it is spread over several."""
+  if isinstance(a, jax.Array) and not a.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+  return np.asarray(a)
 
 
 def _pad_to(n: int, multiple: int) -> int:
@@ -637,9 +656,9 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
                eval_batch=eval_batch, mesh=mesh, loss=config.loss)
 
   replicated = (lambda a: jax.device_put(a)) if mesh is None else \
-      (lambda a: jax.device_put(a, NamedSharding(mesh, P())))
+      (lambda a: _place(a, NamedSharding(mesh, P())))
   by_neuron = (lambda a: jax.device_put(a)) if mesh is None else \
-      (lambda a: jax.device_put(a, NamedSharding(mesh, P(None, "neuron"))))
+      (lambda a: _place(a, NamedSharding(mesh, P(None, "neuron"))))
   feats_d = replicated(features)
   train_image_d = replicated(np.asarray(train.image, np.int32))
   train_resp_d = by_neuron(train_resp)
@@ -647,9 +666,9 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
   val_inverse_d = replicated(val_inverse.reshape(-1).astype(np.int32))
   val_resp_d = by_neuron(val_resp)
   reg_d = {n: (jax.device_put(v) if mesh is None else
-               jax.device_put(v, NamedSharding(mesh, P("config")))) for n, v in reg_p.items()}
+               _place(v, NamedSharding(mesh, P("config")))) for n, v in reg_p.items()}
 
-  cut = lambda a: np.asarray(a)[:g, :k]
+  cut = lambda a: _to_host(a)[:g, :k]
 
   def report(steps):
     if progress is not None:
@@ -674,7 +693,7 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
     history.append(corr)
     check_steps.append(steps)
     report(steps)
-    if not np.asarray(state.active).any():
+    if not _to_host(jnp.any(state.active)):  # one decision for every process
       break
 
   return FitResult(readout=readout, params=jax.tree.map(cut, state.best_params),

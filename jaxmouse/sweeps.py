@@ -18,13 +18,30 @@ area's cell is written at once and atomically under ``RUN/cells/<cell>/``:
 Re-running the same sweep skips finished cells (also after ``kill -9``: an unfinished cell
 leaves only a hidden temporary folder that the next start removes), and since every cell is a
 function of the data, its features and the sweep settings alone, the results equal an
-uninterrupted run. ``RUN/results.csv`` (and ``results.parquet`` when pyarrow is installed) is
-written after every cell when it changes, one row per feature space x layer x readout x neuron
-with the columns ``COLUMNS``.
+uninterrupted run (bit for bit on CPU; on a GPU to float32 rounding, see the README).
+
+``RUN/results.csv`` has one row per feature space x layer x readout x neuron with the columns
+``COLUMNS``: the rows of the finished cells in plan order, as each cell's ``rows.csv`` holds
+them. A run appends each fitted cell's rows when it is written (never re-reading the others) and
+puts the file in plan order once at the end, so it is byte for byte what an uninterrupted run
+writes; ``results.parquet`` (when pyarrow is installed) is written at the end. Both are written
+only when their content changes, so a finished run re-runs in a read-only folder.
 
 A sweep locks its run folder (``RUN/.jaxmouse.lock``, ``_io.FolderLock``) once its arguments are
-checked, and nothing is written before that: a second command in the folder is refused and
-touches nothing, and only temporaries whose writer is gone are cleaned.
+checked, and nothing is written before that. A plain run locks it exclusively: a second command
+in the folder is refused and touches nothing. The workers of a sharded sweep (``shard``,
+``--shard I/N``) lock it shared and run side by side, each only the fits that ``shard_cells``
+assigns to it. Every run claims a fit's unfinished cells before fitting them
+(``RUN/claims/<cell>.claim``, ``_io.Claim``): cells that another live process holds are left to
+it, and the claims of processes that are gone are taken over. ``RUN/claims/journal.jsonl``
+records every claim, takeover, finish and release (host, pid, time). So workers started together
+never fit a cell twice and never write one another's files. A worker that finds every cell done
+writes ``results.csv``; the same command without a shard collects it too. Only temporaries whose
+writer is gone are cleaned.
+
+With several JAX processes (``cluster.initialize``), every process runs the sweep, each fit over
+the devices of all; the lead process (0) alone locks, claims and writes, and tells the others
+which fits to run (``cluster.lead_decides``).
 
 Feature spaces are ``jaxmouse.feature_spaces``: weights checkpoints of any network (all layers a
 checkpoint needs are extracted in one streaming pass to disk by ``FeatureCache``, then read one
@@ -41,14 +58,17 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from jaxmouse import _io
+from jaxmouse import cluster
 from jaxmouse import fit as fitlib
 from jaxmouse import metrics
 from jaxmouse import readouts as readouts_lib
@@ -61,6 +81,8 @@ RECORDING_KEYS = ("experiment_id", "ophys_experiment_id", "animal_ids", "animal_
                   "sessions", "session", "session_id", "scan_idx", "scan")
 ENERGY = ("energy", "gabor")  # (weights, layer) labels of the energy model in the table
 SWEEP_FORMAT = 1
+CLAIMS = "claims"  # RUN/claims/<cell>.claim while a process fits a cell, and the journal
+JOURNAL = "journal.jsonl"
 _log = logging.getLogger(__name__)
 
 
@@ -213,6 +235,43 @@ def plan(config: SweepConfig, areas: Sequence[str], *,
   return [Cell(w, l, r, a) for w, l in spaces for r in config.readouts for a in areas]
 
 
+def fits(cells: Sequence[Cell]) -> list[list[Cell]]:
+  """The cells of a plan grouped by fit (one feature space and readout, fitted for all its areas
+  in one program), in plan order."""
+  groups: dict[tuple[str, str, str], list[Cell]] = {}
+  for c in cells:
+    groups.setdefault((c.weights, c.layer, c.readout), []).append(c)
+  return list(groups.values())
+
+
+def shard_cells(cells: Sequence[Cell], shard, *, cost=None) -> list[Cell]:
+  """The cells that worker ``shard`` (a ``cluster.Shard`` or ``(index, count)``; None: all)
+  runs, in plan order.
+
+  A fit's area cells stay together: they are one program, and a fit of other neurons would
+  start from other random numbers. The fits are dealt largest first, each to the worker with
+  the least estimated work so far (the lowest index on a tie): ``cost(fit_cells)`` estimates a
+  fit's work (default 1 each). Among fits of equal cost, readout by readout in plan order, so
+  that with equal costs each worker gets its share of every readout, round-robin. The deal
+  depends on the sweep alone: every worker computes the same one.
+  """
+  shard = cluster.check_shard(shard)
+  if shard is None:
+    return list(cells)
+  groups = fits(cells)
+  costs = [float(cost(g)) if cost is not None else 1.0 for g in groups]
+  readouts = list(dict.fromkeys(g[0].readout for g in groups))
+  order = sorted(range(len(groups)),
+                 key=lambda j: (-costs[j], readouts.index(groups[j][0].readout), j))
+  load, mine = [0.0] * shard.count, set()
+  for j in order:
+    worker = min(range(shard.count), key=lambda w: (load[w], w))
+    load[worker] += costs[j]
+    if worker == shard.index:
+      mine.add(j)
+  return [c for j, group in enumerate(groups) if j in mine for c in group]
+
+
 def data_fingerprint(ds) -> str:
   """sha256 of what a sweep's results depend on in a data set (a guard against mixing runs)."""
   from jaxmouse.features import images_fingerprint
@@ -302,7 +361,7 @@ def save_cell(run, cell: Cell, result: fitlib.ReadoutFit, unit_ids, grid, *, kin
   _io.check_free_space(target, sum(np.asarray(a).nbytes for a in jax.tree.leaves(state)))
   with _io.atomic_path(target, is_dir=True) as tmp:
     tmp = Path(tmp).resolve()
-    with ocp.StandardCheckpointer() as ckptr:
+    with _checkpointer() as ckptr:
       ckptr.save(tmp / "state", state)
       ckptr.wait_until_finished()
     cell_rows(cell, result, unit_ids, kind=kind, recording=recording).to_csv(
@@ -322,14 +381,23 @@ def save_cell(run, cell: Cell, result: fitlib.ReadoutFit, unit_ids, grid, *, kin
   return target
 
 
-def load_cell(run, cell: Cell) -> dict:
-  """A finished cell: ``{"meta": cell.json, "state": the orbax pytree}``."""
+def _checkpointer():
+  """An orbax checkpointer of this process alone: cells are written and read by one process,
+  also when several run a sweep together (the others are not waited for)."""
+  import jax
   import orbax.checkpoint as ocp
 
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}))
+
+
+def load_cell(run, cell: Cell) -> dict:
+  """A finished cell: ``{"meta": cell.json, "state": the orbax pytree}``."""
   d = cell_dir(run, cell)
   if not is_done(run, cell):
     raise FileNotFoundError(f"cell {cell.id} is not finished under {d}")
-  with ocp.StandardCheckpointer() as ckptr:
+  with _checkpointer() as ckptr:
     state = ckptr.restore((d / "state").resolve())
   return {"meta": json.loads((d / "cell.json").read_text()), "state": state}
 
@@ -352,15 +420,54 @@ def write_results(run, table) -> Path:
   nothing)."""
   run = Path(run)
   _io.write_if_changed(run / "results.csv", table.to_csv(index=False).encode())
+  _write_parquet(run, table)
+  return run / "results.csv"
+
+
+def _write_parquet(run: Path, table) -> None:
   try:
     import pyarrow  # noqa: F401
   except ImportError:
-    pass
-  else:
-    buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False)
-    _io.write_if_changed(run / "results.parquet", buffer.getvalue())
-  return run / "results.csv"
+    return
+  buffer = io.BytesIO()
+  table.to_parquet(buffer, index=False)
+  _io.write_if_changed(Path(run) / "results.parquet", buffer.getvalue())
+
+
+_HEADER = (",".join(COLUMNS) + "\n").encode()
+
+
+def _rows_lines(run, cell: Cell) -> bytes:
+  """A finished cell's lines of the results table: its ``rows.csv`` without the header."""
+  data = (cell_dir(run, cell) / "rows.csv").read_bytes()
+  return data.partition(b"\n")[2]
+
+
+class _ResultsFile:
+  """``RUN/results.csv`` of a run: each fitted cell's rows appended as it is written (no other
+  cell is read again), and the file put in plan order once at the end, so that it is the same
+  bytes whatever order the cells were fitted in."""
+
+  def __init__(self, run: Path, cells: Sequence[Cell]):
+    self.run, self.cells = run, list(cells)
+    self.path = run / "results.csv"
+    self.written: list[Cell] | None = None  # the cells in the file, in its order
+
+  def _write(self, cells: list[Cell]) -> None:
+    _io.write_if_changed(self.path, _HEADER + b"".join(_rows_lines(self.run, c) for c in cells))
+    self.written = list(cells)
+
+  def append(self, cells: Sequence[Cell]) -> None:
+    if self.written is None:  # the first cells of this run: the file as the finished cells say
+      self._write([c for c in self.cells if is_done(self.run, c)])
+      return
+    _io.append_bytes(self.path, b"".join(_rows_lines(self.run, c) for c in cells))
+    self.written += cells
+
+  def finish(self, done: list[Cell]) -> None:
+    """``done``: the finished cells, in plan order."""
+    if self.written != done:
+      self._write(done)
 
 
 def _clean_temporaries(run: Path) -> None:
@@ -372,16 +479,78 @@ def _clean_temporaries(run: Path) -> None:
 
 def _check_manifest(run: Path, manifest: dict) -> None:
   path = run / "sweep.json"
-  if path.exists():
-    old = _io.read_json(path, what="the manifest of a jaxmouse sweep")
-    if old != manifest:
-      diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-      raise FileExistsError(
-          f"{run} holds a different sweep (differs in {diff}); use a new --out folder, or "
-          "delete it to start over")
-  else:
-    with _io.atomic_path(path) as tmp:
-      Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n")
+  if not path.exists():  # of workers starting together, one writes it; the others compare
+    _io.create_once(path, (json.dumps(manifest, indent=2) + "\n").encode())
+  old = _io.read_json(path, what="the manifest of a jaxmouse sweep")
+  if old != manifest:
+    diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+    raise FileExistsError(
+        f"{run} holds a different sweep (differs in {diff}); use a new --out folder, or "
+        "delete it to start over")
+
+
+class _Claims:
+  """The cells this process claims (``RUN/claims/<cell>.claim``) and the journal of claims."""
+
+  def __init__(self, run: Path, *, timeout: float, shard):
+    self.run, self.folder = run, run / CLAIMS
+    self.timeout, self.shard = timeout, shard
+    self.held: dict[str, tuple[Cell, _io.Claim]] = {}
+
+  def _journal(self, event: str, cell: Cell, **extra) -> None:
+    import datetime
+
+    line = {"event": event, "cell": cell.id, "host": socket.gethostname(), "pid": os.getpid(),
+            "time": datetime.datetime.now().isoformat(timespec="milliseconds"), **extra}
+    if self.shard is not None:
+      line["shard"] = str(self.shard)
+    _io.append_bytes(self.folder / JOURNAL, (json.dumps(line) + "\n").encode())
+
+  def take(self, cell: Cell) -> bool | None:
+    """Claims an unfinished cell: True if claimed, False if another live process holds it,
+    None if it is finished."""
+    if is_done(self.run, cell):
+      return None
+    note = {"cell": cell.id} if self.shard is None else {"cell": cell.id, "shard": str(self.shard)}
+    claim = _io.Claim(self.folder / f"{cell.id}.claim", timeout=self.timeout, **note)
+    if not claim.acquire():
+      return False
+    if is_done(self.run, cell):  # finished by the previous holder just before it let go
+      claim.release()
+      return None
+    self.held[cell.id] = (cell, claim)
+    if claim.previous is None:
+      self._journal("claim", cell)
+    else:
+      self._journal("takeover", cell, previous={k: claim.previous.get(k)
+                                                for k in ("host", "pid", "since")})
+    return True
+
+  def take_fits(self, groups: Sequence[Sequence[Cell]]) -> np.ndarray:
+    """Per cell of ``groups`` (fits), whether this process claimed it. Within a fit, cells are
+    claimed in plan order and the first one held elsewhere ends it: that process claims the
+    fit's other cells in the same order, so two processes never run one fit for its halves."""
+    out = []
+    for group in groups:
+      blocked = False
+      for cell in group:
+        got = None if blocked else self.take(cell)
+        blocked = blocked or got is False
+        out.append(got is True)
+    return np.asarray(out, np.int32)
+
+  def finish(self, cell: Cell) -> None:
+    self._journal("finish", cell)
+    self.held.pop(cell.id)[1].release()
+
+  def release_all(self) -> None:
+    """Lets go of unfinished claims (a failure): other processes may take those cells."""
+    for cell, claim in list(self.held.values()):
+      try:
+        self._journal("release", cell)
+      finally:
+        claim.release()
+    self.held.clear()
 
 
 FEATURE_SPACES = "feature_spaces.json"
@@ -465,8 +634,10 @@ def _tiers(ds, neurons):
 
 
 def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=None,
-              progress: bool = False, mesh=None) -> "pandas.DataFrame":
-  """Runs (or resumes) a sweep; returns the results table, also written to ``out/results.csv``.
+              progress: bool = False, mesh=None, shard=None,
+              claim_timeout: float = _io.CLAIM_TIMEOUT_S) -> "pandas.DataFrame":
+  """Runs (or resumes) a sweep; returns the results table of the finished cells, also written
+  to ``out/results.csv``.
 
   Args:
     ds: a ``jaxmouse.data.NeuralDataset`` with train, validation and (repeated) test tiers.
@@ -475,9 +646,15 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
     feature_cache: a ``FeatureCache`` or its root folder (default ``out/features``).
     progress: tqdm bars over cells (and feature extraction).
     mesh: a ``fit.make_mesh()`` to shard neurons over devices (default: all devices when
-      there are several, else none).
+      there are several, of every process, else none).
+    shard: a ``cluster.Shard`` (or ``(index, count)``, ``"I/N"``): run only the cells that
+      ``shard_cells`` gives this worker, beside the other workers in the same folder.
+      ``results.csv`` is then written only when every cell of the sweep is done.
+    claim_timeout: seconds after which a claim of another host that is no longer refreshed
+      counts as left by a process that is gone (``_io.Claim``).
   """
   out = Path(out)
+  shard = cluster.check_shard(shard)
   if config.image_shape is not None:
     ds = ds.resize(config.image_shape)
   areas = list(config.areas) if config.areas is not None else list(ds.area_names)
@@ -504,12 +681,27 @@ def run_sweep(ds, config: SweepConfig, out: str | os.PathLike, *, feature_cache=
     fit_config, why = fitlib.resolve_loss(config.fit,
                                           ds.tier("train")[1][:, np.isin(ds.areas, areas)])
     loss = f"{fit_config.loss} ({why})"
-  # Nothing is written before this point; from here on the run folder is this process's alone.
-  out.mkdir(parents=True, exist_ok=True)
-  with _io.lock_folder(out):
+  def cost(fit_cells):
+    """A fit's work, roughly, for dealing fits to shards: the features of one image, times
+    configs x steps / 10 for a readout trained by gradient descent (ridge: about ten steps)."""
+    c = fit_cells[0]
+    size = math.prod(spaces[c.weights].feature_shape(c.layer, ds.images.shape))
+    if c.readout == "ridge":
+      return size
+    return size * len(next(iter(config.grid(c.readout).values()))) * max(
+        config.fit.max_steps / 10, 1)
+
+  # Nothing is written before this point; from here on the run folder is this process's alone,
+  # or shared with the other workers of a sharded sweep.
+  with contextlib.ExitStack() as stack:
+    def lock():
+      out.mkdir(parents=True, exist_ok=True)
+      stack.enter_context(_io.lock_folder(out, shared=shard is not None))
+    cluster.on_lead(lock)
     return _run_locked(ds, config, out, areas=areas, spaces=spaces, layers=layers,
                        fit_config=fit_config, loss=loss, feature_cache=feature_cache,
-                       progress=progress, mesh=mesh)
+                       progress=progress, mesh=mesh, shard=shard, claim_timeout=claim_timeout,
+                       cost=cost)
 
 
 def _check_memory(ds, config: SweepConfig, spaces: Mapping, layers: Mapping, areas,
@@ -535,14 +727,15 @@ def _check_memory(ds, config: SweepConfig, spaces: Mapping, layers: Mapping, are
 
 
 def _run_locked(ds, config: SweepConfig, out: Path, *, areas, spaces, layers, fit_config, loss,
-                feature_cache, progress, mesh) -> "pandas.DataFrame":
+                feature_cache, progress, mesh, shard, claim_timeout,
+                cost=None) -> "pandas.DataFrame":
   """``run_sweep`` once its arguments are valid and its run folder is locked."""
   import jax
 
   from jaxmouse.feature_spaces import NetworkSpace, PrecomputedSpace
   from jaxmouse.features import FeatureCache
 
-  _clean_temporaries(out)
+  lead = cluster.is_lead()
   manifest = {"format": SWEEP_FORMAT, "data": data_fingerprint(ds), "data_name": ds.name,
               "config": config.to_dict(),
               "weights": {l: str(Path(s.path).resolve()) for l, s in spaces.items()
@@ -552,18 +745,22 @@ def _run_locked(ds, config: SweepConfig, out: Path, *, areas, spaces, layers, fi
               if isinstance(s, PrecomputedSpace)}
   if features:
     manifest["features"] = features
-  _check_manifest(out, manifest)
-  write_feature_spaces(out, spaces, layers)
 
   cells = plan(config, areas, layers=layers)
   if mesh is None and len(jax.devices()) > 1:
     mesh = fitlib.make_mesh()
   if feature_cache is None or isinstance(feature_cache, (str, os.PathLike)):
-    feature_cache = FeatureCache(feature_cache or out / "features", progress=progress)
-  feature_cache.clean()
+    feature_cache = FeatureCache(feature_cache or out / "features", progress=progress and lead)
   for space in spaces.values():
     if isinstance(space, NetworkSpace):
       space.cache = feature_cache
+
+  def start():
+    _clean_temporaries(out)
+    _check_manifest(out, manifest)
+    write_feature_spaces(out, spaces, layers)
+    feature_cache.clean()
+  cluster.on_lead(start)
   # Neurons of every area fitted, in area order; a readout is fitted for all of them at once
   # (pairs are independent, so this equals fitting area by area) and split into area cells.
   neurons = np.concatenate([np.flatnonzero(ds.areas == a) for a in areas])
@@ -575,55 +772,87 @@ def _run_locked(ds, config: SweepConfig, out: Path, *, areas, spaces, layers, fi
   train_images = tiers["train"].image
   ev = metrics.explainable_variance_fraction(tiers["test"].responses, tiers["test"].image)
   n_flat = int(np.sum(~(ev > 0)))
-  if n_flat:
+  if n_flat and lead:
     _log.warning("%d of %d neurons have no explainable variance on the test images (constant, "
                  "or noise only): their FEVE is NaN", n_flat, len(ev))
 
+  mine = shard_cells(cells, shard, cost=cost)
+  results = _ResultsFile(out, cells)
+  claims = _Claims(out, timeout=claim_timeout, shard=shard)
   bar = None
-  if progress:
+  if progress and lead:
     from tqdm.auto import tqdm
-    bar = tqdm(total=len(cells), unit="cell", desc="sweep")
-    bar.update(sum(is_done(out, c) for c in cells))
+    bar = tqdm(total=len(mine), unit="cell", desc="sweep" if shard is None else f"shard {shard}")
+    bar.update(sum(is_done(out, c) for c in mine))
   try:
-    groups: dict[tuple[str, str], dict[str, list[Cell]]] = {}
-    for c in cells:
-      groups.setdefault((c.weights, c.layer), {}).setdefault(c.readout, []).append(c)
-    for (label, layer), by_readout in groups.items():
-      if all(is_done(out, c) for cs in by_readout.values() for c in cs):
+    by_space: dict[tuple[str, str], list[list[Cell]]] = {}
+    for group in fits(mine):
+      by_space.setdefault((group[0].weights, group[0].layer), []).append(group)
+    ensured = set()
+    for (label, layer), groups in by_space.items():
+      # The lead claims the unfinished cells of this feature space's fits; every process is
+      # told which, and fits the same ones.
+      chosen = cluster.lead_decides(lambda: claims.take_fits(groups),
+                                    size=sum(map(len, groups)))
+      if not chosen.any():
         continue
       space = spaces[label]
-      # A network's layers are all extracted in one pass over the images, then cached.
+      if isinstance(space, NetworkSpace) and label not in ensured:
+        # Every layer of this checkpoint in one pass over the images, by the lead; the other
+        # processes then read them.
+        cluster.on_lead(lambda: feature_cache.ensure(space.path, ds.images,
+                                                     space.check_layers(layers[label])))
+        ensured.add(label)
       raw = space.features(ds.images, layer, layers=layers[label])
       # Batch norm + ReLU is for CNN layers; the energy model's features are rectified
       # already (ReLU of the simple subunits, the energy's norm) and are only scaled.
       feats = fitlib.prepare_features(raw, train_images=train_images,
                                       batch_norm=config.fit.batch_norm and space.kind != "energy")
       del raw
-      for readout, group in by_readout.items():
-        if all(is_done(out, c) for c in group):
+      offsets = np.cumsum([0] + [len(g) for g in groups])
+      for group, start_ in zip(groups, offsets):
+        todo = [c for c, m in zip(group, chosen[start_:start_ + len(group)]) if m]
+        if not todo:
           continue
+        readout = group[0].readout
         if bar is not None:
           bar.set_postfix_str(f"{label} {layer} {readout}")
         # The whole group is refitted even if a kill left some of its cells written: the same
-        # program on the same neurons gives bit-identical results for the missing ones.
+        # program on the same neurons gives the same results for the missing ones.
         grid = config.grid(readout)
         result = fit_readout(feats, tiers, readout=readout, config=config, fit_config=fit_config,
-                             groups=neuron_area, mesh=mesh, progress=progress,
+                             groups=neuron_area, mesh=mesh, progress=progress and lead,
                              desc=f"{label} {layer} {readout}")
-        for cell in group:
-          if is_done(out, cell):
-            continue
-          idx = np.flatnonzero(neuron_area == cell.area)
-          save_cell(out, cell, subset(result, idx), ds.unit_ids[neurons[idx]], grid,
-                    kind=space.kind,
-                    recording=None if neuron_recording is None else neuron_recording[idx])
-          if bar is not None:
-            bar.update(1)
-        write_results(out, collect(out, cells))
+
+        def save():
+          for cell in todo:
+            idx = np.flatnonzero(neuron_area == cell.area)
+            save_cell(out, cell, subset(result, idx), ds.unit_ids[neurons[idx]], grid,
+                      kind=space.kind,
+                      recording=None if neuron_recording is None else neuron_recording[idx])
+            claims.finish(cell)
+            if bar is not None:
+              bar.update(1)
+          if shard is None:  # sharded workers leave results.csv to whoever finds all done
+            results.append(todo)
+        cluster.on_lead(save)
       del feats
   finally:
+    if lead:
+      claims.release_all()
     if bar is not None:
       bar.close()
-  table = collect(out, cells)
-  write_results(out, table)
-  return table
+
+  def finish():
+    done = [c for c in cells if is_done(out, c)]
+    table = collect(out, done)
+    if shard is None or len(done) == len(cells):
+      results.finish(done)
+      _write_parquet(out, table)
+    if shard is None and len(done) < len(cells):
+      _log.warning("%d of %d cells were left to other live processes that claim them (%s); run "
+                   "the same command again when they have finished", len(cells) - len(done),
+                   len(cells), out / CLAIMS)
+    return table
+  table = cluster.on_lead(finish)
+  return table if table is not None else collect(out, cells)

@@ -148,7 +148,13 @@ def test_kill_9_mid_sweep_then_resume_gives_the_uninterrupted_results(planted, t
   a = pd.read_csv(killed / "results.csv")
   b = pd.read_csv(tmp_path / "straight" / "results.csv")
   assert len(a) == 2 * ds.n_neurons
-  pd.testing.assert_frame_equal(a, b)
+  # On every backend the resumed table equals the uninterrupted one to float32 rounding (a GPU
+  # may reduce in another order when the killed fit is run again); on CPU, byte for byte.
+  pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
+  import jax
+  if jax.default_backend() == "cpu":
+    assert (killed / "results.csv").read_bytes() == \
+        (tmp_path / "straight" / "results.csv").read_bytes()
   for d in cells.iterdir():
     meta = json.loads((d / "cell.json").read_text())
     sweeps.load_cell(killed, sweeps.Cell(**meta["cell"]))  # every checkpoint restores

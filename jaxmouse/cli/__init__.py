@@ -128,10 +128,12 @@ def configure_logging(args: argparse.Namespace, prefix: str):
 def describe_error(e: BaseException) -> str | None:
   """The one line the CLI prints for an expected failure, or None for a bug (a traceback).
 
-  Expected: bad input (ValueError, KeyError), missing or existing files, a folder in use, and
-  every OSError (read-only folder, disk full, ...) with the path and the cause; out of memory.
+  Expected: bad input (ValueError, KeyError), missing or existing files, a folder in use, the
+  failure of the lead process of a multi-process run (on the others), and every OSError
+  (read-only folder, disk full, ...) with the path and the cause; out of memory.
   """
   from jaxmouse._io import FolderLocked
+  from jaxmouse.cluster import LeadFailed
 
   if isinstance(e, OSError) and e.errno is not None and e.strerror:
     paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
@@ -142,7 +144,7 @@ def describe_error(e: BaseException) -> str | None:
     return f"out of memory: {e}" if str(e) else "out of memory"
   if isinstance(e, RuntimeError) and str(e).startswith("RESOURCE_EXHAUSTED"):  # XLA
     return "out of accelerator memory: " + str(e).splitlines()[0]
-  if isinstance(e, (ValueError, OSError, KeyError, FolderLocked)):
+  if isinstance(e, (ValueError, OSError, KeyError, FolderLocked, LeadFailed)):
     return str(e.args[0] if isinstance(e, KeyError) and e.args else e)
   return None
 

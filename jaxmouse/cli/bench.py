@@ -1,4 +1,5 @@
-"""``jaxmouse bench fit|features``: benchmarks that print a table of measured figures."""
+"""``jaxmouse bench fit|features|compare|scaling``: benchmarks that print a table of measured
+figures."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ EXAMPLES = """examples:
   jaxmouse bench fit --full                # the issue's size: 5000 images, 2000 neurons
   jaxmouse bench features --sizes 64x64,128x128
   jaxmouse bench features --arch resnet18 --sizes 36x64,128x128,224x224
+  jaxmouse bench scaling                   # cells/hour with 1, 2 shard workers; a fit in 1, 2 processes
 """
 
 BENCHES = {
@@ -21,6 +23,9 @@ BENCHES = {
                  "feature extraction images/s of any network (--arch) vs a PyTorch forward"),
     "compare": ("jaxmouse.benchmarks.compare",
                 "mice-to-machines table (RMSE, RSA, CKA; areas x layers x neurons) vs a SciPy loop"),
+    "scaling": ("jaxmouse.benchmarks.scaling",
+                "cells/hour of a sweep with 1 and 2 shard workers; one fit in 1 and 2 JAX "
+                "processes"),
 }
 
 

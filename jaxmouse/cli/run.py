@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from jaxmouse.cli.report import area_ranks
+from jaxmouse.cli.sweep import add_cluster_arguments, start_cluster
 
 EXAMPLES = """examples:
   jaxmouse run cadena2019                                  # quick config, simulated mouse, HED weights
@@ -37,6 +38,10 @@ same architecture, and the config's choice of layers and input size for that net
 jaxmouse/studies/cadena2019.py, NETWORKS).
 
 Re-running the same command resumes: finished stages and sweep cells are skipped.
+With --shard I/N (or auto, in a Slurm array) workers share one --out folder and split each
+sweep's cells; the worker that finds every cell done writes the report. --distributed runs
+every fit over the devices of all processes of a jax.distributed job (a TPU pod slice, a Slurm
+allocation): start the same command in each process.
 """
 
 
@@ -69,6 +74,7 @@ def register(sub, *, name, help):
                  "V1/VISp below every higher area), 'anatomical' (Harris et al. 2019 hierarchy "
                  "scores: VISp < VISl < VISrl < VISal < VISpm < VISam) or AREA=RANK items")
   p.add_argument("--out", default=None, help="run folder (default runs/cadena2019-<config>)")
+  add_cluster_arguments(p)
   p.set_defaults(func=_run)
 
 
@@ -76,7 +82,7 @@ def _run(args):
   import dataclasses
   import logging
 
-  from jaxmouse import configs
+  from jaxmouse import cluster, configs
   from jaxmouse.cli import show_progress
   from jaxmouse.studies import cadena2019
 
@@ -105,8 +111,15 @@ def _run(args):
         "Run it with: jaxmouse run cadena2019 --config THIS_FILE.toml")), end="")
     return 0
   out = args.out or f"runs/cadena2019-{config.name}"
+  shard = start_cluster(args)
   log = logging.getLogger("jaxmouse.run")
   summary = cadena2019.run(config, out=out, data=args.data, log=log.info,
-                           progress=show_progress(args),
+                           progress=show_progress(args), shard=shard,
                            record={"config_source": args.config, "set": list(args.sets)})
+  if not cluster.is_lead():
+    return
+  if summary is None:
+    print(f"shard {shard} done: the report is written by the worker that finds every cell "
+          "done, or by the same command without --shard")
+    return
   print(f"report: {summary.parent} (summary: {summary})")

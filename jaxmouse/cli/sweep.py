@@ -15,6 +15,9 @@ EXAMPLES = """examples:
   jaxmouse sweep --data mouse.npz --weights weights/hed,weights/resnet18,weights/resnet18_random0 \\
       --layers conv2_2,conv3_3,conv4_3,layer1,layer2,layer3 --readout ridge --out runs/zoo
   jaxmouse sweep --data mouse.npz --features my_timm_features/ --readout ridge --out runs/mine
+  jaxmouse sweep ... --out runs/a --shard 3/16       # worker 3 of 16, beside the others
+  jaxmouse sweep ... --out runs/a --shard auto       # the index and count of a Slurm array task
+  jaxmouse sweep ... --out runs/a --distributed      # one fit over the devices of every process
 
 --data: any data set `jaxmouse data info` reads (npz/h5, Sensorium file tree, Allen NWB, TFDS).
 --weights: checkpoint folders of any network (`jaxmouse weights`: vgg16, vgg19, alexnet,
@@ -36,6 +39,14 @@ program; each area's cell is checkpointed under RUN/cells/ as soon as it is done
 the same command again resumes (finished cells are skipped; results are the same as an
 uninterrupted run). RUN/results.csv has one row per feature space x layer x readout x neuron:
   weights, layer, readout, area, neuron, config, feve, corr, corr_avg, oracle, fev, val_corr
+
+Past one machine: --shard I/N runs worker I's share of the fits (dealt largest first to the
+least loaded worker), beside the other workers in one --out folder (a shared file system); each
+claims a cell before fitting it (RUN/claims/), so workers started together never fit a cell
+twice. The same command without --shard then finds every cell done and writes the table.
+--distributed runs one fit over the devices of several processes (jax.distributed): start the
+same command in each; JAX finds Slurm, TPU pod slices and Open MPI by itself, else give
+--coordinator, --num-processes and --process-id.
 """
 
 
@@ -123,7 +134,39 @@ def register(sub, *, name: str, help: str) -> None:
   p.add_argument("--feature-cache", default=None, help="feature cache folder (default RUN/features)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars (as -q, but "
                  "keeping the messages)")
+  add_cluster_arguments(p)
   p.set_defaults(func=run)
+
+
+def add_cluster_arguments(p) -> None:
+  """``--shard`` and ``--distributed`` (with its explicit address flags)."""
+  g = p.add_argument_group("past one machine")
+  g.add_argument("--shard", default=None, metavar="I/N",
+                 help="run only shard I of N (from 0) of the cells, beside the other shards in "
+                 "the same --out folder; 'auto' (or auto/N) reads I and N from a Slurm array task "
+                 "or a Kubernetes indexed job (JOB_COMPLETION_INDEX, with auto/N)")
+  g.add_argument("--distributed", action="store_true",
+                 help="fit over the devices of several processes (jax.distributed); run the same "
+                 "command in every process; Slurm, TPU pod slices and Open MPI are detected")
+  g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                 help="with --distributed: the address of process 0")
+  g.add_argument("--num-processes", type=int, default=None, help="with --distributed")
+  g.add_argument("--process-id", type=int, default=None, help="with --distributed")
+
+
+def start_cluster(args):
+  """Checks ``--shard`` and starts ``jax.distributed`` if asked (before any JAX computation);
+  returns the Shard or None."""
+  from jaxmouse import cluster
+
+  shard = None if args.shard is None else cluster.Shard.parse(args.shard)
+  explicit = (args.coordinator, args.num_processes, args.process_id)
+  if not args.distributed and any(v is not None for v in explicit):
+    raise ValueError("--coordinator, --num-processes and --process-id go with --distributed")
+  if args.distributed:
+    cluster.initialize(coordinator=args.coordinator, num_processes=args.num_processes,
+                       process_id=args.process_id)
+  return shard
 
 
 def config_from_args(args):
@@ -148,22 +191,33 @@ def run(args) -> None:
 
   import pandas as pd
 
-  from jaxmouse import data, sweeps
+  from jaxmouse import cluster, data, sweeps
 
   from jaxmouse.cli import show_progress
 
+  shard = start_cluster(args)
   config = config_from_args(args)
   ds = data.load(args.data)
   t0 = time.perf_counter()
   table = sweeps.run_sweep(ds, config, args.out, feature_cache=args.feature_cache,
-                           progress=not args.no_progress and show_progress(args))
+                           progress=not args.no_progress and show_progress(args), shard=shard)
+  if not cluster.is_lead():  # the lead process reports for all
+    return
   summary = (table.groupby(["weights", "layer", "readout", "area"], sort=False)
              [["feve", "corr", "corr_avg", "oracle"]].mean())
   summary.insert(0, "neurons", table.groupby(["weights", "layer", "readout", "area"],
                                              sort=False).size())
-  with pd.option_context("display.width", 120, "display.max_rows", 200,
-                         "display.float_format", "{:.3f}".format):
-    print(summary)
+  if len(table):
+    with pd.option_context("display.width", 120, "display.max_rows", 200,
+                           "display.float_format", "{:.3f}".format):
+      print(summary)
   loss = json.loads((Path(args.out) / "sweep.json").read_text())["loss"]
-  print(f"{len(table)} rows in {args.out}/results.csv ({time.perf_counter() - t0:.1f} s); "
-        f"loss: {loss}")
+  cells = sweeps.plan(config, config.areas or ds.area_names)
+  done = sum(sweeps.is_done(args.out, c) for c in cells)
+  took = f"{time.perf_counter() - t0:.1f} s"
+  if shard is not None and done < len(cells):
+    print(f"shard {shard} done ({took}): {done} of {len(cells)} cells of the sweep are finished; "
+          "results.csv is written by the worker that finds them all done, or by the same "
+          "command without --shard")
+    return
+  print(f"{len(table)} rows in {args.out}/results.csv ({took}); loss: {loss}")

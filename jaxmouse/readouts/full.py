@@ -33,8 +33,9 @@ def predict(params, x, *, key=None):
   del key
   b = x.shape[0]
   g, k = params["bias"].shape
-  y = jnp.einsum("bq,nq->bn", x.reshape(b, -1), params["weight"].reshape(g * k, -1))  # (b, g*k)
-  return y.reshape(b, g, k) + params["bias"]
+  # (g, k) stay two axes: merged into one, a neuron-sharded mesh would gather every weight.
+  y = jnp.einsum("bq,gkq->bgk", x.reshape(b, -1), params["weight"].reshape(g, k, -1))  # (b, g, k)
+  return y + params["bias"]
 
 
 def _terms(weight):

@@ -62,10 +62,10 @@ def predict(params, x, *, key=None):
   """``x (b, h, w, c)`` -> linear prediction ``(b, g, k)``; ``key`` samples positions (training)."""
   b, h, w, c = x.shape
   g, k = params["bias"].shape
-  mask = tent_mask(positions(params, key), h, w).reshape(g * k, h * w)
-  feats = params["features"].reshape(g * k, c)
-  y = jnp.einsum("bpc,np,nc->bn", x.reshape(b, h * w, c), mask, feats)  # (b, g*k)
-  return y.reshape(b, g, k) + params["bias"]
+  mask = tent_mask(positions(params, key), h, w).reshape(g, k, h * w)
+  # (g, k) stay two axes: merged into one, a neuron-sharded mesh would gather every parameter.
+  y = jnp.einsum("bpc,gkp,gkc->bgk", x.reshape(b, h * w, c), mask, params["features"])  # (b, g, k)
+  return y + params["bias"]
 
 
 def penalty(params, reg):

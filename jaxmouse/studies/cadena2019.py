@@ -8,7 +8,8 @@ the same command after an interruption continues where it stopped.
 
 Run folder layout::
 
-  RUN/.jaxmouse.lock        held while a process runs the study (a second one is refused)
+  RUN/.jaxmouse.lock        held while a process runs the study (a second one is refused;
+                            the workers of a sharded run hold it together)
   RUN/study.json            the study config of this run (a different config is refused)
   RUN/data.json             what the data are: simulated or not (what was planted), response
                             type, window, loss, split, input size
@@ -36,6 +37,12 @@ study does not fit (by default a random VGG19, seed 1000, neither HED nor the ra
 controls) through a nonlinear subunit model that no fitted readout family contains; the report
 says the data are simulated and compares what it recovered with what was planted.
 
+Workers of a sharded run (``shard``, ``--shard I/N``) share the run folder: they prepare it one
+at a time (the first simulates the mouse and draws the weights, the next find them), each runs
+its shard of every sweep, and the one that finds every cell done writes the results and the
+report. With several JAX processes the lead process (0) prepares and writes, and every process
+takes part in every fit.
+
 Allen Brain Observatory data (``per_format["allen"]``): 118 natural scenes, 20 of them test, are
 few for readouts trained by gradient descent, so the study fits the closed-form ridge readout
 with a penalty chosen per neuron on validation, on images of the scenes' own aspect ratio (36x46).
@@ -50,13 +57,15 @@ ViT-B/16 cuts 16-pixel patches (a 2x4 token grid), so they read the images at tw
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from jaxmouse._io import atomic_path, lock_folder, read_json
+from jaxmouse import cluster
+from jaxmouse._io import atomic_path, lock_folder, read_json, taking_turns
 
 AREAS = ("V1", "LM", "AL", "RL")
 AREA_RANKS = {"V1": 0, "LM": 1, "AL": 1, "RL": 1}
@@ -356,6 +365,9 @@ def _check_run_folder(out: Path, config: StudyConfig, data) -> None:
     tmp.write_text(json.dumps(record, indent=2))
 
 
+PREPARING = ".preparing.lock"  # taken in turn by workers that prepare or report in one folder
+
+
 def prepare_weights(config: StudyConfig, out: Path, log: Callable[[str], None]) -> dict[str, Path]:
   """Trained and random weights as checkpoints under RUN/weights; returns {label: folder}."""
   from jaxmouse import weights as wlib
@@ -536,8 +548,12 @@ def _ready(config: StudyConfig, loaded):
 
 
 def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str], None] = print,
-        progress: bool = True, record: Mapping | None = None) -> Path:
+        progress: bool = True, record: Mapping | None = None, shard=None) -> Path | None:
   """Runs (or resumes) the study into ``out``; returns the path of the report's summary.md.
+
+  None instead: in a worker of a sharded run (``shard``: a ``cluster.Shard``, ``(index, count)``
+  or ``"I/N"``) that leaves the report to another because some cells are not done yet, and in
+  the processes other than the lead of a multi-process run.
 
   ``RUN/run.json`` records the resolved config, the data set's fingerprint, the versions of
   jaxmouse, JAX and Flax, the devices and the command, plus the keys of ``record`` (e.g. where
@@ -545,48 +561,68 @@ def run(config: StudyConfig, *, out: str | Path, data=None, log: Callable[[str],
   """
   out = Path(out)
   t0 = time.perf_counter()
+  shard = cluster.check_shard(shard)
+  if not cluster.is_lead():  # one voice for a multi-process run
+    log, progress = (lambda s: None), False
   # A missing or unknown data set, and a loss that does not fit the data, are errors before
   # the run folder is made; the simulated mouse is written into it.
   config = config.for_format(data_format(data))
   prepared = None if data is None else _ready(config, prepare_data(config, out, data, log,
                                                                    progress))
-  # The study's sweeps write RUN/sweeps/<readout> and share RUN/features: one study per folder.
-  out.mkdir(parents=True, exist_ok=True)
-  with lock_folder(out):
+  # The study's sweeps write RUN/sweeps/<readout> and share RUN/features: one study per folder
+  # (or the workers of one sharded study).
+  with contextlib.ExitStack() as stack:
+    def lock():
+      out.mkdir(parents=True, exist_ok=True)
+      stack.enter_context(lock_folder(out, shared=shard is not None))
+    cluster.on_lead(lock)
     return _run_locked(config, out=out, data=data, prepared=prepared, log=log,
-                       progress=progress, t0=t0, record=record)
+                       progress=progress, t0=t0, record=record, shard=shard)
 
 
 RUN_FILE = "run.json"
 
 
 def _run_locked(config: StudyConfig, *, out: Path, data, prepared, log: Callable[[str], None],
-                progress: bool, t0: float, record: Mapping | None = None) -> Path:
+                progress: bool, t0: float, record: Mapping | None = None,
+                shard=None) -> Path | None:
   """``run`` once the run folder is locked."""
   import pandas as pd
 
   from jaxmouse import fit as fitlib
   from jaxmouse import provenance, reports, sweeps
 
-  _check_run_folder(out, config, data)
-  folders = prepare_weights(config, out, log)
-  ds, fit_kwargs, described = prepared or _ready(config, prepare_data(config, out, data, log,
-                                                                      progress))
+  def prepare():
+    _check_run_folder(out, config, data)
+    folders = prepare_weights(config, out, log)
+    return (folders, *(prepared or _ready(config, prepare_data(config, out, data, log,
+                                                               progress))))
+
+  def prepare_and_write():
+    # Workers of a sharded run prepare one at a time: the first simulates and draws, the
+    # others find what it made.
+    with taking_turns(out / PREPARING):
+      made = prepare()
+      with atomic_path(out / reports.DATA_FILE) as tmp:
+        tmp.write_text(json.dumps(made[-1], indent=2) + "\n")
+    return made
+
+  # With several JAX processes the lead prepares first; the others then only read.
+  made = cluster.on_lead(prepare_and_write)
+  folders, ds, fit_kwargs, described = made if made is not None else prepare()
   loss = described["loss"]
-  with atomic_path(out / reports.DATA_FILE) as tmp:
-    tmp.write_text(json.dumps(described, indent=2) + "\n")
   source = (str(Path(data).resolve()) if data is not None
             else str(out / "data" / "simulated.npz"))
   info = provenance.run_record(
       config=config.to_dict(), data={"name": ds.name, "source": source,
                                      "simulated": bool(described.get("simulated")),
                                      "fingerprint": sweeps.data_fingerprint(ds)},
-      **dict(record or {}), status="running")
-  _write_run_file(out, info)
+      **dict(record or {}), status="running", shard=None if shard is None else str(shard))
+  cluster.on_lead(lambda: _write_run_file(out, info))
   log(f"data set {ds.name!r}: {ds.n_neurons} neurons "
       f"({', '.join(f'{a} {n}' for a, n in ds.neurons_per_area().items())}), "
       f"{ds.n_images} images, {ds.n_trials} trials; {described['response_type']}; loss {loss}")
-  tables = []
+  tables, cells = [], []
   for readout in config.readouts:
     layers = config.layers_of(readout)
     sweep = sweeps.SweepConfig(
@@ -598,17 +634,31 @@ def _run_locked(config: StudyConfig, *, out: Path, data, prepared, log: Callable
         f"{' + energy model' if config.fits_energy(readout) else ''} x {len(ds.area_names)} "
         "areas ...")
     tables.append(sweeps.run_sweep(ds, sweep, out / "sweeps" / readout,
-                                   feature_cache=out / "features", progress=progress))
-  sweeps.write_results(out, pd.concat(tables, ignore_index=True))
+                                   feature_cache=out / "features", progress=progress,
+                                   shard=shard))
+    cells += [(out / "sweeps" / readout, c)
+              for c in sweeps.plan(sweep, sweep.areas or ds.area_names)]
+  # Counted by the lead, so that every process of a multi-process run takes the same branch.
+  left = int(cluster.lead_decides(lambda: [sum(not sweeps.is_done(*rc) for rc in cells)], 1)[0])
+  if shard is not None and left:
+    log(f"shard {shard} done in {time.perf_counter() - t0:.0f} s; {left} cells are other "
+        "shards': the report is written by the worker that finds every cell done")
+    return None
   areas = list(config.areas or ds.area_names)
   ranks = dict(config.area_ranks)
   if ranks == AREA_RANKS:  # the default binary order, also for Allen's area names
     ranks.update({a: r for a, r in reports.DEFAULT_AREA_RANKS.items() if a not in ranks})
-  summary = reports.write_report(
-      out, config=reports.ReportConfig(area_ranks=ranks, fev_threshold=config.fev_threshold),
-      area_order=areas)
-  _write_run_file(out, {**info, "status": "finished", "finished": provenance.now(),
-                        "seconds": round(time.perf_counter() - t0, 1)})
+
+  def report():
+    with taking_turns(out / PREPARING):  # workers finishing together write it in turn
+      sweeps.write_results(out, pd.concat(tables, ignore_index=True))
+      summary = reports.write_report(
+          out, config=reports.ReportConfig(area_ranks=ranks, fev_threshold=config.fev_threshold),
+          area_order=areas)
+      _write_run_file(out, {**info, "status": "finished", "finished": provenance.now(),
+                            "seconds": round(time.perf_counter() - t0, 1)})
+      return summary
+  summary = cluster.on_lead(report)
   log(f"done in {time.perf_counter() - t0:.0f} s; report: {summary}")
   return summary
 
