@@ -42,6 +42,13 @@ def check_normalization(normalization: str) -> str:
   return normalization
 
 
+def check_arch_in(arch: str, known) -> str:
+  """``arch`` if it is one of ``known``, else a ValueError listing them."""
+  if arch not in known:
+    raise ValueError(f"unknown architecture {arch!r}; expected one of {list(known)}")
+  return arch
+
+
 def check_layer_names(arch: str, layers: str | Sequence[str], valid: Sequence[str]
                       ) -> tuple[str, ...]:
   """Validates layer names against ``valid`` (network order); returns them in that order without

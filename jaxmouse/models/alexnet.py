@@ -30,9 +30,7 @@ _CONV = {c[0]: c for c in _CONVS}
 
 
 def check_arch(arch: str) -> str:
-  if arch not in ARCHS:
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {list(ARCHS)}")
-  return arch
+  return L.check_arch_in(arch, ARCHS)
 
 
 def check_layers(arch: str, layers) -> tuple[str, ...]:

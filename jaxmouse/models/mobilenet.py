@@ -45,9 +45,7 @@ LAYERS = {"mobilenet_v2": tuple(f"features.{i}" for i in range(len(BLOCKS) + 2))
 
 
 def check_arch(arch: str) -> str:
-  if arch not in ARCHS:
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {list(ARCHS)}")
-  return arch
+  return L.check_arch_in(arch, ARCHS)
 
 
 def check_layers(arch: str, layers) -> tuple[str, ...]:

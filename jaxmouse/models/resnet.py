@@ -46,9 +46,7 @@ LAYERS: dict[str, tuple[str, ...]] = {arch: _layer_names(arch) for arch in CFG}
 
 
 def check_arch(arch: str) -> str:
-  if arch not in CFG:
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {list(CFG)}")
-  return arch
+  return L.check_arch_in(arch, CFG)
 
 
 def check_layers(arch: str, layers) -> tuple[str, ...]:

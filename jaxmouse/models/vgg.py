@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmouse.models._layers import (  # noqa: F401 (part of this module's API)
-    CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, NORMALIZATIONS, normalize)
+    CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, NORMALIZATIONS, check_arch_in, normalize)
 
 # Output channels per conv of each block.
 CFG: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -46,9 +46,7 @@ CONV_LAYERS: dict[str, tuple[str, ...]] = {
 }
 
 def check_arch(arch: str) -> str:
-  if arch not in CFG:
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {list(CFG)}")
-  return arch
+  return check_arch_in(arch, CFG)
 
 
 def param_shapes(arch: str) -> dict[str, dict[str, tuple[int, ...]]]:

@@ -36,9 +36,7 @@ LAYERS = {"vit_b_16": tuple(f"block{i}" for i in range(1, DEPTH + 1))}
 
 
 def check_arch(arch: str) -> str:
-  if arch not in ARCHS:
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {list(ARCHS)}")
-  return arch
+  return L.check_arch_in(arch, ARCHS)
 
 
 def check_layers(arch: str, layers) -> tuple[str, ...]:

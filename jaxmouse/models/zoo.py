@@ -45,9 +45,7 @@ INIT = {
 
 
 def check_arch(arch: str) -> str:
-  if arch not in _MODULES:
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {list(ARCHS)}")
-  return arch
+  return _layers.check_arch_in(arch, _MODULES)
 
 
 def module(arch: str) -> ModuleType:
