@@ -4,9 +4,15 @@ One symmetric eigendecomposition per feature space: of the ``(d, d)`` covariance
 there are fewer features than images, else of the ``(n, n)`` kernel ``X X^T`` (the dual form).
 Either way the solution for penalty ``alpha`` is
 
-    coef(alpha) = B diag(1 / (lam + alpha)) Q,          B (d, r), lam (r,), Q (r, k),
+    coef(alpha) = B R diag(1 / (lam + alpha)) Q,     B (d, r), R (r, r), lam (r,), Q (r, k),
 
-so predictions for all penalties and neurons cost one ``(m, d) x (d, r)`` product plus a rescale.
+so predictions for all penalties and neurons cost one ``(m, d) x (d, r)`` product, one
+``(m, r) x (r, r)`` rotation and a rescale. In the primal form B holds the eigenvectors and R is
+the identity (omitted); in the dual form B is the centred training features ``X^T`` themselves and
+R the kernel's eigenvectors, so the ``(d, n) x (n, n)`` product ``X^T U`` is never formed (a new
+image costs ``d n + n^2`` multiply-adds either way). The eigendecomposition is LAPACK's
+divide-and-conquer ``syevd`` in float32 on a kernel accumulated in float32, as scikit-learn's
+``Ridge`` solves its float32 problems.
 Images may carry weights (their number of repeats): fitting image means with weights equals
 fitting every trial. The intercept is not penalized (X and Y are centred), as in scikit-learn's
 ``Ridge(fit_intercept=True)``; the objective is ``sum_i w_i (y_i - x_i coef - b)^2 + alpha |coef|^2``.
@@ -19,6 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 
 
 class RidgeSolution(NamedTuple):
@@ -28,6 +35,7 @@ class RidgeSolution(NamedTuple):
   basis: np.ndarray    # (d, r)
   eigvals: np.ndarray  # (r,) eigenvalues of the weighted, centred X^T X (or X X^T)
   proj: np.ndarray     # (r, k)
+  rotation: np.ndarray | None = None  # (r, r) applied after ``basis`` (dual form), or None
 
 
 def check_alphas(alphas) -> np.ndarray:
@@ -51,6 +59,19 @@ def _kernel(xs):
   return xs @ xs.T  # (n, n)
 
 
+@jax.jit
+def _weighted_mean(x, p):
+  return jnp.einsum("n,nd->d", p, x, precision="highest")
+
+
+def _eigh(a):
+  """Eigenvalues (ascending, clipped at 0) and eigenvectors of a symmetric PSD float32 matrix."""
+  lam, v = scipy.linalg.eigh(np.asarray(a, np.float32), driver="evd", overwrite_a=True,
+                             check_finite=False)
+  # round-off can make the smallest eigenvalues slightly negative
+  return np.clip(lam, 0.0, None).astype(np.float32), v.astype(np.float32)
+
+
 def solve(x, y, *, weights=None) -> RidgeSolution:
   """Decomposes once; the returned solution predicts for any penalty.
 
@@ -72,28 +93,27 @@ def solve(x, y, *, weights=None) -> RidgeSolution:
   if w.shape != (n,) or (w < 0).any() or w.sum() <= 0:
     raise ValueError(f"weights must be (n,) = ({n},) non-negative with a positive sum, "
                      f"got shape {w.shape}")
-  x_mean = (w @ x.astype(np.float64)) / w.sum()
-  y_mean = (w @ y.astype(np.float64)) / w.sum()
-  sw = np.sqrt(w)[:, None]
-  xs = jnp.asarray(((x - x_mean) * sw).astype(np.float32))  # (n, d)
-  ys = jnp.asarray(((y - y_mean) * sw).astype(np.float32))  # (n, k)
+  x_mean = np.asarray(_weighted_mean(jnp.asarray(x), jnp.asarray(w / w.sum(), jnp.float32)))
+  y_mean = ((w / w.sum()) @ y.astype(np.float64)).astype(np.float32)
+  sw = np.sqrt(w).astype(np.float32)[:, None]
+  xs = jnp.asarray(x) - x_mean
+  xs = xs * sw if weights is not None else xs  # (n, d)
+  ys = jnp.asarray((y - y_mean) * sw)  # (n, k)
   if d <= n:
-    lam, v = np.linalg.eigh(np.asarray(_gram(xs), np.float64))
-    basis = v.astype(np.float32)  # (d, d)
-    proj = np.asarray(jnp.asarray(basis).T @ (xs.T @ ys))  # (d, k)
-  else:
-    lam, u = np.linalg.eigh(np.asarray(_kernel(xs), np.float64))
-    u32 = jnp.asarray(u.astype(np.float32))
-    basis = np.asarray(xs.T @ u32)  # (d, n)
-    proj = np.asarray(u32.T @ ys)  # (n, k)
-  lam = np.clip(lam, 0.0, None)  # round-off can make the smallest eigenvalues slightly negative
-  return RidgeSolution(x_mean.astype(np.float32), y_mean.astype(np.float32), basis,
-                       lam.astype(np.float32), proj)
+    lam, v = _eigh(_gram(xs))
+    return RidgeSolution(x_mean, y_mean, v, lam, np.asarray(v.T @ np.asarray(xs.T @ ys)))
+  lam, u = _eigh(_kernel(xs))
+  return RidgeSolution(x_mean, y_mean, np.asarray(xs.T), lam, np.asarray(u.T @ np.asarray(ys)),
+                       rotation=u)
+
+
+def _rotate(z, rotation):
+  return z if rotation is None else z @ rotation
 
 
 @jax.jit
-def _predict(x_mean, y_mean, basis, eigvals, proj, x, alphas):
-  z = (x - x_mean) @ basis  # (m, r)
+def _predict(x_mean, y_mean, basis, eigvals, proj, rotation, x, alphas):
+  z = _rotate((x - x_mean) @ basis, rotation)  # (m, r)
   scale = 1.0 / (eigvals[None, :] + alphas[:, None])  # (a, r)
   return jnp.einsum("mr,ar,rk->amk", z, scale, proj) + y_mean  # (a, m, k)
 
@@ -105,8 +125,8 @@ def predict(sol: RidgeSolution, x, alphas):
 
 
 @jax.jit
-def _predict_chosen(x_mean, y_mean, basis, eigvals, proj, x, alpha):
-  z = (x - x_mean) @ basis  # (m, r)
+def _predict_chosen(x_mean, y_mean, basis, eigvals, proj, rotation, x, alpha):
+  z = _rotate((x - x_mean) @ basis, rotation)  # (m, r)
   scale = 1.0 / (eigvals[:, None] + alpha[None, :])  # (r, k)
   return z @ (scale * proj) + y_mean  # (m, k)
 
@@ -125,7 +145,10 @@ def predict_chosen(sol: RidgeSolution, x, alpha):
 def coef(sol: RidgeSolution, alpha):
   """Weights ``(d, k)`` and intercepts ``(k,)`` with one penalty per neuron (or a scalar)."""
   alpha = np.broadcast_to(check_alphas(alpha), (sol.proj.shape[1],))
-  w = sol.basis.astype(np.float64) @ (sol.proj / (sol.eigvals[:, None] + alpha[None, :]))
+  scaled = sol.proj / (sol.eigvals[:, None].astype(np.float64) + alpha[None, :])  # (r, k)
+  if sol.rotation is not None:
+    scaled = sol.rotation.astype(np.float64) @ scaled
+  w = sol.basis.astype(np.float64) @ scaled
   return w.astype(np.float32), (sol.y_mean - sol.x_mean @ w).astype(np.float32)
 
 
