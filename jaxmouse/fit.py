@@ -67,6 +67,7 @@ OUTPUTS = (*RATE_OUTPUTS, "linear")
 DEFAULT_OUTPUT = {"poisson": "elu", "gaussian": "linear"}
 DEFAULT_LR = {"factorized": 5e-3, "gaussian": 5e-3, "full": 1e-4}
 _LOG_EPS = 1e-9
+DTYPES = ("float32", "bfloat16")
 
 
 # ---- configuration and inputs ---------------------------------------------------------------
@@ -102,6 +103,21 @@ class FitConfig:
     init_scale: scale of the initial feature weights (None: the readout's default).
     memory_mb: bound for the step's largest intermediate; larger batches are split into
       micro-batches whose gradients are summed (the same result, less memory).
+    compact: once at most half of the pairs still train, gather them onto a smaller table so
+      that stopped pairs cost nothing (every pair's result is the same either way; the step
+      recompiles for each new table size, a power of two). Stochastic readouts keep one table.
+    state_mb: bound for the pairs' parameters, best parameters and Adam moments; a larger
+      population is fitted in blocks of neurons, one block after another (every pair's result
+      is the same either way: pairs never interact).
+    warm_start: start every config from the ridge solution on the same features (penalty per
+      neuron chosen on validation, as early stopping is), through the readout's
+      ``from_linear`` (factorized: each neuron's rank-1 factor). None (default): wherever the
+      readout has one (factorized, full); False: small random weights, as in Cadena et al.
+      On planted problems the start is most of the way to the answer, early stopping ends
+      sooner and ends higher (``jaxmouse bench fit --to-solution``).
+    dtype: ``"float32"`` or ``"bfloat16"``: how the features are held on the device and
+      multiplied (with float32 accumulation; parameters, gradients and Adam stay float32).
+      bfloat16 halves the features' memory and uses the faster bf16 matmul units.
     seed: initialisation and minibatch order.
   """
   loss: str = "auto"
@@ -117,6 +133,10 @@ class FitConfig:
   batch_norm: bool = False
   init_scale: float | None = None
   memory_mb: float = 1024.0
+  compact: bool = True
+  state_mb: float = 4096.0
+  warm_start: bool | None = None
+  dtype: str = "float32"
   seed: int = 0
 
   def __post_init__(self):
@@ -137,9 +157,13 @@ class FitConfig:
       raise ValueError(f"FitConfig.lr must be positive or None, got {self.lr!r}")
     if not self.lr_decay > 1:
       raise ValueError(f"FitConfig.lr_decay must be > 1, got {self.lr_decay!r}")
+    if not self.state_mb > 0:
+      raise ValueError(f"FitConfig.state_mb must be positive, got {self.state_mb!r}")
     if self.tolerance < 0 or self.memory_mb <= 0:
       raise ValueError("FitConfig.tolerance must be >= 0 and memory_mb > 0, got "
                        f"{self.tolerance!r}, {self.memory_mb!r}")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"FitConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
     if self.init_scale is not None and not self.init_scale > 0:
       raise ValueError(f"FitConfig.init_scale must be positive or None, got {self.init_scale!r}")
 
@@ -215,26 +239,65 @@ def check_inputs(features, tiers: Mapping[str, Trials]) -> tuple[int, int]:
   return n, k
 
 
-def prepare_features(features, *, train_images, batch_norm: bool = False) -> np.ndarray:
-  """Float32 features, normalized with statistics of the training images.
+def _aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
+  """An uninitialized array whose data start on an ``alignment``-byte boundary: on a CPU device,
+  ``jax.device_put`` then uses the host memory itself instead of copying it."""
+  size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+  buf = np.empty(size + alignment, np.uint8)
+  start = -buf.ctypes.data % alignment
+  return buf[start:start + size].view(dtype).reshape(shape)
+
+
+def feature_dtype(config: FitConfig):
+  """The NumPy dtype features are held in for ``config`` (float32 or ml_dtypes' bfloat16)."""
+  return jnp.bfloat16 if config.dtype == "bfloat16" else np.float32
+
+
+def prepare_features(features, *, train_images, batch_norm: bool = False, dtype=np.float32,
+                     chunk_mb: float = 256.0) -> np.ndarray:
+  """Features normalized with statistics of the training images, as a new ``dtype`` array.
 
   ``batch_norm``: per channel ``relu((x - mean_c) / std_c)``; else ``x / std`` with one global std.
-  Raises ValueError if any value is NaN or infinite.
+  ``features`` (e.g. a memmap of the feature cache) is read in chunks of about ``chunk_mb``
+  twice (statistics, then the normalized copy); no whole-size temporary is made, so the peak
+  is the result plus a chunk. The result is 64-byte aligned, so that a fit on the CPU places
+  it on the device without a second copy. Raises ValueError if any value is NaN or infinite.
   """
-  x = np.asarray(features, np.float32)
-  bad = ~np.isfinite(x)
-  if bad.any():
-    rows = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
-    raise ValueError(f"features {x.shape} contain NaN or infinite values in {len(rows)} image(s), "
-                     f"first indices {rows[:10].tolist()}")
-  ref = x[np.unique(np.asarray(train_images))]
+  shape = tuple(features.shape)
+  n = shape[0]
+  rows = max(1, int(chunk_mb * 2**20 // max(8 * int(np.prod(shape[1:])), 1)))
+  train = np.unique(np.asarray(train_images))
+  axes = tuple(range(len(shape) - 1)) if batch_norm else None
+  chunks = [(a, min(a + rows, n)) for a in range(0, n, rows)]
+  bad, shift, total, total_sq, count = [], None, 0.0, 0.0, 0
+  for a, b in chunks:
+    x = np.asarray(features[a:b], np.float32)
+    finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    bad.extend((a + np.flatnonzero(~finite)).tolist())
+    ref = x[train[(train >= a) & (train < b)] - a].astype(np.float64)
+    if ref.size and finite.all():
+      if shift is None:  # sums of shifted values: no cancellation when the mean is large
+        shift = ref.mean(axis=axes)
+      ref -= shift
+      total = total + ref.sum(axis=axes)
+      total_sq = total_sq + (ref**2).sum(axis=axes)
+      count += ref.size // (np.size(shift) if batch_norm else 1)
+  if bad:
+    raise ValueError(f"features {shape} contain NaN or infinite values in {len(bad)} image(s), "
+                     f"first indices {bad[:10]}")
+  mean = shift + total / count
+  std = np.sqrt(np.maximum(total_sq / count - (total / count)**2, 0.0))
+  out = _aligned_empty(shape, dtype)
   if batch_norm:
-    mean = ref.mean(axis=(0, 1, 2), dtype=np.float64)
-    std = ref.std(axis=(0, 1, 2), dtype=np.float64)
     std = np.where(std > 1e-8, std, 1.0)
-    return np.maximum((x - mean.astype(np.float32)) / std.astype(np.float32), 0.0)
-  std = float(ref.std(dtype=np.float64))
-  return x / np.float32(std if std > 1e-8 else 1.0)
+    mean, scale = mean.astype(np.float32), (1.0 / std).astype(np.float32)
+    for a, b in chunks:
+      out[a:b] = np.maximum((np.asarray(features[a:b], np.float32) - mean) * scale, 0.0)
+  else:
+    scale = np.float32(1.0 / (float(std) if std > 1e-8 else 1.0))
+    for a, b in chunks:
+      out[a:b] = np.asarray(features[a:b], np.float32) * scale
+  return out
 
 
 # ---- outputs and loss ------------------------------------------------------------------------
@@ -287,18 +350,24 @@ def initial_bias(mean_response, output: str):
   return b.astype(np.float32)
 
 
+def per_slot(y):
+  """Responses ``(b, k)`` (one column per neuron, shared by every config) as ``(b, 1, k)``; a
+  ``(b, g, k)`` table (each (config, neuron) slot's own neuron) is returned as it is."""
+  return y[:, None, :] if y.ndim == 2 else y
+
+
 def poisson_loss(z, y, *, output: str = "elu"):
   """Poisson negative log likelihood ``rate - y log(rate)`` summed over the batch, per (config,
-  neuron): ``z (b, g, k)`` linear predictions, ``y (b, k)`` -> ``(g, k)``."""
+  neuron): ``z (b, g, k)`` linear predictions, ``y (b, k)`` or ``(b, g, k)`` -> ``(g, k)``."""
   rate = output_fn(output)(z)
-  return jnp.sum(rate - y[:, None, :] * log_output_fn(output)(z), axis=0)
+  return jnp.sum(rate - per_slot(y) * log_output_fn(output)(z), axis=0)
 
 
 def gaussian_loss(z, y, *, output: str = "linear"):
   """Squared error ``(pred - y)^2`` summed over the batch, per (config, neuron): ``z (b, g, k)``
-  linear predictions, ``y (b, k)`` -> ``(g, k)``. The negative log likelihood of a Gaussian with
-  fixed variance, up to scale and a constant."""
-  return jnp.sum((output_fn(output)(z) - y[:, None, :]) ** 2, axis=0)
+  linear predictions, ``y (b, k)`` or ``(b, g, k)`` -> ``(g, k)``. The negative log likelihood of
+  a Gaussian with fixed variance, up to scale and a constant."""
+  return jnp.sum((output_fn(output)(z) - per_slot(y)) ** 2, axis=0)
 
 
 def data_loss(params, x, y, *, readout: str, output: str, key=None, n_total=None,
@@ -384,10 +453,12 @@ def _constrain(tree, mesh):
 
 
 def step_value_and_grad(params, idx, features, train_image, train_resp, reg, *, spec: _Spec,
-                        key=None):
+                        key=None, neuron=None):
   """The objective of one step and its gradient, summed over every (config, neuron) pair.
 
-  ``idx (b,)`` indexes the training trials. The batch is processed in micro-batches of
+  ``idx (b,)`` indexes the training trials. ``neuron (g, k)``, when given, is the response column
+  of each slot (a fit whose stopped pairs were compacted away; ``reg`` is then ``(g, k)`` too);
+  None: slot ``(i, j)`` is neuron ``j``. The batch is processed in micro-batches of
   ``spec.microbatch`` trials (bounded memory); the data term is a mean over the whole batch,
   summed over micro-batches, and the penalty is added once, so value and gradient do not depend
   on how the batch is split.
@@ -400,6 +471,7 @@ def step_value_and_grad(params, idx, features, train_image, train_resp, reg, *, 
     sub = jax.lax.dynamic_slice_in_dim(idx, i * spec.microbatch, spec.microbatch)
     x = features[train_image[sub]]  # (m, h, w, c)
     y = train_resp[sub]  # (m, k)
+    y = y if neuron is None else y[:, neuron]  # (m, g, k)
     total = lambda p: jnp.sum(data_loss(p, x, y, readout=spec.readout, output=spec.output,
                                         key=key, n_total=b, loss=spec.loss))
     value, g = jax.value_and_grad(total)(params)
@@ -414,21 +486,23 @@ def step_value_and_grad(params, idx, features, train_image, train_resp, reg, *, 
   return value + pen, jax.tree.map(jnp.add, grads, pen_grads)
 
 
-def _train_chunk(state: FitState, batches, features, train_image, train_resp, reg, spec: _Spec):
-  """``len(batches)`` Adam steps on every (config, neuron) pair.
+def _train_chunk(state: FitState, batches, features, train_image, train_resp, reg, neuron,
+                 spec: _Spec):
+  """``len(batches)`` Adam steps on every (config, neuron) slot.
 
   Args:
     state: the FitState (donated).
     batches: ``(s, b)`` trial indices into the training trials, one row per step.
     features: ``(n_images, h, w, c)``; train_image ``(t,)``; train_resp ``(t, k)``.
-    reg: ``{penalty: (g,)}``.
+    reg: ``{penalty: (g, k)}`` per slot.
+    neuron: ``(g, k)`` the response column of each slot.
   """
   r = readouts_lib.get(spec.readout)
 
   def step(state, idx):
     key = jax.random.fold_in(state.key, state.step) if r.stochastic else None
     value, grads = step_value_and_grad(state.params, idx, features, train_image, train_resp,
-                                       reg, spec=spec, key=key)
+                                       reg, spec=spec, key=key, neuron=neuron)
     direction, opt_state = _ADAM.update(grads, state.opt_state, state.params)
     rate = state.lr * state.active  # (g, k); stopped pairs get no update
 
@@ -453,18 +527,20 @@ def _predict_images(params, features, images, spec: _Spec):
 
 
 def pair_corr(pred, y):
-  """Pearson correlation over trials per pair: ``pred (t, g, k)``, ``y (t, k)`` -> ``(g, k)``."""
+  """Pearson correlation over trials per pair: ``pred (t, g, k)``, ``y (t, k)`` or ``(t, g, k)``
+  -> ``(g, k)``."""
   pc = pred - pred.mean(axis=0)
-  yc = y - y.mean(axis=0)
-  num = jnp.einsum("tgk,tk->gk", pc, yc)  # (g, k)
+  yc = per_slot(y - y.mean(axis=0))
+  num = jnp.sum(pc * yc, axis=0)  # (g, k)
   den = jnp.sqrt(jnp.sum(pc**2, axis=0) * jnp.sum(yc**2, axis=0))
   return jnp.where(den > 1e-12, num / jnp.maximum(den, 1e-12), 0.0)
 
 
-def _evaluate(state: FitState, features, val_images, val_inverse, val_resp, spec: _Spec):
-  """Validation correlation of every pair; best-parameter bookkeeping, LR decay and stopping."""
+def _evaluate(state: FitState, features, val_images, val_inverse, val_resp, neuron, spec: _Spec):
+  """Validation correlation of every slot; best-parameter bookkeeping, LR decay and stopping.
+  ``val_resp (t, k)``; ``neuron (g, k)`` the response column of each slot."""
   pred = _predict_images(state.params, features, val_images, spec)[val_inverse]  # (t, g, k)
-  corr = pair_corr(pred, val_resp)
+  corr = pair_corr(pred, val_resp[:, neuron])
   improved = state.active & (corr > state.best_corr + spec.tolerance)
   pick = lambda mask, a, b: jax.tree.map(
       lambda x, y: jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 2)), x, y), a, b)
@@ -588,7 +664,8 @@ def batch_order(n_trials: int, batch: int, steps: int, *, seed: int, start: int 
 def fit(features, *, train: Trials, validation: Trials, readout: str = "factorized",
         grid: Mapping[str, Sequence[float]] | None = None, config: FitConfig = FitConfig(),
         mesh: Mesh | None = None, prepared: bool = False,
-        progress: Callable[[FitProgress], None] | None = None) -> FitResult:
+        progress: Callable[[FitProgress], None] | None = None,
+        first_neuron: int = 0, start=None) -> FitResult:
   """Trains one readout for every (config, neuron) pair of a penalty grid.
 
   Args:
@@ -602,6 +679,10 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
     prepared: the features are already normalized (``prepare_features``); skip it.
     progress: called with a ``FitProgress`` after every validation check (e.g. to draw a
       progress bar); it sees the fit, never changes it.
+    first_neuron: the index of the first neuron in a larger population (random starts are
+      drawn per neuron index; the blocks of ``FitConfig.state_mb`` use it).
+    start: linear weights ``(k, h, w, c)`` and intercepts ``(k,)`` to warm start from (when
+      ``config.warm_start`` applies); None computes the ridge solution.
 
   Returns:
     FitResult with every pair's best parameters (chosen on validation).
@@ -611,95 +692,221 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
   config, _ = resolve_loss(config, train.responses)
   reg = readouts_lib.check_grid(grid or {}, r.penalties, readout=readout)
   g = readouts_lib.grid_size(reg)
-  if not prepared:
+  dtype = feature_dtype(config)
+  if not prepared:  # float32 on the host: the warm start and the scores read these features
     features = prepare_features(features, train_images=train.image, batch_norm=config.batch_norm)
-  features = np.asarray(features, np.float32)
+  features = np.asarray(features)
   h, w, c = features.shape[1:]
+  warm = config.warm_start or (config.warm_start is None and r.from_linear is not None)
+  if warm and r.from_linear is None:
+    raise ValueError(f"warm_start needs a readout with a closed-form start (factorized, full); "
+                     f"the {readout} readout has none")
+  if warm and start is None:
+    start = _linear_estimate(features, train, validation)
+  block = _neuron_block(r, g, k, (h, w, c), config.state_mb)
+  if block < k:
+    cols = [slice(a, min(a + block, k)) for a in range(0, k, block)]
+    part = lambda t, s: Trials(t.image, np.asarray(t.responses)[:, s])
+    return _concat_blocks([
+        fit(features, train=part(train, s), validation=part(validation, s), readout=readout,
+            grid=grid, config=config, mesh=mesh, prepared=True, progress=progress,
+            first_neuron=first_neuron + s.start,
+            start=None if start is None else (start[0][s], start[1][s])) for s in cols])
 
-  # Padding: neurons and configs to multiples of the mesh axes (padded pairs are discarded).
-  kp, gp = k, g
+  # Slots: the (config, neuron) pairs laid out on a (G, K) table, at first pair (i, j) in slot
+  # (i, j), padded to multiples of the mesh axes (padded slots never train and are discarded).
+  # As pairs stop, the active ones are gathered onto smaller tables (``_compact``).
+  G, K = g, k
   if mesh is not None:
-    kp = _pad_to(k, mesh.shape["neuron"])
-    gp = _pad_to(g, mesh.shape["config"])
-  pad_k = lambda a: np.pad(a, [(0, 0), (0, kp - k)]) if kp > k else a
-  reg_p = {n: np.concatenate([v, np.repeat(v[-1:], gp - g)]) for n, v in reg.items()}
+    G, K = _pad_to(g, mesh.shape["config"]), _pad_to(k, mesh.shape["neuron"])
+  slot = np.full((G, K), -1, np.int64)  # the pair (i * k + j) in each slot; -1: padding
+  slot[:g, :k] = np.arange(g * k).reshape(g, k)
+  per_pair = lambda a: np.broadcast_to(a, (g, k) + a.shape[2:]).reshape((g * k,) + a.shape[2:])
+  take = lambda a: per_pair(np.asarray(a))[np.maximum(slot, 0)]  # (g, k, ...) -> (G, K, ...)
 
-  train_resp = pad_k(np.asarray(train.responses, np.float32))
-  val_resp = pad_k(np.asarray(validation.responses, np.float32))
+  train_resp = np.asarray(train.responses, np.float32)
+  val_resp = np.asarray(validation.responses, np.float32)
   bias = initial_bias(np.asarray(train.responses, np.float64).mean(axis=0), config.output)
-  bias = np.pad(bias, (0, kp - k))
   init_kw = {} if config.init_scale is None else {"init_scale": config.init_scale}
   key = jax.random.key(config.seed)
-  params = r.init(jax.random.fold_in(key, 0), n_configs=gp, n_neurons=kp, feature_shape=(h, w, c),
-                  bias=bias, **init_kw)
+  params = r.init(jax.random.fold_in(key, 0), n_configs=g, n_neurons=k, feature_shape=(h, w, c),
+                  bias=bias, first=first_neuron, **init_kw)
+  if warm:
+    params = r.from_linear(*start, n_configs=g)
+    del start
   # The initial state is built on the host (no small per-shape programs to compile) and then
   # placed on the devices, split over the mesh when there is one.
-  params = jax.tree.map(np.asarray, params)
+  params = jax.tree.map(take, params)
   opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(_ADAM.init, params))
   state = FitState(
       params=params, opt_state=opt_state, best_params=jax.tree.map(np.copy, params),
-      best_corr=np.full((gp, kp), -np.inf, np.float32), wait=np.zeros((gp, kp), np.int32),
-      lr=np.full((gp, kp), DEFAULT_LR[readout] if config.lr is None else config.lr, np.float32),
-      n_decays=np.zeros((gp, kp), np.int32),
-      active=np.ones((gp, kp), bool), stop_step=np.full((gp, kp), config.max_steps, np.int32),
+      best_corr=np.full((G, K), -np.inf, np.float32), wait=np.zeros((G, K), np.int32),
+      lr=np.full((G, K), DEFAULT_LR[readout] if config.lr is None else config.lr, np.float32),
+      n_decays=np.zeros((G, K), np.int32), active=slot >= 0,
+      stop_step=np.full((G, K), config.max_steps, np.int32),
       step=np.zeros((), np.int32), key=jax.random.fold_in(key, 1))
-  state = _put(state, mesh)
+  slot_reg = {n: take(v[:, None]).astype(np.float32) for n, v in reg.items()}  # (G, K)
+  slot_neuron = take(np.arange(k, dtype=np.int32)[None, :])  # (G, K)
 
   batch = min(config.batch_size, len(train.image))
   val_images, val_inverse = np.unique(np.asarray(validation.image), return_inverse=True)
   eval_batch = min(batch, len(val_images))
   val_images = np.pad(val_images, (0, _pad_to(len(val_images), eval_batch) - len(val_images)))
   spec = _Spec(readout=readout, output=config.output,
-               microbatch=_microbatch(batch, gp * kp, (h, w, c), config.memory_mb),
+               microbatch=_microbatch(batch, G * K, (h, w, c), config.memory_mb),
                patience=config.patience, lr_decay=float(config.lr_decay),
                max_decays=config.max_decays, tolerance=float(config.tolerance),
                eval_batch=eval_batch, mesh=mesh, loss=config.loss)
 
   replicated = (lambda a: jax.device_put(a)) if mesh is None else \
       (lambda a: _place(a, NamedSharding(mesh, P())))
-  by_neuron = (lambda a: jax.device_put(a)) if mesh is None else \
-      (lambda a: _place(a, NamedSharding(mesh, P(None, "neuron"))))
-  feats_d = replicated(features)
+  feats_d = replicated(features if features.dtype == dtype else features.astype(dtype))
   train_image_d = replicated(np.asarray(train.image, np.int32))
-  train_resp_d = by_neuron(train_resp)
+  train_resp_d = replicated(train_resp)
   val_images_d = replicated(val_images.astype(np.int32))
   val_inverse_d = replicated(val_inverse.reshape(-1).astype(np.int32))
-  val_resp_d = by_neuron(val_resp)
-  reg_d = {n: (jax.device_put(v) if mesh is None else
-               _place(v, NamedSharding(mesh, P("config")))) for n, v in reg_p.items()}
+  val_resp_d = replicated(val_resp)
+  state, reg_d, neuron_d = _put((state, slot_reg, slot_neuron), mesh)
 
-  cut = lambda a: _to_host(a)[:g, :k]
+  # Every pair's outcome on the host, (g * k, ...): written for the slots of a table before it
+  # is compacted and at the end; ``last_corr`` is each pair's latest validation correlation.
+  out_params = jax.tree.map(lambda a: np.zeros((g * k,) + a.shape[2:], a.dtype), params)
+  out_corr = np.full(g * k, -np.inf, np.float32)
+  out_stop = np.full(g * k, config.max_steps, np.int32)
+  last_corr = np.zeros(g * k, np.float32)
+  valid = slot >= 0
 
-  def report(steps):
+  def record(corr, with_params=False):
+    """Copies the pairs of the current table to the host outcome; returns the active mask."""
+    pairs = slot[valid]
+    out_corr[pairs] = _to_host(state.best_corr)[valid]
+    out_stop[pairs] = _to_host(state.stop_step)[valid]
+    last_corr[pairs] = _to_host(corr)[valid]
+    if with_params:
+      for o, a in zip(jax.tree.leaves(out_params), jax.tree.leaves(state.best_params)):
+        o[pairs] = _to_host(a)[valid]
+    return _to_host(state.active) & valid
+
+  def report(steps, active):
     if progress is not None:
-      best = cut(state.best_corr).max(axis=0)  # (k,) each neuron's best config
-      progress(FitProgress(step=steps, max_steps=config.max_steps,
-                           active=int(cut(state.active).sum()), pairs=g * k,
-                           best_val_corr=float(np.median(best))))
+      best = out_corr.reshape(g, k).max(axis=0)  # (k,) each neuron's best config
+      progress(FitProgress(step=steps, max_steps=config.max_steps, active=int(active.sum()),
+                           pairs=g * k, best_val_corr=float(np.median(best))))
 
   train_fn, eval_fn = _jitted()
-  state, corr = eval_fn(state, feats_d, val_images_d, val_inverse_d, val_resp_d, spec=spec)
-  history, check_steps = [corr], [0]
-  report(0)
+  evaluate = lambda st: eval_fn(st, feats_d, val_images_d, val_inverse_d, val_resp_d, neuron_d,
+                                spec=spec)
+  if warm:
+    # The start is the unpenalized ridge solution, shared by every config: it is not a
+    # candidate for any config's best, so that each config's result is a fit under its own
+    # penalties (and the best validation correlation is the maximum of the history).
+    history, check_steps, active = [], [], valid
+  else:
+    state, corr = evaluate(state)
+    active = record(corr)
+    history, check_steps = [last_corr.copy()], [0]
+    report(0, active)
   steps = 0
   n_train = len(train.image)
-  while steps < config.max_steps:
+  compact = config.compact and not r.stochastic
+  while steps < config.max_steps and active.any():
     s = min(config.eval_every, config.max_steps - steps)
     order = batch_order(n_train, batch, s, seed=config.seed, start=steps)
     state, _ = train_fn(state, replicated(order), feats_d, train_image_d, train_resp_d, reg_d,
-                        spec=spec)
+                        neuron_d, spec=spec)
     steps += s
-    state, corr = eval_fn(state, feats_d, val_images_d, val_inverse_d, val_resp_d, spec=spec)
-    history.append(corr)
+    state, corr = evaluate(state)
+    active = record(corr)
+    history.append(last_corr.copy())
     check_steps.append(steps)
-    report(steps)
-    if not _to_host(jnp.any(state.active)):  # one decision for every process
-      break
+    report(steps, active)
+    shape = _compact_shape(int(active.sum()), mesh)
+    if compact and active.any() and steps < config.max_steps and \
+        shape[0] * shape[1] <= valid.size // 2:
+      # Stopped pairs leave the table: their best parameters go to the host, the active ones
+      # move onto a table of (bucketed) size ``shape``, and the step recompiles for it.
+      record(corr, with_params=True)
+      stopped = valid & ~active
+      last_corr[slot[stopped]] = out_corr[slot[stopped]]  # a stopped pair rests at its best
+      keep = np.flatnonzero(active.reshape(-1))
+      pos = np.concatenate([keep, np.repeat(keep[:1], shape[0] * shape[1] - len(keep))])
+      pos = pos.reshape(shape)
+      pad = np.arange(pos.size).reshape(shape) >= len(keep)
+      (state, reg_h, neuron_h) = _gather_slots((state, reg_d, neuron_d), pos, valid.shape)
+      slot = slot.reshape(-1)[pos]
+      slot[pad] = -1
+      valid = slot >= 0
+      state = state._replace(active=state.active & valid)
+      state, reg_d, neuron_d = _put((state, reg_h, neuron_h), mesh)
+      spec = spec._replace(microbatch=_microbatch(batch, pos.size, (h, w, c), config.memory_mb))
 
-  return FitResult(readout=readout, params=jax.tree.map(cut, state.best_params),
-                   val_corr=cut(state.best_corr), stop_step=cut(state.stop_step), steps=steps,
-                   val_history=np.stack([cut(h) for h in history]),
+  record(corr, with_params=True)
+  shaped = lambda a: a.reshape((g, k) + a.shape[1:])
+  return FitResult(readout=readout, params=jax.tree.map(shaped, out_params),
+                   val_corr=shaped(out_corr), stop_step=shaped(out_stop), steps=steps,
+                   val_history=np.stack([shaped(h) for h in history]),
                    check_steps=np.asarray(check_steps, np.int64))
+
+
+def _pair_size(r, feature_shape) -> int:
+  """Parameters of one (config, neuron) pair."""
+  one = r.init(jax.random.key(0), n_configs=1, n_neurons=1, feature_shape=feature_shape)
+  return sum(int(np.size(leaf)) for leaf in jax.tree.leaves(one))
+
+
+def _neuron_block(r, g: int, k: int, feature_shape, state_mb: float) -> int:
+  """Neurons fitted together so that parameters, best parameters and two Adam moments of their
+  ``g`` configs (float32) stay within ``state_mb``; at least one."""
+  per_neuron = 4 * 4 * g * _pair_size(r, feature_shape)
+  return int(min(k, max(1, state_mb * 2**20 // per_neuron)))
+
+
+def _concat_blocks(parts: Sequence[FitResult]) -> FitResult:
+  """One FitResult from fits of consecutive blocks of neurons: learning curves of blocks that
+  stopped sooner are continued at their last check (where every pair rests at its best)."""
+  longest = max(parts, key=lambda p: len(p.check_steps))
+  n = len(longest.check_steps)
+  hist = [np.concatenate([p.val_history, np.repeat(p.val_history[-1:], n - len(p.val_history),
+                                                   axis=0)]) for p in parts]
+  cat = lambda *a: np.concatenate(a, axis=1)
+  return FitResult(readout=parts[0].readout, params=jax.tree.map(cat, *[p.params for p in parts]),
+                   val_corr=cat(*[p.val_corr for p in parts]),
+                   stop_step=cat(*[p.stop_step for p in parts]),
+                   steps=max(p.steps for p in parts), val_history=np.concatenate(hist, axis=2),
+                   check_steps=longest.check_steps)
+
+
+def _linear_estimate(features, train: Trials, validation: Trials):
+  """Ridge weights ``(k, h, w, c)`` and intercepts ``(k,)`` of prepared ``features``: the default
+  relative penalty grid, one penalty per neuron chosen on validation; read in chunks, so that
+  no copy of the training features is made."""
+  ids, means, counts = image_means(train)
+  coef, intercept = ridge_lib.streamed_coef(
+      np.asarray(features).reshape(len(features), -1), ids, means, counts, validation.image,
+      validation.responses, default_grid("ridge")["alpha"])
+  return coef.T.reshape((-1,) + features.shape[1:]), intercept
+
+
+def _compact_shape(n_active: int, mesh: Mesh | None) -> tuple[int, int]:
+  """The table for ``n_active`` pairs: one row per config shard of the mesh, and columns a
+  power of two times the neuron shards (bucketed sizes, so that a fit compiles at most
+  log2(pairs) programs)."""
+  rows = 1 if mesh is None else mesh.shape["config"]
+  unit = 1 if mesh is None else mesh.shape["neuron"]
+  cols = unit
+  while rows * cols < n_active:
+    cols *= 2
+  return rows, cols
+
+
+def _gather_slots(tree, pos, shape):
+  """Leaves whose leading axes are the slot table ``shape (G, K)`` gathered at ``pos (G', K')``
+  (positions in the flattened table), on the host; other leaves (step count, key) are kept."""
+  def gather(a):
+    if getattr(a, "ndim", 0) < 2 or a.shape[:2] != shape:
+      return a
+    return _to_host(a).reshape((-1,) + a.shape[2:])[pos]
+  return jax.tree.map(gather, tree)
 
 
 # ---- selection, prediction, scores --------------------------------------------------------------
@@ -808,8 +1015,7 @@ def fit_ridge(features, *, train: Trials, validation: Trials, alphas, relative: 
   ids, means, counts = image_means(train)
   sol = ridge_lib.solve(flat[ids], means, weights=counts)
   if relative:
-    lam = sol.eigvals[sol.eigvals > 1e-6 * max(float(sol.eigvals.max()), 1e-30)]
-    alphas = alphas * (float(lam.mean()) if lam.size else 1.0)
+    alphas = ridge_lib.relative_alphas(alphas, sol.eigvals)
   pred = ridge_lib.predict(sol, flat[validation.image], alphas)  # (a, t, k)
   return RidgeResult(sol, alphas, ridge_lib.correlations(pred, validation.responses))
 
@@ -919,13 +1125,16 @@ def fit_and_score(features, *, train: Trials, validation: Trials, test: Trials,
 
 
 def memory_bytes(*, readout: str, feature_shape: Sequence[int], n_images: int,
-                 n_train_images: int, n_neurons: int, n_configs: int) -> int:
+                 n_train_images: int, n_neurons: int, n_configs: int,
+                 state_mb: float = FitConfig.state_mb) -> int:
   """A lower bound on the memory (bytes) that ``fit_and_score`` of one feature space needs.
 
-  Counts only the largest arrays: the features ``(n_images, h, w, c)`` twice (raw and normalized,
-  or host and device); for trained readouts the parameters, best parameters and Adam's two
-  moments of every (config, neuron) pair; for ridge the training features' float64 copies in
-  the decomposition and the ``(n_neurons, h * w * c)`` coefficients.
+  Counts only the largest arrays. For trained readouts: the normalized features
+  ``(n_images, h, w, c)`` once (``prepare_features`` reads the raw ones in chunks, and on a CPU
+  the device uses the same memory) and the parameters, best parameters and Adam's two moments
+  of the (config, neuron) pairs fitted together (at most ``state_mb``, see
+  ``FitConfig.state_mb``). For ridge: the features twice, the training features' copies in the
+  decomposition and the ``(n_neurons, h * w * c)`` coefficients.
   """
   h, w, c = (int(s) for s in feature_shape)
   d = h * w * c
@@ -933,6 +1142,5 @@ def memory_bytes(*, readout: str, feature_shape: Sequence[int], n_images: int,
   if readout == "ridge":
     return max(2 * feats, feats + 3 * 4 * int(n_train_images) * d) + 4 * int(n_neurons) * d
   r = readouts_lib.get(readout)
-  one = r.init(jax.random.key(0), n_configs=1, n_neurons=1, feature_shape=(h, w, c))
-  per_pair = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(one))
-  return 2 * feats + 4 * 4 * int(n_configs) * int(n_neurons) * per_pair
+  state = 4 * 4 * int(n_configs) * int(n_neurons) * _pair_size(r, (h, w, c))
+  return feats + min(state, int(state_mb * 2**20))

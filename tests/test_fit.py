@@ -94,7 +94,7 @@ def test_plateau_decays_the_learning_rate_then_stops(planted):
   # decays after `patience` checks and stops after (max_decays + 1) plateaus, keeping its
   # initial parameters.
   cfg = fitlib.FitConfig(max_steps=1000, eval_every=10, batch_size=32, patience=3,
-                         max_decays=2, tolerance=5.0)
+                         max_decays=2, tolerance=5.0, warm_start=False)
   res = fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"],
                    readout="factorized", grid={"l1": [0.0, 0.1]}, config=cfg)
   assert np.all(res.stop_step == cfg.eval_every * cfg.patience * (cfg.max_decays + 1))
@@ -123,6 +123,28 @@ def test_one_compile_for_a_whole_grid(planted, monkeypatch):
                  readout="factorized", grid={"l1": [0.0, 0.01, 0.1]}, config=cfg)
   finally:
     fitlib._jitted.cache_clear()
+
+
+def test_stopped_pairs_leave_the_table_without_changing_any_result(planted, monkeypatch):
+  feats, tiers, *_ = planted
+  calls = []
+  gather = fitlib._gather_slots
+  monkeypatch.setattr(fitlib, "_gather_slots", lambda *a: calls.append(a[1].shape) or gather(*a))
+  grid = {"l1": [0.0, 1e-3, 1e-2, 1e-1, 0.3], "smooth": [1e-3, 1e-2, 1e-1, 1.0, 3.0]}
+  cfg = fitlib.FitConfig(max_steps=600, eval_every=10, batch_size=64, lr=2e-2, patience=2,
+                         max_decays=1, tolerance=1e-3)
+  run = lambda compact: fitlib.fit(
+      feats, train=tiers["train"], validation=tiers["validation"], readout="factorized",
+      grid=grid, config=dataclasses.replace(cfg, compact=compact))
+  packed, plain = run(True), run(False)
+  assert len(np.unique(plain.stop_step)) > 3  # pairs stop at different times
+  assert calls and all(np.prod(s) <= 5 * K // 2 for s in calls)  # the table shrank
+  np.testing.assert_array_equal(packed.stop_step, plain.stop_step)
+  assert packed.steps == plain.steps
+  np.testing.assert_allclose(packed.val_corr, plain.val_corr, atol=1e-5)
+  np.testing.assert_allclose(packed.val_history, plain.val_history, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(packed.params), jax.tree.leaves(plain.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("output", fitlib.RATE_OUTPUTS)
@@ -444,3 +466,85 @@ def test_gaussian_batched_loss_matches_the_per_neuron_reference(readout):
   mse = ((z - np.asarray(y)[:, None, :]) ** 2).mean(axis=0)
   np.testing.assert_allclose(fitlib.data_loss(params, x, y, readout=readout, output="linear",
                                               loss="gaussian"), mse, rtol=1e-5)
+
+
+def test_a_warm_start_begins_near_the_answer_and_ends_no_worse(planted):
+  feats, tiers, _, _, rate = planted
+  grid = {"l1": [0.0, 1e-3], "smooth": [1e-3, 1e-2]}
+  cfg = fitlib.FitConfig(max_steps=1500, eval_every=25, batch_size=64, patience=4, max_decays=2)
+  run = lambda warm: fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"],
+                                readout="factorized", grid=grid,
+                                config=dataclasses.replace(cfg, warm_start=warm))
+  cold, warm = run(False), run(True)
+  va = tiers["validation"]
+  truth = np.array([np.corrcoef(rate[va.image, i], va.responses[:, i])[0, 1] for i in range(K)])
+  # The ridge start is most of the way there after the first check; a random start is not.
+  assert warm.check_steps[0] == cold.check_steps[1] == 25  # the start itself is never a best
+  assert np.median(warm.val_history[0].max(axis=0)) > 0.8 * np.median(truth)
+  assert np.median(cold.val_history[1].max(axis=0)) < 0.5 * np.median(truth)
+  assert np.median(warm.val_corr.max(axis=0)) >= np.median(cold.val_corr.max(axis=0)) - 0.01
+  with pytest.raises(ValueError, match="closed-form start"):
+    fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"], readout="gaussian",
+               config=dataclasses.replace(cfg, warm_start=True))
+
+
+def test_bfloat16_features_change_no_neurons_feve_by_more_than_half_a_percent(planted):
+  feats, tiers, *_ = planted
+  grid = {"l1": [0.0, 1e-3], "smooth": [1e-3, 1e-2]}
+  # The same schedule on both sides (no early stopping): a stopping decision that flips on a
+  # 1e-5 change of validation correlation would measure the stopping rule, not the arithmetic.
+  cfg = fitlib.FitConfig(max_steps=600, eval_every=50, batch_size=64, patience=10**6)
+  feve = {dtype: fitlib.fit_and_score(feats, **tiers, readout="factorized", grid=grid,
+                                      config=dataclasses.replace(cfg, dtype=dtype)).scores["feve"]
+          for dtype in fitlib.DTYPES}
+  assert np.median(feve["float32"]) > 0.9
+  np.testing.assert_allclose(feve["bfloat16"], feve["float32"], atol=0.005)
+  with pytest.raises(ValueError, match="dtype"):
+    fitlib.FitConfig(dtype="float16")
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_prepared_features_are_the_same_in_any_chunking_and_from_a_memmap(tmp_path, batch_norm):
+  rng = np.random.default_rng(5)
+  x = (rng.standard_normal((37, 3, 4, 5)) * 2.0 + 50.0).astype(np.float32)  # a large mean
+  train = rng.choice(37, 20, replace=False)
+  ref = x[np.unique(train)].astype(np.float64)
+  if batch_norm:
+    mean, std = ref.mean(axis=(0, 1, 2)), ref.std(axis=(0, 1, 2))
+    want = np.maximum((x - mean) / std, 0.0)
+  else:
+    want = x / ref.std()
+  np.save(tmp_path / "f.npy", x)
+  mapped = np.load(tmp_path / "f.npy", mmap_mode="r")
+  for features, chunk_mb in ((x, 256.0), (mapped, 1e-4), (mapped, 2e-3)):
+    got = fitlib.prepare_features(features, train_images=train, batch_norm=batch_norm,
+                                  chunk_mb=chunk_mb)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+  half = fitlib.prepare_features(mapped, train_images=train, batch_norm=batch_norm,
+                                 dtype=jnp.bfloat16)
+  assert half.dtype == jnp.bfloat16
+  np.testing.assert_allclose(half.astype(np.float32), want, rtol=1e-2, atol=1e-2)
+  x[7, 1, 2, 3] = np.nan
+  with pytest.raises(ValueError, match=r"NaN or infinite values in 1 image\(s\), first indices \[7\]"):
+    fitlib.prepare_features(x, train_images=train, chunk_mb=1e-4)
+
+
+@pytest.mark.parametrize("readout, warm", [("factorized", False), ("factorized", True),
+                                           ("full", False)])
+def test_blocks_of_neurons_bound_the_state_and_change_no_result(planted, readout, warm):
+  feats, tiers, *_ = planted
+  grid = {"l1": [0.0, 1e-2]}
+  cfg = fitlib.FitConfig(max_steps=150, eval_every=25, batch_size=64, patience=2, max_decays=1,
+                         warm_start=warm)
+  r = fitlib.readouts_lib.get(readout)
+  per_neuron_mb = 16 * 2 * fitlib._pair_size(r, (H, W, C)) / 2**20
+  run = lambda state_mb: fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"],
+                                    readout=readout, grid=grid,
+                                    config=dataclasses.replace(cfg, state_mb=state_mb))
+  whole, blocks = run(1e3), run(5 * per_neuron_mb)  # 12 neurons: blocks of 5, 5 and 2
+  np.testing.assert_array_equal(blocks.stop_step, whole.stop_step)
+  np.testing.assert_allclose(blocks.val_corr, whole.val_corr, atol=1e-5)
+  np.testing.assert_allclose(blocks.val_history, whole.val_history, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(blocks.params), jax.tree.leaves(whole.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -191,3 +191,49 @@ def test_ridge_rejects_bad_input():
   for bad_alphas in ([1.0, -2.0], [0.0, 1.0], [np.inf]):
     with pytest.raises(ValueError, match=r"finite and > 0"):
       ridge.check_alphas(bad_alphas)
+
+
+def test_from_linear_recovers_a_rank_one_readout_and_the_best_rank_one_of_any_other():
+  rng = np.random.default_rng(3)
+  k, h, w, c = 5, 6, 7, 9
+  mask = rng.random((k, h, w)) + 0.1  # positive masks: the sign convention is recoverable
+  feat = rng.standard_normal((k, c))
+  bias = rng.standard_normal(k).astype(np.float32)
+  planted = mask[..., None] * feat[:, None, None, :]  # (k, h, w, c) exactly rank 1
+  p = factorized.from_linear(planted, bias, n_configs=2)
+  x = rng.standard_normal((11, h, w, c)).astype(np.float32)
+  want = np.einsum("bhwc,khwc->bk", x, planted) + bias
+  np.testing.assert_allclose(np.asarray(factorized.predict(p, x))[:, 1], want, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(factorized.normalized_mask(p["spatial"]))[0],
+                             mask / np.linalg.norm(mask.reshape(k, -1), axis=1)[:, None, None],
+                             atol=1e-5)
+  # A general weight: the factorized start is its best rank-1 approximation (Eckart-Young).
+  general = rng.standard_normal((k, h, w, c))
+  p = factorized.from_linear(general, bias, n_configs=1)
+  approx = np.asarray(factorized.weights(p))[0]
+  s = np.linalg.svd(general.reshape(k, h * w, c), compute_uv=False)
+  err = np.linalg.norm((general - approx).reshape(k, -1), axis=1)
+  np.testing.assert_allclose(err, np.sqrt((s[:, 1:]**2).sum(axis=1)), rtol=1e-3)
+  pf = full.from_linear(general.astype(np.float32), bias, n_configs=3)
+  np.testing.assert_allclose(np.asarray(pf["weight"])[2], general, rtol=1e-6)
+  assert readouts.get("gaussian").from_linear is None
+
+
+@pytest.mark.parametrize("n, d", [(40, 90), (60, 25)])
+def test_streamed_ridge_chooses_and_fits_as_the_whole_solution_does(n, d):
+  rng = np.random.default_rng(11)
+  x = rng.standard_normal((n + 30, d)).astype(np.float32) + 3.0
+  truth = rng.standard_normal((d, 4)) * (rng.random((d, 4)) < 0.3)
+  y = (x @ truth + 2.0 * rng.standard_normal((n + 30, 4))).astype(np.float32)
+  rows, val = np.arange(n), np.repeat(np.arange(n, n + 30), 2)
+  wts = rng.integers(1, 4, n).astype(np.float64)
+  rel = np.logspace(-3, 3, 7)
+  sol = ridge.solve(x[rows], y[rows], weights=wts)
+  alphas = ridge.relative_alphas(rel, sol.eigvals)
+  val_y = y[val] + rng.standard_normal((len(val), 4)).astype(np.float32)
+  pick = alphas[np.argmax(ridge.correlations(ridge.predict(sol, x[val], alphas), val_y), axis=0)]
+  want_w, want_b = ridge.coef(sol, pick)
+  for chunk_mb in (1e-3, 256.0):  # many column chunks, and one
+    got_w, got_b = ridge.streamed_coef(x, rows, y[rows], wts, val, val_y, rel, chunk_mb=chunk_mb)
+    np.testing.assert_allclose(got_w, want_w, rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(got_b, want_b, rtol=2e-3, atol=2e-3)

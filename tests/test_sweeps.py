@@ -211,7 +211,8 @@ def test_each_cell_saves_its_learning_curves_and_the_report_draws_them(planted, 
     k = int((ds.areas == area).sum())
     c = len(h["check_steps"])
     assert h["val_history"].shape == (c, 2, k) and h["stop_step"].shape == (2, k)
-    assert h["check_steps"][0] == 0 and (np.diff(h["check_steps"]) == 50).all()
+    # The warm start is not a check: the first is made after the first 50 steps.
+    assert h["check_steps"][0] == 50 and (np.diff(h["check_steps"]) == 50).all()
     assert ((h["stop_step"] >= 50) & (h["stop_step"] <= 200)).all()
     assert list(h["configs"]) == ["l1=0.001 smooth=0.01", "l1=0.1 smooth=0.01"]
     # The curve is the validation correlation the fit chose on: its maximum over checks is
@@ -253,7 +254,7 @@ def test_fit_reports_progress_after_every_check(planted):
                    readout="factorized", grid={"l1": [1e-3, 1e-2]},
                    config=fitlib.FitConfig(max_steps=150, eval_every=50, batch_size=32, lr=1e-2),
                    progress=seen.append)
-  assert [p.step for p in seen] == list(res.check_steps) == [0, 50, 100, 150]
+  assert [p.step for p in seen] == list(res.check_steps) == [50, 100, 150]
   assert all(p.pairs == 2 * ds.n_neurons and p.max_steps == 150 for p in seen)
   assert [p.active for p in seen] == sorted((p.active for p in seen), reverse=True)
   # The best so far: per pair the running maximum of the validation history, best config per

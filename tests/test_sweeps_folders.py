@@ -366,10 +366,14 @@ def test_memory_estimates_count_the_largest_arrays():
   # factorized: spatial (h*w) + features (c) + bias per pair, four copies (params, best, 2 Adam)
   assert fitlib.memory_bytes(readout="factorized", feature_shape=(9, 16, 64), n_images=100,
                              n_train_images=80, n_neurons=10, n_configs=3) == \
-      2 * feats + 16 * 3 * 10 * (9 * 16 + 64 + 1)
+      feats + 16 * 3 * 10 * (9 * 16 + 64 + 1)
   assert fitlib.memory_bytes(readout="full", feature_shape=(9, 16, 64), n_images=100,
                              n_train_images=80, n_neurons=10, n_configs=3) == \
-      2 * feats + 16 * 3 * 10 * (9 * 16 * 64 + 1)
+      feats + 16 * 3 * 10 * (9 * 16 * 64 + 1)
+  # Blocks of neurons bound the pairs' state: a population of any size needs at most state_mb.
+  assert fitlib.memory_bytes(readout="full", feature_shape=(9, 16, 64), n_images=100,
+                             n_train_images=80, n_neurons=10**6, n_configs=3, state_mb=64) == \
+      feats + 64 * 2**20
   assert fitlib.memory_bytes(readout="ridge", feature_shape=(9, 16, 64), n_images=100,
                              n_train_images=80, n_neurons=10, n_configs=3) == \
       feats + 3 * 4 * 80 * 9 * 16 * 64 + 4 * 10 * 9 * 16 * 64

@@ -34,11 +34,12 @@ FULL = dict(images=5000, size=16, channels=256, neurons=2000, configs=16)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--images", type=int, default=1000, help="images (training + validation)")
-  parser.add_argument("--size", type=int, default=16, help="feature map height = width")
-  parser.add_argument("--channels", type=int, default=256)
-  parser.add_argument("--neurons", type=int, default=200)
-  parser.add_argument("--configs", type=int, default=16, help="penalty settings in the grid")
+  parser.add_argument("--images", type=int, help="images (training + validation); default 1000")
+  parser.add_argument("--size", type=int,
+                      help="feature map height = width; default 16 (--to-solution: 8)")
+  parser.add_argument("--channels", type=int, help="default 256 (--to-solution: 128)")
+  parser.add_argument("--neurons", type=int, help="default 200 (--to-solution: 100)")
+  parser.add_argument("--configs", type=int, help="penalty settings in the grid; default 16")
   parser.add_argument("--steps", type=int, default=20, help="Adam steps (both sides)")
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--full", action="store_true",
@@ -59,6 +60,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="bound on the step's largest intermediate (smaller: micro-batches)")
   parser.add_argument("--peak-size", type=int, default=2048, help="n of the n^3 peak matmul")
   parser.add_argument("--seed", type=int, default=0)
+  solution = parser.add_argument_group(
+      "time to solution", "--to-solution trains every config to the stopping rule on both sides")
+  solution.add_argument("--to-solution", action="store_true",
+                        help="time until every (config, neuron) has converged, against the "
+                        "neuralpredictors-style loop (one all-neuron model per config, in turn)")
+  solution.add_argument("--eval-every", type=int, help="steps between validation checks (25)")
+  solution.add_argument("--patience", type=int, help="checks without improvement (4)")
+  solution.add_argument("--max-decays", type=int, help="learning-rate decays before stopping (2)")
+  solution.add_argument("--max-steps", type=int, help="upper bound on steps (5000)")
+  solution.add_argument("--no-compact", action="store_true",
+                        help="keep stopped pairs on the table (FitConfig.compact=False)")
+  solution.add_argument("--no-warm-start", action="store_true",
+                        help="start from small random weights (FitConfig.warm_start=False)")
+  solution.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="how jaxmouse holds and multiplies the features (FitConfig.dtype)")
 
 
 def fitlib_default_memory() -> float:
@@ -222,12 +238,20 @@ def bench_ridge(*, images, features, neurons, alphas, seed=0) -> dict:
   return {"seconds": ours, "sklearn": theirs, "max_rel_err": err}
 
 
+PER_STEP = dict(images=1000, size=16, channels=256, neurons=200, configs=16)
+
+
 def run(args) -> dict:
   import jax
 
-  sizes = FULL if args.full else dict(images=args.images, size=args.size,
-                                      channels=args.channels, neurons=args.neurons,
-                                      configs=args.configs)
+  if args.full:
+    for name, value in FULL.items():
+      setattr(args, name, value)
+  if args.to_solution:
+    from jaxmouse.benchmarks import to_solution
+
+    return to_solution.run(args)
+  sizes = {name: getattr(args, name) or value for name, value in PER_STEP.items()}
   device = jax.devices()[0]
   print(f"device: {device.platform} {device.device_kind} x{len(jax.devices())}; "
         f"jax {jax.__version__}")

@@ -5,8 +5,10 @@ Each trained readout is a set of pure functions over parameters with leading axe
 
   ``init(key, *, n_configs, n_neurons, feature_shape, bias=None) -> params``
   ``predict(params, x, *, key=None) -> (b, g, k)``   linear prediction, before the output nonlinearity
-  ``penalty(params, reg) -> (g, k)``                 ``reg = {name: (g,)}`` for ``penalties``
+  ``penalty(params, reg) -> (g, k)``                 ``reg = {name: (g,) or (g, k)}`` for ``penalties``
   ``predict_one`` / ``penalty_one``                  one (config, neuron): the readable reference
+  ``from_linear(weight, bias, *, n_configs)``        (factorized, full) the start nearest linear
+                                                     weights ``(k, h, w, c)``: a warm start
 
 ``ridge`` is the closed-form linear baseline (no training loop).
 """
@@ -28,13 +30,14 @@ class Readout(NamedTuple):
   penalty_one: Callable
   penalties: tuple[str, ...]
   stochastic: bool  # predict uses a key during training
+  from_linear: Callable | None  # (weight (k, h, w, c), bias (k,), *, n_configs) -> params
 
 
 READOUTS = {
     m.__name__.rsplit(".", 1)[-1]: Readout(
         name=m.__name__.rsplit(".", 1)[-1], init=m.init, predict=m.predict, penalty=m.penalty,
         predict_one=m.predict_one, penalty_one=m.penalty_one, penalties=m.PENALTIES,
-        stochastic=m is gaussian)
+        stochastic=m is gaussian, from_linear=getattr(m, "from_linear", None))
     for m in (factorized, full, gaussian)
 }
 NAMES = (*READOUTS, "ridge")

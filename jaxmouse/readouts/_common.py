@@ -32,21 +32,27 @@ def laplacian(x, axes: tuple[int, int] = (-2, -1)):
   return 4 * x - window(-1, 0) - window(1, 0) - window(0, -1) - window(0, 1)
 
 
+def per_pair(strength):
+  """A penalty strength as a ``(g, k)``-broadcastable array: ``(g,)`` per config becomes
+  ``(g, 1)``; a ``(g, k)`` table (one strength per (config, neuron) slot) is used as it is."""
+  return strength[:, None] if strength.ndim == 1 else strength
+
+
 def neuron_keys(key, n_neurons: int):
   """One key per neuron, ``fold_in(key, i)``: the draw of neuron ``i`` does not depend on how
   many neurons are fitted together, how they are padded or how they are sharded."""
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_neurons))
 
 
-def neuron_rngs(key, n_neurons: int) -> list[np.random.Generator]:
-  """One NumPy generator per neuron, seeded by ``(key data, i)``.
+def neuron_rngs(key, n_neurons: int, first: int = 0) -> list[np.random.Generator]:
+  """One NumPy generator per neuron ``first .. first + n_neurons - 1``, seeded by ``(key data, i)``.
 
   Initial parameters are drawn on the host: the draw of neuron ``i`` depends only on the key and
   ``i`` (not on how many neurons are fitted, padded or sharded), and no per-shape random-number
   program has to be compiled.
   """
   data = [int(v) for v in np.asarray(jax.random.key_data(key)).ravel()]
-  return [np.random.default_rng([*data, i]) for i in range(n_neurons)]
+  return [np.random.default_rng([*data, i]) for i in range(first, first + n_neurons)]
 
 
 def tile_configs(a, n_configs: int):

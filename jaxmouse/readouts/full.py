@@ -13,18 +13,26 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmouse.readouts._common import laplacian, neuron_rngs, tile_configs
+from jaxmouse.readouts._common import laplacian, neuron_rngs, per_pair, tile_configs
 
 PENALTIES = ("smooth", "group", "l1")
 _GROUP_EPS = 1e-12  # keeps the gradient of sqrt finite at an all-zero channel
 
 
 def init(key, *, n_configs: int, n_neurons: int, feature_shape, bias=None,
-         init_scale: float = 1e-3):
-  """Small random weights, the same for every config; neuron ``i`` draws from ``(key, i)``."""
+         init_scale: float = 1e-3, first: int = 0):
+  """Small random weights, the same for every config; neuron ``i`` (counted from ``first``)
+  draws from ``(key, i)``."""
   h, w, c = (int(s) for s in feature_shape)
-  weight = init_scale * np.stack([r.standard_normal((h, w, c)) for r in neuron_rngs(key, n_neurons)])
+  rngs = neuron_rngs(key, n_neurons, first)
+  weight = init_scale * np.stack([r.standard_normal((h, w, c)) for r in rngs])
   bias = np.zeros(n_neurons) if bias is None else np.asarray(bias)
+  return {"weight": tile_configs(weight, n_configs), "bias": tile_configs(bias, n_configs)}
+
+
+def from_linear(weight, bias, *, n_configs: int):
+  """Linear weights ``(k, h, w, c)`` and ``bias (k,)`` (e.g. a ridge solution) as the start of
+  every config."""
   return {"weight": tile_configs(weight, n_configs), "bias": tile_configs(bias, n_configs)}
 
 
@@ -34,7 +42,8 @@ def predict(params, x, *, key=None):
   b = x.shape[0]
   g, k = params["bias"].shape
   # (g, k) stay two axes: merged into one, a neuron-sharded mesh would gather every weight.
-  y = jnp.einsum("bq,gkq->bgk", x.reshape(b, -1), params["weight"].reshape(g, k, -1))  # (b, g, k)
+  y = jnp.einsum("bq,gkq->bgk", x.reshape(b, -1), params["weight"].reshape(g, k, -1).astype(x.dtype),
+                 preferred_element_type=jnp.float32)  # (b, g, k); float32 sums for bfloat16 x
   return y + params["bias"]
 
 
@@ -48,10 +57,10 @@ def _terms(weight):
 
 
 def penalty(params, reg):
-  """``(g, k)`` penalty; ``reg``: ``{name: (g,)}``."""
+  """``(g, k)`` penalty; ``reg``: ``{name: (g,) or (g, k)}``."""
   smooth, group, l1 = _terms(params["weight"])
-  return (reg["smooth"][:, None] * smooth + reg["group"][:, None] * group
-          + reg["l1"][:, None] * l1)
+  return (per_pair(reg["smooth"]) * smooth + per_pair(reg["group"]) * group
+          + per_pair(reg["l1"]) * l1)
 
 
 def predict_one(p, x):

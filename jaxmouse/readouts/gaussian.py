@@ -19,17 +19,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmouse.readouts._common import neuron_keys, neuron_rngs, tile_configs
+from jaxmouse.readouts._common import neuron_keys, neuron_rngs, per_pair, tile_configs
 
 PENALTIES = ("l1",)
 
 
 def init(key, *, n_configs: int, n_neurons: int, feature_shape, bias=None,
          init_scale: float = 1e-2, init_mu_range: float = 0.5,
-         init_sigma: float = 0.5):
-  """Positions uniform in ``[-init_mu_range, init_mu_range]``; small random feature weights."""
+         init_sigma: float = 0.5, first: int = 0):
+  """Positions uniform in ``[-init_mu_range, init_mu_range]``; small random feature weights.
+  Neuron ``i`` (counted from ``first``) draws from ``(key, i)``."""
   c = int(feature_shape[-1])
-  rngs = neuron_rngs(key, n_neurons)
+  rngs = neuron_rngs(key, n_neurons, first)
   mu = np.stack([r.uniform(-init_mu_range, init_mu_range, 2) for r in rngs])
   features = init_scale * np.stack([r.standard_normal(c) for r in rngs])
   bias = np.zeros(n_neurons) if bias is None else np.asarray(bias)
@@ -64,13 +65,14 @@ def predict(params, x, *, key=None):
   g, k = params["bias"].shape
   mask = tent_mask(positions(params, key), h, w).reshape(g, k, h * w)
   # (g, k) stay two axes: merged into one, a neuron-sharded mesh would gather every parameter.
-  y = jnp.einsum("bpc,gkp,gkc->bgk", x.reshape(b, h * w, c), mask, params["features"])  # (b, g, k)
+  y = jnp.einsum("bpc,gkp,gkc->bgk", x.reshape(b, h * w, c), mask.astype(x.dtype),
+                 params["features"].astype(x.dtype), preferred_element_type=jnp.float32)
   return y + params["bias"]
 
 
 def penalty(params, reg):
-  """``(g, k)``; ``reg``: ``{"l1": (g,)}``."""
-  return reg["l1"][:, None] * jnp.sum(jnp.abs(params["features"]), axis=-1)
+  """``(g, k)``; ``reg``: ``{"l1": (g,) or (g, k)}``."""
+  return per_pair(reg["l1"]) * jnp.sum(jnp.abs(params["features"]), axis=-1)
 
 
 def predict_one(p, x):

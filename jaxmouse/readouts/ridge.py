@@ -107,6 +107,11 @@ def solve(x, y, *, weights=None) -> RidgeSolution:
                        rotation=u)
 
 
+@jax.jit
+def _matmul(a, b):
+  return jnp.matmul(a, b, precision="highest")
+
+
 def _rotate(z, rotation):
   return z if rotation is None else z @ rotation
 
@@ -145,10 +150,11 @@ def predict_chosen(sol: RidgeSolution, x, alpha):
 def coef(sol: RidgeSolution, alpha):
   """Weights ``(d, k)`` and intercepts ``(k,)`` with one penalty per neuron (or a scalar)."""
   alpha = np.broadcast_to(check_alphas(alpha), (sol.proj.shape[1],))
-  scaled = sol.proj / (sol.eigvals[:, None].astype(np.float64) + alpha[None, :])  # (r, k)
+  scaled = jnp.asarray(sol.proj / (sol.eigvals[:, None].astype(np.float64) + alpha[None, :]),
+                       jnp.float32)  # (r, k)
   if sol.rotation is not None:
-    scaled = sol.rotation.astype(np.float64) @ scaled
-  w = sol.basis.astype(np.float64) @ scaled
+    scaled = _matmul(sol.rotation, scaled)
+  w = np.asarray(_matmul(sol.basis, scaled), np.float64)
   return w.astype(np.float32), (sol.y_mean - sol.x_mean @ w).astype(np.float32)
 
 
@@ -164,3 +170,61 @@ def correlations(pred, y):
   num = np.einsum("amk,mk->ak", pc, yc)  # (a, k)
   den = np.sqrt((pc**2).sum(axis=1) * (yc**2).sum(axis=0))
   return np.where(den > 1e-12, num / np.maximum(den, 1e-12), 0.0)
+
+
+def relative_alphas(alphas, eigvals) -> np.ndarray:
+  """``alphas`` as multiples of the mean non-zero eigenvalue (one grid for layers of any size)."""
+  lam = eigvals[eigvals > 1e-6 * max(float(eigvals.max()), 1e-30)]
+  return np.asarray(alphas, np.float64) * (float(lam.mean()) if lam.size else 1.0)
+
+
+def streamed_coef(flat, rows, y, weights, val_rows, val_y, alphas, *, chunk_mb: float = 256.0):
+  """Ridge weights with one penalty per neuron, chosen on validation, in bounded memory.
+
+  The dual form read in column chunks of ``flat (N, d)`` (e.g. a layer's features, flattened):
+  ``rows (n,)`` training images with responses ``y (n, k)`` and ``weights (n,)``,
+  ``val_rows (v,)`` validation trials with ``val_y (v, k)``; ``alphas`` relative
+  (``relative_alphas``). Memory: the ``(n, n)`` kernel, a chunk and the result, never a copy of
+  the training features. Returns ``coef (d, k)`` and ``intercept (k,)``.
+  """
+  alphas = check_alphas(alphas)
+  n, d = len(rows), flat.shape[1]
+  step = max(1, int(chunk_mb * 2**20 // (4 * max(n, 1))))
+  w = np.asarray(weights, np.float64)
+  p = jnp.asarray(w / w.sum(), jnp.float32)
+  sw = jnp.asarray(np.sqrt(w), jnp.float32)[:, None]
+  y_mean = (w / w.sum()) @ np.asarray(y, np.float64)
+  ys = jnp.asarray((np.asarray(y, np.float64) - y_mean) * np.sqrt(w)[:, None], jnp.float32)
+  val_ids, val_inverse = np.unique(np.asarray(val_rows), return_inverse=True)
+  chunk = lambda a, ix: jnp.asarray(np.asarray(flat[ix, a:a + step], np.float32))
+  kernel = jnp.zeros((n, n), jnp.float32)
+  cross = jnp.zeros((len(val_ids), n), jnp.float32)
+  means = []
+  for a in range(0, d, step):  # pass 1: the kernel, the validation cross-kernel, the means
+    xc = chunk(a, rows)
+    mu = _weighted_mean(xc, p)
+    xs = (xc - mu) * sw
+    kernel, cross = kernel + _matmul(xs, xs.T), cross + _matmul(chunk(a, val_ids) - mu, xs.T)
+    means.append(np.asarray(mu))
+  lam, u = _eigh(kernel)
+  alphas = relative_alphas(alphas, lam)
+  proj = _matmul(jnp.asarray(u).T, ys)  # (n, k)
+  z = _matmul(cross, jnp.asarray(u))  # (v_images, n)
+  pred = _predict_from_z(z, jnp.asarray(lam), proj, jnp.asarray(alphas, jnp.float32))
+  pred = np.asarray(pred)[:, val_inverse.reshape(-1)] + y_mean.astype(np.float32)
+  alpha = alphas[np.argmax(correlations(pred, val_y), axis=0)]  # (k,)
+  dual = _matmul(jnp.asarray(u), proj / (jnp.asarray(lam)[:, None]
+                                         + jnp.asarray(alpha, jnp.float32)[None, :]))  # (n, k)
+  coef = np.empty((d, ys.shape[1]), np.float32)
+  offset = np.zeros(ys.shape[1])
+  for a, mu in zip(range(0, d, step), means):  # pass 2: the weights of each chunk of features
+    c = _matmul(((chunk(a, rows) - mu) * sw).T, dual)  # (chunk, k)
+    coef[a:a + step] = np.asarray(c)
+    offset += np.asarray(_matmul(jnp.asarray(mu)[None, :], c))[0]
+  return coef, (y_mean - offset).astype(np.float32)
+
+
+@jax.jit
+def _predict_from_z(z, eigvals, proj, alphas):
+  scale = 1.0 / (eigvals[None, :] + alphas[:, None])  # (a, r)
+  return jnp.einsum("mr,ar,rk->amk", z, scale, proj)  # (a, m, k)

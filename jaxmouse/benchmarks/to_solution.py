@@ -1,0 +1,190 @@
+"""``jaxmouse bench fit --to-solution``: time until a whole grid has converged, both ways.
+
+Both sides train every config of the grid on the planted problem of ``jaxmouse bench fit`` under
+the same stopping rule: a validation check every ``eval_every`` steps, ``patience`` checks
+without improvement divide the learning rate by ``lr_decay`` and restore the best parameters,
+``max_decays`` such plateaus end training, and the best parameters are kept.
+
+- jaxmouse: ``fit.fit`` with every (config, neuron) pair in one program, each pair stopped on its
+  own; stopped pairs leave the table (``FitConfig.compact``) unless ``--no-compact``.
+- reference: the neuralpredictors / Cadena et al. loop: one all-neuron model per config (the same
+  factorized readout, loss, penalties, initial parameters, Adam and batches, in PyTorch), configs
+  in turn, each stopped on the mean validation correlation over its neurons.
+
+Reported per side: wall time (jaxmouse cold, i.e. with compilation, and warm), steps, and the
+median over neurons of the best config's validation correlation (each neuron's best config).
+A config-step is one step of all neurons of one config: the reference runs the sum of its
+configs' steps; jaxmouse's pairs run the same total as (sum of the pairs' steps) / neurons.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+DEFAULTS = dict(images=1000, size=8, channels=128, neurons=100, configs=16)
+RULE = dict(eval_every=25, patience=4, lr_decay=3.0, max_decays=2, max_steps=5000)
+
+
+def fit_config(args):
+  from jaxmouse import fit as fitlib
+
+  return fitlib.FitConfig(
+      max_steps=args.max_steps or RULE["max_steps"], eval_every=args.eval_every or
+      RULE["eval_every"], patience=args.patience or RULE["patience"], lr_decay=RULE["lr_decay"],
+      max_decays=RULE["max_decays"] if args.max_decays is None else args.max_decays,
+      batch_size=args.batch_size, seed=args.seed, compact=not args.no_compact,
+      warm_start=False if args.no_warm_start else None, dtype=args.dtype)
+
+
+def torch_to_solution(prepared, train, val, grid, cfg):
+  """The reference: one all-neuron model per config, configs in turn, each early-stopped on the
+  mean validation correlation. Returns ``(steps per config (g,), val_corr (g, k))``."""
+  import jax
+  import torch
+
+  from jaxmouse import fit as fitlib
+  from jaxmouse.readouts import factorized
+
+  torch.manual_seed(cfg.seed)
+  n, h, w, c = prepared.shape
+  k = train.responses.shape[1]
+  x_all = torch.from_numpy(np.ascontiguousarray(prepared.transpose(0, 3, 1, 2)))  # NCHW
+  y_all = torch.from_numpy(np.asarray(train.responses, np.float32))
+  image = torch.from_numpy(np.asarray(train.image))
+  x_val = x_all[torch.from_numpy(np.asarray(val.image))]
+  y_val = torch.from_numpy(np.asarray(val.responses, np.float32))
+  bias0 = fitlib.initial_bias(train.responses.mean(0), "elu")
+  init = factorized.init(jax.random.fold_in(jax.random.key(cfg.seed), 0), n_configs=1,
+                         n_neurons=k, feature_shape=(h, w, c), bias=bias0)
+  lap = torch.tensor([[0., -1, 0], [-1, 4, -1], [0, -1, 0]]).reshape(1, 1, 3, 3)
+  batch = min(cfg.batch_size, len(train.image))
+  order = fitlib.batch_order(len(train.image), batch, cfg.max_steps, seed=cfg.seed)
+
+  def forward(x, spatial, feats, bias):
+    m = spatial / (spatial.pow(2).sum(dim=(1, 2), keepdim=True).sqrt() + 1e-6)
+    z = torch.einsum("ncwh,owh->nco", x, m)
+    return torch.einsum("nco,oc->no", z, feats) + bias, m
+
+  def corr(pred, y):
+    pc, yc = pred - pred.mean(0), y - y.mean(0)
+    den = (pc.pow(2).sum(0) * yc.pow(2).sum(0)).sqrt()
+    return torch.where(den > 1e-12, (pc * yc).sum(0) / den.clamp_min(1e-12), 0.0)
+
+  def one_config(i):
+    spatial = torch.nn.Parameter(torch.tensor(np.asarray(init["spatial"][0])))  # (k, h, w)
+    feats = torch.nn.Parameter(torch.tensor(np.asarray(init["features"][0])))  # (k, c)
+    bias = torch.nn.Parameter(torch.tensor(np.asarray(init["bias"][0])))
+    params = [spatial, feats, bias]
+    lr = fitlib.DEFAULT_LR["factorized"] if cfg.lr is None else cfg.lr
+    opt = torch.optim.Adam(params, lr=lr)
+    l1, smooth = float(grid["l1"][i]), float(grid["smooth"][i])
+
+    def validate():
+      with torch.no_grad():
+        z, _ = forward(x_val, spatial, feats, bias)
+        return corr(torch.nn.functional.elu(z - 1) + 1, y_val)
+
+    best_corr = validate()
+    best, best_state, wait, decays, step = float(best_corr.mean()), \
+        [p.detach().clone() for p in params], 0, 0, 0
+    while step < cfg.max_steps:
+      for _ in range(min(cfg.eval_every, cfg.max_steps - step)):
+        idx = torch.from_numpy(order[step])
+        z, m = forward(x_all[image[idx]], spatial, feats, bias)
+        rate = torch.nn.functional.elu(z - 1) + 1
+        loss = (rate - y_all[idx] * torch.log(rate + 1e-9)).mean(0).sum()
+        loss = loss + l1 * feats.abs().sum() + smooth * torch.nn.functional.conv2d(
+            m[:, None], lap, padding=1).pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+      now = validate()
+      if float(now.mean()) > best + cfg.tolerance:
+        best, best_corr, wait = float(now.mean()), now, 0
+        best_state = [p.detach().clone() for p in params]
+        continue
+      wait += 1
+      if wait >= cfg.patience:  # plateau: restore the best, decay the rate, or stop
+        decays, wait = decays + 1, 0
+        with torch.no_grad():
+          for p, b in zip(params, best_state):
+            p.copy_(b)
+        if decays > cfg.max_decays:
+          break
+        lr /= cfg.lr_decay
+        for group in opt.param_groups:
+          group["lr"] = lr
+    return step, best_corr.numpy()
+
+  out = [one_config(i) for i in range(len(grid["l1"]))]
+  return np.array([s for s, _ in out]), np.stack([v for _, v in out])
+
+
+def run(args) -> dict:
+  import jax
+
+  from jaxmouse import fit as fitlib
+  from jaxmouse.benchmarks.fit import problem
+
+  sizes = {name: getattr(args, name) or DEFAULTS[name] for name in DEFAULTS}
+  cfg = fit_config(args)
+  device = jax.devices()[0]
+  print(f"device: {device.platform} {device.device_kind} x{len(jax.devices())}; "
+        f"jax {jax.__version__}")
+  print(f"problem: {sizes['images']} images, features {sizes['size']}x{sizes['size']}x"
+        f"{sizes['channels']}, {sizes['neurons']} neurons, {sizes['configs']} penalty configs; "
+        f"batch {cfg.batch_size}; stopping rule: check every {cfg.eval_every} steps, patience "
+        f"{cfg.patience}, lr / {cfg.lr_decay:g} on a plateau, stop after {cfg.max_decays + 1} "
+        f"plateaus, at most {cfg.max_steps} steps")
+  print(f"jaxmouse levers: compaction {'on' if cfg.compact else 'off'}, warm start "
+        f"{'off' if cfg.warm_start is False else 'on'}, features in {cfg.dtype}")
+  feats, train, val, grid = problem(seed=args.seed, **sizes)
+  prepared = fitlib.prepare_features(feats, train_images=train.image)
+  fit = lambda: fitlib.fit(prepared, train=train, validation=val, readout="factorized",
+                           grid=grid, config=cfg, prepared=True)
+  t = time.perf_counter()
+  ours = fit()
+  cold = time.perf_counter() - t
+  reference = None
+  if not args.no_torch:
+    try:
+      import torch
+    except ImportError:
+      print("torch is not installed: no reference column (pip install torch)")
+    else:
+      reference = torch
+  warm, ref_times = [], []
+  for _ in range(max(args.repeats, 1)):
+    t = time.perf_counter()
+    ours = fit()
+    warm.append(time.perf_counter() - t)
+    if reference is not None:
+      t = time.perf_counter()
+      ref_steps, ref_corr = torch_to_solution(prepared, train, val, grid, cfg)
+      ref_times.append(time.perf_counter() - t)
+  ours_t = float(np.median(warm))
+  quality = lambda corr: float(np.median(np.max(corr, axis=0)))
+  g, k = ours.val_corr.shape
+  rows = [("jaxmouse, all pairs in one program, warm (median of %d)" % len(warm),
+           f"{ours_t:.2f} s", f"{ours.steps} steps; {ours.stop_step.sum() / k:.0f} config-steps",
+           f"{quality(ours.val_corr):.4f}"),
+          ("  cold (with compilation)", f"{cold:.2f} s", "", "")]
+  result = {"jax": ours_t, "jax_cold": cold, "jax_steps": ours.steps,
+            "jax_pair_steps": int(ours.stop_step.sum()), "jax_quality": quality(ours.val_corr)}
+  if ref_times:
+    ref_t = float(np.median(ref_times))
+    rows.append((f"PyTorch {reference.__version__} reference, config after config",
+                 f"{ref_t:.2f} s", f"{ref_steps.sum()} config-steps",
+                 f"{quality(ref_corr):.4f}"))
+    rows.append(("time to solution: reference / jaxmouse", f"{ref_t / ours_t:.1f}x",
+                 f"cold {ref_t / cold:.1f}x",
+                 f"quality diff {quality(ours.val_corr) - quality(ref_corr):+.4f}"))
+    result.update(torch=ref_t, torch_steps=int(ref_steps.sum()), torch_quality=quality(ref_corr),
+                  ratio=ref_t / ours_t)
+  print(f"{'':<58}  {'wall':>9}  {'steps':<28}  median best val corr")
+  for name, t, steps, q in rows:
+    print(f"{name:<58}  {t:>9}  {steps:<28}  {q}")
+  return result
