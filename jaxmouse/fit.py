@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import mmap
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -239,15 +240,6 @@ def check_inputs(features, tiers: Mapping[str, Trials]) -> tuple[int, int]:
   return n, k
 
 
-def _aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
-  """An uninitialized array whose data start on an ``alignment``-byte boundary: on a CPU device,
-  ``jax.device_put`` then uses the host memory itself instead of copying it."""
-  size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-  buf = np.empty(size + alignment, np.uint8)
-  start = -buf.ctypes.data % alignment
-  return buf[start:start + size].view(dtype).reshape(shape)
-
-
 def feature_dtype(config: FitConfig):
   """The NumPy dtype features are held in for ``config`` (float32 or ml_dtypes' bfloat16)."""
   return jnp.bfloat16 if config.dtype == "bfloat16" else np.float32
@@ -271,7 +263,7 @@ def prepare_features(features, *, train_images, batch_norm: bool = False, dtype=
   chunks = [(a, min(a + rows, n)) for a in range(0, n, rows)]
   bad, shift, total, total_sq, count = [], None, 0.0, 0.0, 0
   for a, b in chunks:
-    x = np.asarray(features[a:b], np.float32)
+    x = _read_rows(features, a, b)
     finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
     bad.extend((a + np.flatnonzero(~finite)).tolist())
     ref = x[train[(train >= a) & (train < b)] - a].astype(np.float64)
@@ -287,17 +279,27 @@ def prepare_features(features, *, train_images, batch_norm: bool = False, dtype=
                      f"first indices {bad[:10]}")
   mean = shift + total / count
   std = np.sqrt(np.maximum(total_sq / count - (total / count)**2, 0.0))
-  out = _aligned_empty(shape, dtype)
+  out = ridge_lib.aligned_empty(shape, dtype)
   if batch_norm:
     std = np.where(std > 1e-8, std, 1.0)
     mean, scale = mean.astype(np.float32), (1.0 / std).astype(np.float32)
     for a, b in chunks:
-      out[a:b] = np.maximum((np.asarray(features[a:b], np.float32) - mean) * scale, 0.0)
+      out[a:b] = np.maximum((_read_rows(features, a, b) - mean) * scale, 0.0)
   else:
     scale = np.float32(1.0 / (float(std) if std > 1e-8 else 1.0))
     for a, b in chunks:
-      out[a:b] = np.asarray(features[a:b], np.float32) * scale
+      out[a:b] = _read_rows(features, a, b) * scale
   return out
+
+
+def _read_rows(features, a: int, b: int) -> np.ndarray:
+  """Rows ``a:b`` as float32. From a memmap (the feature cache), the pages just read are handed
+  back to the kernel, so that reading a whole file does not keep it resident in this process."""
+  x = np.array(features[a:b], np.float32)
+  mapping = getattr(features, "_mmap", None)
+  if mapping is not None and hasattr(mapping, "madvise"):
+    mapping.madvise(mmap.MADV_DONTNEED)
+  return x
 
 
 # ---- outputs and loss ------------------------------------------------------------------------
@@ -884,7 +886,7 @@ def _linear_estimate(features, train: Trials, validation: Trials):
   coef, intercept = ridge_lib.streamed_coef(
       np.asarray(features).reshape(len(features), -1), ids, means, counts, validation.image,
       validation.responses, default_grid("ridge")["alpha"])
-  return coef.T.reshape((-1,) + features.shape[1:]), intercept
+  return coef.reshape((-1,) + features.shape[1:]), intercept
 
 
 def _compact_shape(n_active: int, mesh: Mesh | None) -> tuple[int, int]:

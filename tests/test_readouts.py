@@ -235,5 +235,6 @@ def test_streamed_ridge_chooses_and_fits_as_the_whole_solution_does(n, d):
   want_w, want_b = ridge.coef(sol, pick)
   for chunk_mb in (1e-3, 256.0):  # many column chunks, and one
     got_w, got_b = ridge.streamed_coef(x, rows, y[rows], wts, val, val_y, rel, chunk_mb=chunk_mb)
-    np.testing.assert_allclose(got_w, want_w, rtol=2e-3, atol=2e-4)
+    assert got_w.ctypes.data % 64 == 0
+    np.testing.assert_allclose(got_w.T, want_w, rtol=2e-3, atol=2e-4)
     np.testing.assert_allclose(got_b, want_b, rtol=2e-3, atol=2e-3)

@@ -71,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   solution.add_argument("--max-steps", type=int, help="upper bound on steps (5000)")
   solution.add_argument("--no-compact", action="store_true",
                         help="keep stopped pairs on the table (FitConfig.compact=False)")
+  solution.add_argument("--scaling", action="store_true",
+                        help="with --to-solution: jaxmouse's time to solution against neurons "
+                        "(500 -> 8000) and configs (1 -> 64), no reference")
+  solution.add_argument("--scaling-size", type=int, default=4,
+                        help="feature map height = width of the --scaling problem (32 channels)")
   solution.add_argument("--no-warm-start", action="store_true",
                         help="start from small random weights (FitConfig.warm_start=False)")
   solution.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",

@@ -13,6 +13,11 @@ without improvement divide the learning rate by ``lr_decay`` and restore the bes
 
 Reported per side: wall time (jaxmouse cold, i.e. with compilation, and warm), steps, and the
 median over neurons of the best config's validation correlation (each neuron's best config).
+``--scaling``: jaxmouse alone, time to solution against neurons (500 -> 8,000, 16 configs) and
+configs (1 -> 64, 500 neurons) on a smaller layer (``--scaling-size`` x same, 32 channels; at most
+1,000 steps unless ``--max-steps``), with the time per (config, neuron) pair relative to 500
+neurons x 16 configs (flat or falling: linear or better).
+
 A config-step is one step of all neurons of one config: the reference runs the sum of its
 configs' steps; jaxmouse's pairs run the same total as (sum of the pairs' steps) / neurons.
 """
@@ -123,8 +128,47 @@ def torch_to_solution(prepared, train, val, grid, cfg):
   return np.array([s for s, _ in out]), np.stack([v for _, v in out])
 
 
+def scaling(args) -> dict:
+  """Time to solution against neurons and configs (jaxmouse only, warm: each size compiled by
+  a first fit, then timed); each row is printed when measured."""
+  import dataclasses
+
+  from jaxmouse import fit as fitlib
+  from jaxmouse.benchmarks.fit import problem
+
+  cfg = fit_config(args)
+  cfg = dataclasses.replace(cfg, max_steps=args.max_steps or 1000)
+  size, images = args.scaling_size, args.images or 500
+  rows = [(500, 16), (1000, 16), (2000, 16), (4000, 16), (8000, 16), (500, 1), (500, 4),
+          (500, 64)]
+  print(f"scaling: {images} images, features {size}x{size}x32, the stopping rule above with at "
+        f"most {cfg.max_steps} steps; time per pair relative to 500 neurons x 16 configs")
+  print(f"{'neurons':>8} {'configs':>8} {'pairs':>8} {'wall':>9} {'steps':>6} "
+        f"{'us/pair':>9} {'relative':>9}", flush=True)
+  out, base = {}, None
+  for neurons, configs in rows:
+    feats, train, val, grid = problem(images=images, size=size, channels=32, neurons=neurons,
+                                      configs=configs, seed=args.seed)
+    prepared = fitlib.prepare_features(feats, train_images=train.image)
+    fit = lambda: fitlib.fit(prepared, train=train, validation=val, readout="factorized",
+                             grid=grid, config=cfg, prepared=True)
+    fit()
+    t = time.perf_counter()
+    res = fit()
+    wall = time.perf_counter() - t
+    per_pair = wall / (neurons * configs)
+    base = base or per_pair
+    out[(neurons, configs)] = (wall, res.steps, per_pair)
+    print(f"{neurons:>8} {configs:>8} {neurons * configs:>8} {wall:>8.2f}s {res.steps:>6} "
+          f"{per_pair * 1e6:>9.1f} {per_pair / base:>9.2f}", flush=True)
+  return out
+
+
 def run(args) -> dict:
   import jax
+
+  if args.scaling:
+    return scaling(args)
 
   from jaxmouse import fit as fitlib
   from jaxmouse.benchmarks.fit import problem

@@ -172,6 +172,15 @@ def correlations(pred, y):
   return np.where(den > 1e-12, num / np.maximum(den, 1e-12), 0.0)
 
 
+def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
+  """An uninitialized array whose data start on an ``alignment``-byte boundary: on a CPU device,
+  ``jax.device_put`` and ``jnp.asarray`` then use the host memory itself instead of copying it."""
+  size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+  buf = np.empty(size + alignment, np.uint8)
+  start = -buf.ctypes.data % alignment
+  return buf[start:start + size].view(dtype).reshape(shape)
+
+
 def relative_alphas(alphas, eigvals) -> np.ndarray:
   """``alphas`` as multiples of the mean non-zero eigenvalue (one grid for layers of any size)."""
   lam = eigvals[eigvals > 1e-6 * max(float(eigvals.max()), 1e-30)]
@@ -185,7 +194,8 @@ def streamed_coef(flat, rows, y, weights, val_rows, val_y, alphas, *, chunk_mb: 
   ``rows (n,)`` training images with responses ``y (n, k)`` and ``weights (n,)``,
   ``val_rows (v,)`` validation trials with ``val_y (v, k)``; ``alphas`` relative
   (``relative_alphas``). Memory: the ``(n, n)`` kernel, a chunk and the result, never a copy of
-  the training features. Returns ``coef (d, k)`` and ``intercept (k,)``.
+  the training features. Returns ``coef (k, d)`` (one row per neuron, 64-byte aligned so that a
+  CPU device can use it in place) and ``intercept (k,)``.
   """
   alphas = check_alphas(alphas)
   n, d = len(rows), flat.shape[1]
@@ -215,12 +225,12 @@ def streamed_coef(flat, rows, y, weights, val_rows, val_y, alphas, *, chunk_mb: 
   alpha = alphas[np.argmax(correlations(pred, val_y), axis=0)]  # (k,)
   dual = _matmul(jnp.asarray(u), proj / (jnp.asarray(lam)[:, None]
                                          + jnp.asarray(alpha, jnp.float32)[None, :]))  # (n, k)
-  coef = np.empty((d, ys.shape[1]), np.float32)
+  coef = aligned_empty((ys.shape[1], d), np.float32)
   offset = np.zeros(ys.shape[1])
   for a, mu in zip(range(0, d, step), means):  # pass 2: the weights of each chunk of features
-    c = _matmul(((chunk(a, rows) - mu) * sw).T, dual)  # (chunk, k)
-    coef[a:a + step] = np.asarray(c)
-    offset += np.asarray(_matmul(jnp.asarray(mu)[None, :], c))[0]
+    c = _matmul(dual.T, (chunk(a, rows) - mu) * sw)  # (k, chunk)
+    coef[:, a:a + step] = np.asarray(c)
+    offset += np.asarray(_matmul(c, jnp.asarray(mu)[:, None]))[:, 0]
   return coef, (y_mean - offset).astype(np.float32)
 
 
