@@ -293,11 +293,12 @@ def prepare_features(features, *, train_images, batch_norm: bool = False, dtype=
 
 
 def _read_rows(features, a: int, b: int) -> np.ndarray:
-  """Rows ``a:b`` as float32. From a memmap (the feature cache), the pages just read are handed
-  back to the kernel, so that reading a whole file does not keep it resident in this process."""
+  """Rows ``a:b`` as float32. From a read-only memmap (the feature cache), the pages just read
+  are handed back to the kernel, so that reading a whole file does not keep it resident in this
+  process (a copy-on-write map is left alone: dropping its pages would drop its changes)."""
   x = np.array(features[a:b], np.float32)
   mapping = getattr(features, "_mmap", None)
-  if mapping is not None and hasattr(mapping, "madvise"):
+  if getattr(features, "mode", None) == "r" and hasattr(mapping, "madvise"):
     mapping.madvise(mmap.MADV_DONTNEED)
   return x
 
