@@ -732,11 +732,12 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
   bias = initial_bias(np.asarray(train.responses, np.float64).mean(axis=0), config.output)
   init_kw = {} if config.init_scale is None else {"init_scale": config.init_scale}
   key = jax.random.key(config.seed)
-  params = r.init(jax.random.fold_in(key, 0), n_configs=g, n_neurons=k, feature_shape=(h, w, c),
-                  bias=bias, first=first_neuron, **init_kw)
   if warm:
     params = r.from_linear(*start, n_configs=g)
     del start
+  else:
+    params = r.init(jax.random.fold_in(key, 0), n_configs=g, n_neurons=k,
+                    feature_shape=(h, w, c), bias=bias, first=first_neuron, **init_kw)
   # The initial state is built on the host (no small per-shape programs to compile) and then
   # placed on the devices, split over the mesh when there is one.
   params = jax.tree.map(take, params)
