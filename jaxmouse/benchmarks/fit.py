@@ -88,6 +88,16 @@ def fitlib_default_memory() -> float:
   return FitConfig().memory_mb
 
 
+def optional_torch():
+  """The torch module, or None (with a line saying how to install it) where it is missing."""
+  try:
+    import torch
+  except ImportError:
+    print("torch is not installed: no reference column (pip install torch)")
+    return None
+  return torch
+
+
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
   """FLOP/s of the best of ``repeats`` ``(n, n) x (n, n)`` float32 ``jnp.dot`` calls."""
   import jax
@@ -273,15 +283,11 @@ def run(args) -> dict:
   run_jax()
   first = time.perf_counter() - t
   train_config = None
-  if not args.no_torch:
-    try:
-      import torch
-    except ImportError:
-      print("torch is not installed: no reference column (pip install torch)")
-    else:
-      train_config, first_loss = torch_runner(prepared, train, grid, steps=args.steps,
-                                              batch=args.batch_size, seed=args.seed)
-      loss_gap = first_loss()  # also warms torch up
+  torch = None if args.no_torch else optional_torch()
+  if torch is not None:
+    train_config, first_loss = torch_runner(prepared, train, grid, steps=args.steps,
+                                            batch=args.batch_size, seed=args.seed)
+    loss_gap = first_loss()  # also warms torch up
   # Timed runs alternate between the two sides so that both see the same machine load:
   # jaxmouse fits the whole grid, the reference trains one config; medians are reported and
   # the reference's per-config time is multiplied by the grid size.

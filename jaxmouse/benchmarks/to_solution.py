@@ -171,7 +171,7 @@ def run(args) -> dict:
     return scaling(args)
 
   from jaxmouse import fit as fitlib
-  from jaxmouse.benchmarks.fit import problem
+  from jaxmouse.benchmarks.fit import optional_torch, problem
 
   sizes = {name: getattr(args, name) or DEFAULTS[name] for name in DEFAULTS}
   cfg = fit_config(args)
@@ -192,14 +192,7 @@ def run(args) -> dict:
   t = time.perf_counter()
   ours = fit()
   cold = time.perf_counter() - t
-  reference = None
-  if not args.no_torch:
-    try:
-      import torch
-    except ImportError:
-      print("torch is not installed: no reference column (pip install torch)")
-    else:
-      reference = torch
+  reference = None if args.no_torch else optional_torch()
   warm, ref_times = [], []
   for _ in range(max(args.repeats, 1)):
     t = time.perf_counter()
