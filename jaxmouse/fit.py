@@ -135,7 +135,7 @@ class FitConfig:
   init_scale: float | None = None
   memory_mb: float = 1024.0
   compact: bool = True
-  state_mb: float = 4096.0
+  state_mb: float = 1024.0
   warm_start: bool | None = None
   dtype: str = "float32"
   seed: int = 0
@@ -616,9 +616,11 @@ def _pad_to(n: int, multiple: int) -> int:
 class FitResult(NamedTuple):
   """Each (config, neuron) pair's best parameters and validation correlation (NumPy arrays).
 
-  ``params`` leaves ``(g, k, ...)``; ``val_corr (g, k)``; ``stop_step (g, k)``; ``steps`` the
-  number of steps run; ``val_history (checks, g, k)`` validation correlation at every check,
-  made after ``check_steps (checks,)`` steps (the first, 0, at initialisation).
+  ``params`` leaves ``(g, k, ...)``, or ``(k, ...)`` the parameters of each neuron's config
+  ``choice (k,)`` when the fit kept only those (``fit(keep="best")``); ``val_corr (g, k)``;
+  ``stop_step (g, k)``; ``steps`` the number of steps run; ``val_history (checks, g, k)``
+  validation correlation at every check, made after ``check_steps (checks,)`` steps (the first,
+  0, at initialisation).
   """
   readout: str
   params: Any
@@ -627,6 +629,7 @@ class FitResult(NamedTuple):
   steps: int
   val_history: np.ndarray
   check_steps: np.ndarray | None = None
+  choice: np.ndarray | None = None
 
 
 class FitProgress(NamedTuple):
@@ -668,7 +671,7 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
         grid: Mapping[str, Sequence[float]] | None = None, config: FitConfig = FitConfig(),
         mesh: Mesh | None = None, prepared: bool = False,
         progress: Callable[[FitProgress], None] | None = None,
-        first_neuron: int = 0, start=None) -> FitResult:
+        first_neuron: int = 0, start=None, keep: str = "all") -> FitResult:
   """Trains one readout for every (config, neuron) pair of a penalty grid.
 
   Args:
@@ -686,10 +689,16 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
       drawn per neuron index; the blocks of ``FitConfig.state_mb`` use it).
     start: linear weights ``(k, h, w, c)`` and intercepts ``(k,)`` to warm start from (when
       ``config.warm_start`` applies); None computes the ridge solution.
+    keep: ``"all"`` returns every pair's best parameters; ``"best"`` only those of each
+      neuron's best config (``select_configs``), chosen within each block of neurons
+      (``FitConfig.state_mb``), so that the result never holds a whole grid of a large
+      population (the ``full`` readout's grid for 2,000 neurons of conv1_2 is 21 GB).
 
   Returns:
     FitResult with every pair's best parameters (chosen on validation).
   """
+  if keep not in ("all", "best"):
+    raise ValueError(f"keep must be 'all' or 'best', got {keep!r}")
   r = readouts_lib.get(readout)
   _, k = check_inputs(features, {"train": train, "validation": validation})
   config, _ = resolve_loss(config, train.responses)
@@ -714,7 +723,8 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
         fit(features, train=part(train, s), validation=part(validation, s), readout=readout,
             grid=grid, config=config, mesh=mesh, prepared=True, progress=progress,
             first_neuron=first_neuron + s.start,
-            start=None if start is None else (start[0][s], start[1][s])) for s in cols])
+            start=None if start is None else (start[0][s], start[1][s]), keep=keep)
+        for s in cols])
 
   # Slots: the (config, neuron) pairs laid out on a (G, K) table, at first pair (i, j) in slot
   # (i, j), padded to multiples of the mesh axes (padded slots never train and are discarded).
@@ -732,18 +742,20 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
   bias = initial_bias(np.asarray(train.responses, np.float64).mean(axis=0), config.output)
   init_kw = {} if config.init_scale is None else {"init_scale": config.init_scale}
   key = jax.random.key(config.seed)
+  # Every config starts from the same parameters: they are made once, (1, k, ...), laid out on
+  # the slot table on the host, and placed on the devices (split over the mesh when there is
+  # one); Adam's moments and the best parameters are made there, so that the host never holds
+  # more than one copy of the table.
   if warm:
-    params = r.from_linear(*start, n_configs=g)
+    params = r.from_linear(*start, n_configs=1)
     del start
   else:
-    params = r.init(jax.random.fold_in(key, 0), n_configs=g, n_neurons=k,
+    params = r.init(jax.random.fold_in(key, 0), n_configs=1, n_neurons=k,
                     feature_shape=(h, w, c), bias=bias, first=first_neuron, **init_kw)
-  # The initial state is built on the host (no small per-shape programs to compile) and then
-  # placed on the devices, split over the mesh when there is one.
-  params = jax.tree.map(take, params)
-  opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(_ADAM.init, params))
+  params = _put(jax.tree.map(take, params), mesh)
+  opt_state = _put(_ADAM.init(params), mesh)
   state = FitState(
-      params=params, opt_state=opt_state, best_params=jax.tree.map(np.copy, params),
+      params=params, opt_state=opt_state, best_params=jax.tree.map(jnp.copy, params),
       best_corr=np.full((G, K), -np.inf, np.float32), wait=np.zeros((G, K), np.int32),
       lr=np.full((G, K), DEFAULT_LR[readout] if config.lr is None else config.lr, np.float32),
       n_decays=np.zeros((G, K), np.int32), active=slot >= 0,
@@ -770,11 +782,11 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
   val_images_d = replicated(val_images.astype(np.int32))
   val_inverse_d = replicated(val_inverse.reshape(-1).astype(np.int32))
   val_resp_d = replicated(val_resp)
-  state, reg_d, neuron_d = _put((state, slot_reg, slot_neuron), mesh)
-
   # Every pair's outcome on the host, (g * k, ...): written for the slots of a table before it
   # is compacted and at the end; ``last_corr`` is each pair's latest validation correlation.
   out_params = jax.tree.map(lambda a: np.zeros((g * k,) + a.shape[2:], a.dtype), params)
+  state, reg_d, neuron_d = _put((state, slot_reg, slot_neuron), mesh)
+  del params, opt_state  # the host's copies of the initial state (the devices hold theirs)
   out_corr = np.full(g * k, -np.inf, np.float32)
   out_stop = np.full(g * k, config.max_steps, np.int32)
   last_corr = np.zeros(g * k, np.float32)
@@ -788,7 +800,8 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
     last_corr[pairs] = _to_host(corr)[valid]
     if with_params:
       for o, a in zip(jax.tree.leaves(out_params), jax.tree.leaves(state.best_params)):
-        o[pairs] = _to_host(a)[valid]
+        a = _to_host(a)  # on a CPU, the device's memory itself: index it without a copy
+        o[pairs] = a.reshape((-1,) + a.shape[2:]) if valid.all() else a[valid]
     return _to_host(state.active) & valid
 
   def report(steps, active):
@@ -832,10 +845,10 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
       record(corr, with_params=True)
       stopped = valid & ~active
       last_corr[slot[stopped]] = out_corr[slot[stopped]]  # a stopped pair rests at its best
-      keep = np.flatnonzero(active.reshape(-1))
-      pos = np.concatenate([keep, np.repeat(keep[:1], shape[0] * shape[1] - len(keep))])
+      kept = np.flatnonzero(active.reshape(-1))
+      pos = np.concatenate([kept, np.repeat(kept[:1], shape[0] * shape[1] - len(kept))])
       pos = pos.reshape(shape)
-      pad = np.arange(pos.size).reshape(shape) >= len(keep)
+      pad = np.arange(pos.size).reshape(shape) >= len(kept)
       (state, reg_h, neuron_h) = _gather_slots((state, reg_d, neuron_d), pos, valid.shape)
       slot = slot.reshape(-1)[pos]
       slot[pad] = -1
@@ -846,10 +859,14 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
 
   record(corr, with_params=True)
   shaped = lambda a: a.reshape((g, k) + a.shape[1:])
-  return FitResult(readout=readout, params=jax.tree.map(shaped, out_params),
+  params, choice = jax.tree.map(shaped, out_params), None
+  if keep == "best":
+    choice = select_configs(shaped(out_corr))
+    params = take_configs(params, choice)
+  return FitResult(readout=readout, params=params,
                    val_corr=shaped(out_corr), stop_step=shaped(out_stop), steps=steps,
                    val_history=np.stack([shaped(h) for h in history]),
-                   check_steps=np.asarray(check_steps, np.int64))
+                   check_steps=np.asarray(check_steps, np.int64), choice=choice)
 
 
 def _pair_size(r, feature_shape) -> int:
@@ -873,11 +890,15 @@ def _concat_blocks(parts: Sequence[FitResult]) -> FitResult:
   hist = [np.concatenate([p.val_history, np.repeat(p.val_history[-1:], n - len(p.val_history),
                                                    axis=0)]) for p in parts]
   cat = lambda *a: np.concatenate(a, axis=1)
-  return FitResult(readout=parts[0].readout, params=jax.tree.map(cat, *[p.params for p in parts]),
+  kept = parts[0].choice is not None  # params (k, ...) of the chosen configs, else (g, k, ...)
+  params = jax.tree.map(lambda *a: np.concatenate(a, axis=0 if kept else 1),
+                        *[p.params for p in parts])
+  return FitResult(readout=parts[0].readout, params=params,
                    val_corr=cat(*[p.val_corr for p in parts]),
                    stop_step=cat(*[p.stop_step for p in parts]),
                    steps=max(p.steps for p in parts), val_history=np.concatenate(hist, axis=2),
-                   check_steps=longest.check_steps)
+                   check_steps=longest.check_steps,
+                   choice=np.concatenate([p.choice for p in parts]) if kept else None)
 
 
 def _linear_estimate(features, train: Trials, validation: Trials):
@@ -1108,10 +1129,16 @@ def fit_and_score(features, *, train: Trials, validation: Trials, test: Trials,
     val_grid, steps = res.val_corr, 0
     curves = {}
   else:
+    # Per neuron, each block of neurons keeps only its chosen configs' parameters; per area,
+    # the choice needs every neuron's validation correlations first.
     res = fit(features, train=train, validation=validation, readout=readout, grid=grid,
-              config=config, mesh=mesh, prepared=True, progress=progress)
-    choice = select_configs(res.val_corr, groups=groups)
-    params = take_configs(res.params, choice)
+              config=config, mesh=mesh, prepared=True, progress=progress,
+              keep="best" if groups is None else "all")
+    if groups is None:
+      choice, params = res.choice, res.params
+    else:
+      choice = select_configs(res.val_corr, groups=groups)
+      params = take_configs(res.params, choice)
     pred = predict(params, features, test.image, readout=readout, output=config.output,
                    batch_size=config.batch_size)
     full_grid = readouts_lib.check_grid(grid, readouts_lib.get(readout).penalties,
@@ -1130,15 +1157,18 @@ def fit_and_score(features, *, train: Trials, validation: Trials, test: Trials,
 
 def memory_bytes(*, readout: str, feature_shape: Sequence[int], n_images: int,
                  n_train_images: int, n_neurons: int, n_configs: int,
-                 state_mb: float = FitConfig.state_mb) -> int:
+                 state_mb: float = FitConfig.state_mb, select: str = "neuron") -> int:
   """A lower bound on the memory (bytes) that ``fit_and_score`` of one feature space needs.
 
   Counts only the largest arrays. For trained readouts: the normalized features
   ``(n_images, h, w, c)`` once (``prepare_features`` reads the raw ones in chunks, and on a CPU
-  the device uses the same memory) and the parameters, best parameters and Adam's two moments
+  the device uses the same memory); the parameters, best parameters and Adam's two moments
   of the (config, neuron) pairs fitted together (at most ``state_mb``, see
-  ``FitConfig.state_mb``). For ridge: the features twice, the training features' copies in the
-  decomposition and the ``(n_neurons, h * w * c)`` coefficients.
+  ``FitConfig.state_mb``); the result, one config per neuron (``select="neuron"``) or the
+  whole grid (``"area"``, chosen once every neuron is fitted); and the warm start's linear
+  weights ``(n_neurons, h * w * c)`` for readouts that have one. For ridge: the features twice,
+  the training features' copies in the decomposition and the ``(n_neurons, h * w * c)``
+  coefficients.
   """
   h, w, c = (int(s) for s in feature_shape)
   d = h * w * c
@@ -1146,5 +1176,8 @@ def memory_bytes(*, readout: str, feature_shape: Sequence[int], n_images: int,
   if readout == "ridge":
     return max(2 * feats, feats + 3 * 4 * int(n_train_images) * d) + 4 * int(n_neurons) * d
   r = readouts_lib.get(readout)
-  state = 4 * 4 * int(n_configs) * int(n_neurons) * _pair_size(r, (h, w, c))
-  return feats + min(state, int(state_mb * 2**20))
+  pair = _pair_size(r, (h, w, c))
+  state = 4 * 4 * int(n_configs) * int(n_neurons) * pair
+  result = 4 * int(n_neurons) * pair * (int(n_configs) if select == "area" else 1)
+  start = 4 * int(n_neurons) * d if r.from_linear is not None else 0
+  return feats + min(state, int(state_mb * 2**20)) + result + start

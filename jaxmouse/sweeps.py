@@ -717,7 +717,7 @@ def _check_memory(ds, config: SweepConfig, spaces: Mapping, layers: Mapping, are
     g = 1 if readout == "ridge" else len(next(iter(config.grid(readout).values())))
     n = fitlib.memory_bytes(readout=readout, feature_shape=shape, n_images=ds.n_images,
                             n_train_images=n_train, n_neurons=n_neurons, n_configs=g,
-                            state_mb=config.fit.state_mb)
+                            state_mb=config.fit.state_mb, select=config.select)
     if n > need:
       need = n
       what = (f"fitting the {readout} readout on {label} {layer} ({ds.n_images} images x "

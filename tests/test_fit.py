@@ -539,10 +539,19 @@ def test_blocks_of_neurons_bound_the_state_and_change_no_result(planted, readout
                          warm_start=warm)
   r = fitlib.readouts_lib.get(readout)
   per_neuron_mb = 16 * 2 * fitlib._pair_size(r, (H, W, C)) / 2**20
-  run = lambda state_mb: fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"],
-                                    readout=readout, grid=grid,
-                                    config=dataclasses.replace(cfg, state_mb=state_mb))
+  run = lambda state_mb, keep="all": fitlib.fit(
+      feats, train=tiers["train"], validation=tiers["validation"], readout=readout, grid=grid,
+      config=dataclasses.replace(cfg, state_mb=state_mb), keep=keep)
   whole, blocks = run(1e3), run(5 * per_neuron_mb)  # 12 neurons: blocks of 5, 5 and 2
+  # Keeping each block's chosen configs only is the same selection as after the whole fit.
+  best = run(5 * per_neuron_mb, keep="best")
+  assert blocks.choice is None
+  np.testing.assert_array_equal(best.choice, fitlib.select_configs(blocks.val_corr))
+  np.testing.assert_array_equal(best.val_corr, blocks.val_corr)
+  for a, b in zip(jax.tree.leaves(best.params),
+                  jax.tree.leaves(fitlib.take_configs(blocks.params, best.choice))):
+    assert a.shape == b.shape and a.shape[0] == 12
+    np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(blocks.stop_step, whole.stop_step)
   np.testing.assert_allclose(blocks.val_corr, whole.val_corr, atol=1e-5)
   np.testing.assert_allclose(blocks.val_history, whole.val_history, atol=1e-5)

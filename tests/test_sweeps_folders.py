@@ -362,18 +362,26 @@ def test_memory_estimates_count_the_largest_arrays():
   from jaxmouse import fit as fitlib
   from jaxmouse.features import extraction_bytes
 
-  feats = 4 * 100 * 9 * 16 * 64
-  # factorized: spatial (h*w) + features (c) + bias per pair, four copies (params, best, 2 Adam)
+  d = 9 * 16 * 64
+  feats = 4 * 100 * d
+  # factorized: spatial (h*w) + features (c) + bias per pair, four copies (params, best, 2 Adam),
+  # one chosen config per neuron in the result, and the warm start's (k, d) linear weights
+  pair = 9 * 16 + 64 + 1
   assert fitlib.memory_bytes(readout="factorized", feature_shape=(9, 16, 64), n_images=100,
                              n_train_images=80, n_neurons=10, n_configs=3) == \
-      feats + 16 * 3 * 10 * (9 * 16 + 64 + 1)
+      feats + 16 * 3 * 10 * pair + 4 * 10 * pair + 4 * 10 * d
+  # a config per area is chosen once every neuron is fitted: the result holds the whole grid
+  assert fitlib.memory_bytes(readout="factorized", feature_shape=(9, 16, 64), n_images=100,
+                             n_train_images=80, n_neurons=10, n_configs=3, select="area") == \
+      feats + 16 * 3 * 10 * pair + 4 * 3 * 10 * pair + 4 * 10 * d
   assert fitlib.memory_bytes(readout="full", feature_shape=(9, 16, 64), n_images=100,
                              n_train_images=80, n_neurons=10, n_configs=3) == \
-      feats + 16 * 3 * 10 * (9 * 16 * 64 + 1)
-  # Blocks of neurons bound the pairs' state: a population of any size needs at most state_mb.
+      feats + 16 * 3 * 10 * (d + 1) + 4 * 10 * (d + 1) + 4 * 10 * d
+  # Blocks of neurons bound the pairs' state: a population of any size needs at most state_mb
+  # for it (its result and start grow with the neurons).
   assert fitlib.memory_bytes(readout="full", feature_shape=(9, 16, 64), n_images=100,
                              n_train_images=80, n_neurons=10**6, n_configs=3, state_mb=64) == \
-      feats + 64 * 2**20
+      feats + 64 * 2**20 + 4 * 10**6 * (d + 1) + 4 * 10**6 * d
   assert fitlib.memory_bytes(readout="ridge", feature_shape=(9, 16, 64), n_images=100,
                              n_train_images=80, n_neurons=10, n_configs=3) == \
       feats + 3 * 4 * 80 * 9 * 16 * 64 + 4 * 10 * 9 * 16 * 64
