@@ -74,6 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   solution.add_argument("--scaling", action="store_true",
                         help="with --to-solution: jaxmouse's time to solution against neurons "
                         "(500 -> 8000) and configs (1 -> 64), no reference")
+  solution.add_argument("--scaling-rows", default="500x16,1000x16,2000x16,4000x16,8000x16,"
+                        "500x1,500x4,500x64",
+                        help="the --scaling rows, NEURONSxCONFIGS separated by commas; times per "
+                        "pair are relative to the first")
   solution.add_argument("--scaling-size", type=int, default=4,
                         help="feature map height = width of the --scaling problem (32 channels)")
   solution.add_argument("--no-warm-start", action="store_true",

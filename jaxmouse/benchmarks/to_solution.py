@@ -15,8 +15,8 @@ Reported per side: wall time (jaxmouse cold, i.e. with compilation, and warm), s
 median over neurons of the best config's validation correlation (each neuron's best config).
 ``--scaling``: jaxmouse alone, time to solution against neurons (500 -> 8,000, 16 configs) and
 configs (1 -> 64, 500 neurons) on a smaller layer (``--scaling-size`` x same, 32 channels; at most
-1,000 steps unless ``--max-steps``), with the time per (config, neuron) pair relative to 500
-neurons x 16 configs (flat or falling: linear or better).
+1,000 steps unless ``--max-steps``; other rows with ``--scaling-rows``), with the time per
+(config, neuron) pair relative to the first row (flat or falling: linear or better).
 
 A config-step is one step of all neurons of one config: the reference runs the sum of its
 configs' steps; jaxmouse's pairs run the same total as (sum of the pairs' steps) / neurons.
@@ -128,6 +128,18 @@ def torch_to_solution(prepared, train, val, grid, cfg):
   return np.array([s for s, _ in out]), np.stack([v for _, v in out])
 
 
+def scaling_rows(text: str) -> list[tuple[int, int]]:
+  """``"500x16,1000x16"`` -> ``[(500, 16), (1000, 16)]`` (neurons, configs)."""
+  try:
+    rows = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+  except ValueError:
+    rows = []
+  if not rows or any(len(r) != 2 or min(r) < 1 for r in rows):
+    raise SystemExit(f"bench fit: --scaling-rows must be NEURONSxCONFIGS[,...] with positive "
+                     f"counts, got {text!r}")
+  return rows
+
+
 def scaling(args) -> dict:
   """Time to solution against neurons and configs (jaxmouse only, warm: each size compiled by
   a first fit, then timed); each row is printed when measured."""
@@ -139,10 +151,9 @@ def scaling(args) -> dict:
   cfg = fit_config(args)
   cfg = dataclasses.replace(cfg, max_steps=args.max_steps or 1000)
   size, images = args.scaling_size, args.images or 500
-  rows = [(500, 16), (1000, 16), (2000, 16), (4000, 16), (8000, 16), (500, 1), (500, 4),
-          (500, 64)]
+  rows = scaling_rows(args.scaling_rows)
   print(f"scaling: {images} images, features {size}x{size}x32, the stopping rule above with at "
-        f"most {cfg.max_steps} steps; time per pair relative to 500 neurons x 16 configs")
+        f"most {cfg.max_steps} steps; time per pair relative to {rows[0][0]} neurons x {rows[0][1]} configs")
   print(f"{'neurons':>8} {'configs':>8} {'pairs':>8} {'wall':>9} {'steps':>6} "
         f"{'us/pair':>9} {'relative':>9}", flush=True)
   out, base = {}, None
