@@ -109,7 +109,10 @@ class FitConfig:
       recompiles for each new table size, a power of two). Stochastic readouts keep one table.
     state_mb: bound for the pairs' parameters, best parameters and Adam moments; a larger
       population is fitted in blocks of neurons, one block after another (every pair's result
-      is the same either way: pairs never interact).
+      is the same either way: pairs never interact). A step's gradients and penalty terms take
+      about as much again: with the default, a block of the ``full`` readout on conv1_2
+      (36x64, 18 configs x 50 neurons) added up to 2.5 GB to the 5.1 GB that the process held
+      with the layer's 3 GB of features.
     warm_start: start every config from the ridge solution on the same features (penalty per
       neuron chosen on validation, as early stopping is), through the readout's
       ``from_linear`` (factorized: each neuron's rank-1 factor). None (default): wherever the
@@ -595,6 +598,8 @@ def _put(tree, mesh):
 def _place(x, sharding):
   """``x`` (the same value in every process) as an array split by ``sharding``; over a mesh that
   spans several processes, each process places the blocks of its own devices."""
+  if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+    return x  # already placed (over a mesh of several processes, it cannot be indexed)
   if sharding.is_fully_addressable:
     return jax.device_put(x, sharding)
   return jax.make_array_from_callback(np.shape(x), sharding, lambda index: x[index])
@@ -714,17 +719,30 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
     raise ValueError(f"warm_start needs a readout with a closed-form start (factorized, full); "
                      f"the {readout} readout has none")
   if warm and start is None:
-    start = _linear_estimate(features, train, validation)
+    start = _RidgeStart(ridge_lib.streamed_dual(*_ridge_problem(features, train, validation)),
+                        features)
   block = _neuron_block(r, g, k, (h, w, c), config.state_mb)
   if block < k:
-    cols = [slice(a, min(a + block, k)) for a in range(0, k, block)]
+    # One block after another; each block's start weights are made just before it, and its
+    # result is copied into the population's as soon as it is fitted.
     part = lambda t, s: Trials(t.image, np.asarray(t.responses)[:, s])
-    return _concat_blocks([
-        fit(features, train=part(train, s), validation=part(validation, s), readout=readout,
-            grid=grid, config=config, mesh=mesh, prepared=True, progress=progress,
-            first_neuron=first_neuron + s.start,
-            start=None if start is None else (start[0][s], start[1][s]), keep=keep)
-        for s in cols])
+    parts, params = [], None
+    for a in range(0, k, block):
+      s = slice(a, min(a + block, k))
+      res = fit(features, train=part(train, s), validation=part(validation, s),
+                readout=readout, grid=grid, config=config, mesh=mesh, prepared=True,
+                progress=progress, first_neuron=first_neuron + a, start=_start_of(start, s),
+                keep=keep)
+      axis = 0 if keep == "best" else 1  # leaves (k, ...) or (g, k, ...)
+      if params is None:
+        params = jax.tree.map(
+            lambda x: np.empty(x.shape[:axis] + (k,) + x.shape[axis + 1:], x.dtype), res.params)
+      for out, x in zip(jax.tree.leaves(params), jax.tree.leaves(res.params)):
+        out[(slice(None),) * axis + (s,)] = x
+      parts.append(res._replace(params=None))
+    return _concat_blocks(parts)._replace(params=params)
+  if isinstance(start, _RidgeStart):
+    start = start.weights(slice(None))
 
   # Slots: the (config, neuron) pairs laid out on a (G, K) table, at first pair (i, j) in slot
   # (i, j), padded to multiples of the mesh axes (padded slots never train and are discarded).
@@ -753,9 +771,12 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
     params = r.init(jax.random.fold_in(key, 0), n_configs=1, n_neurons=k,
                     feature_shape=(h, w, c), bias=bias, first=first_neuron, **init_kw)
   params = _put(jax.tree.map(take, params), mesh)
-  opt_state = _put(_ADAM.init(params), mesh)
+  initial = lambda p: (_ADAM.init(p), jax.tree.map(jnp.copy, p))  # moments, best parameters
+  where = None if mesh is None else \
+      jax.tree.map(lambda a: _pair_spec(a, mesh), jax.eval_shape(initial, params))
+  opt_state, best_params = jax.jit(initial, out_shardings=where)(params)
   state = FitState(
-      params=params, opt_state=opt_state, best_params=jax.tree.map(jnp.copy, params),
+      params=params, opt_state=opt_state, best_params=best_params,
       best_corr=np.full((G, K), -np.inf, np.float32), wait=np.zeros((G, K), np.int32),
       lr=np.full((G, K), DEFAULT_LR[readout] if config.lr is None else config.lr, np.float32),
       n_decays=np.zeros((G, K), np.int32), active=slot >= 0,
@@ -883,17 +904,16 @@ def _neuron_block(r, g: int, k: int, feature_shape, state_mb: float) -> int:
 
 
 def _concat_blocks(parts: Sequence[FitResult]) -> FitResult:
-  """One FitResult from fits of consecutive blocks of neurons: learning curves of blocks that
-  stopped sooner are continued at their last check (where every pair rests at its best)."""
+  """One FitResult (without parameters) from fits of consecutive blocks of neurons: learning
+  curves of blocks that stopped sooner are continued at their last check (where every pair
+  rests at its best)."""
   longest = max(parts, key=lambda p: len(p.check_steps))
   n = len(longest.check_steps)
   hist = [np.concatenate([p.val_history, np.repeat(p.val_history[-1:], n - len(p.val_history),
                                                    axis=0)]) for p in parts]
   cat = lambda *a: np.concatenate(a, axis=1)
-  kept = parts[0].choice is not None  # params (k, ...) of the chosen configs, else (g, k, ...)
-  params = jax.tree.map(lambda *a: np.concatenate(a, axis=0 if kept else 1),
-                        *[p.params for p in parts])
-  return FitResult(readout=parts[0].readout, params=params,
+  kept = parts[0].choice is not None
+  return FitResult(readout=parts[0].readout, params=None,
                    val_corr=cat(*[p.val_corr for p in parts]),
                    stop_step=cat(*[p.stop_step for p in parts]),
                    steps=max(p.steps for p in parts), val_history=np.concatenate(hist, axis=2),
@@ -901,15 +921,34 @@ def _concat_blocks(parts: Sequence[FitResult]) -> FitResult:
                    choice=np.concatenate([p.choice for p in parts]) if kept else None)
 
 
-def _linear_estimate(features, train: Trials, validation: Trials):
-  """Ridge weights ``(k, h, w, c)`` and intercepts ``(k,)`` of prepared ``features``: the default
-  relative penalty grid, one penalty per neuron chosen on validation; read in chunks, so that
-  no copy of the training features is made."""
+def _ridge_problem(features, train: Trials, validation: Trials):
+  """The arguments of ``ridge_lib.streamed_dual`` for prepared ``features``: the default
+  relative penalty grid, one penalty per neuron chosen on validation."""
   ids, means, counts = image_means(train)
-  coef, intercept = ridge_lib.streamed_coef(
-      np.asarray(features).reshape(len(features), -1), ids, means, counts, validation.image,
-      validation.responses, default_grid("ridge")["alpha"])
-  return coef.reshape((-1,) + features.shape[1:]), intercept
+  return (np.asarray(features).reshape(len(features), -1), ids, means, counts, validation.image,
+          validation.responses, default_grid("ridge")["alpha"])
+
+
+class _RidgeStart(NamedTuple):
+  """The ridge solution a fit warm starts from, in its dual form: the weights ``(k', h, w, c)``
+  are made for one block of neurons at a time, so that a population's are never all held."""
+  solution: ridge_lib.StreamedDual
+  features: np.ndarray  # prepared (n, h, w, c)
+
+  def weights(self, neurons):
+    flat = self.features.reshape(len(self.features), -1)
+    coef, intercept = ridge_lib.streamed_weights(self.solution, flat, neurons)
+    return coef.reshape((-1,) + self.features.shape[1:]), intercept
+
+
+def _start_of(start, neurons: slice):
+  """The start of a block of neurons: None, weights made from a ``_RidgeStart``, or a slice of
+  given ``(weights, intercepts)``."""
+  if start is None:
+    return None
+  if isinstance(start, _RidgeStart):
+    return start.weights(neurons)
+  return start[0][neurons], start[1][neurons]
 
 
 def _compact_shape(n_active: int, mesh: Mesh | None) -> tuple[int, int]:
@@ -1166,7 +1205,7 @@ def memory_bytes(*, readout: str, feature_shape: Sequence[int], n_images: int,
   of the (config, neuron) pairs fitted together (at most ``state_mb``, see
   ``FitConfig.state_mb``); the result, one config per neuron (``select="neuron"``) or the
   whole grid (``"area"``, chosen once every neuron is fitted); and the warm start's linear
-  weights ``(n_neurons, h * w * c)`` for readouts that have one. For ridge: the features twice,
+  weights ``(neurons, h * w * c)`` of one block of neurons, for readouts that have one. For ridge: the features twice,
   the training features' copies in the decomposition and the ``(n_neurons, h * w * c)``
   coefficients.
   """
@@ -1179,5 +1218,6 @@ def memory_bytes(*, readout: str, feature_shape: Sequence[int], n_images: int,
   pair = _pair_size(r, (h, w, c))
   state = 4 * 4 * int(n_configs) * int(n_neurons) * pair
   result = 4 * int(n_neurons) * pair * (int(n_configs) if select == "area" else 1)
-  start = 4 * int(n_neurons) * d if r.from_linear is not None else 0
+  block = _neuron_block(r, int(n_configs), int(n_neurons), (h, w, c), state_mb)
+  start = 4 * block * d if r.from_linear is not None else 0
   return feats + min(state, int(state_mb * 2**20)) + result + start

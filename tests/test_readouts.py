@@ -238,3 +238,9 @@ def test_streamed_ridge_chooses_and_fits_as_the_whole_solution_does(n, d):
     assert got_w.ctypes.data % 64 == 0
     np.testing.assert_allclose(got_w.T, want_w, rtol=2e-3, atol=2e-4)
     np.testing.assert_allclose(got_b, want_b, rtol=2e-3, atol=2e-3)
+    # The weights of some neurons only, from the same dual solution (a fit's block of neurons).
+    dual = ridge.streamed_dual(x, rows, y[rows], wts, val, val_y, rel, chunk_mb=chunk_mb)
+    for neurons in (slice(1, 3), np.array([3, 0])):
+      part_w, part_b = ridge.streamed_weights(dual, x, neurons)
+      np.testing.assert_allclose(part_w, got_w[neurons], rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(part_b, got_b[neurons], rtol=1e-5, atol=1e-5)

@@ -377,11 +377,12 @@ def test_memory_estimates_count_the_largest_arrays():
   assert fitlib.memory_bytes(readout="full", feature_shape=(9, 16, 64), n_images=100,
                              n_train_images=80, n_neurons=10, n_configs=3) == \
       feats + 16 * 3 * 10 * (d + 1) + 4 * 10 * (d + 1) + 4 * 10 * d
-  # Blocks of neurons bound the pairs' state: a population of any size needs at most state_mb
-  # for it (its result and start grow with the neurons).
+  # Blocks of neurons bound the pairs' state and the start: a population of any size needs at
+  # most state_mb for its state, and one block's start weights (its result grows with it).
+  block = 64 * 2**20 // (16 * 3 * (d + 1))
   assert fitlib.memory_bytes(readout="full", feature_shape=(9, 16, 64), n_images=100,
                              n_train_images=80, n_neurons=10**6, n_configs=3, state_mb=64) == \
-      feats + 64 * 2**20 + 4 * 10**6 * (d + 1) + 4 * 10**6 * d
+      feats + 64 * 2**20 + 4 * 10**6 * (d + 1) + 4 * block * d
   assert fitlib.memory_bytes(readout="ridge", feature_shape=(9, 16, 64), n_images=100,
                              n_train_images=80, n_neurons=10, n_configs=3) == \
       feats + 3 * 4 * 80 * 9 * 16 * 64 + 4 * 10 * 9 * 16 * 64

@@ -187,16 +187,22 @@ def relative_alphas(alphas, eigvals) -> np.ndarray:
   return np.asarray(alphas, np.float64) * (float(lam.mean()) if lam.size else 1.0)
 
 
-def streamed_coef(flat, rows, y, weights, val_rows, val_y, alphas, *, chunk_mb: float = 256.0):
-  """Ridge weights with one penalty per neuron, chosen on validation, in bounded memory.
+class StreamedDual(NamedTuple):
+  """The dual ridge solution of ``streamed_dual``, from which ``streamed_weights`` makes the
+  primal weights of any neurons (one more pass over the training features)."""
+  dual: jax.Array         # (n, k) dual coefficients, one column per neuron
+  means: list             # per feature chunk, the weighted mean (chunk,)
+  scale: jax.Array        # (n, 1) square roots of the training weights
+  rows: np.ndarray        # (n,) training rows of ``flat``
+  y_mean: np.ndarray      # (k,) weighted response means
+  step: int               # features per chunk
 
-  The dual form read in column chunks of ``flat (N, d)`` (e.g. a layer's features, flattened):
-  ``rows (n,)`` training images with responses ``y (n, k)`` and ``weights (n,)``,
-  ``val_rows (v,)`` validation trials with ``val_y (v, k)``; ``alphas`` relative
-  (``relative_alphas``). Memory: the ``(n, n)`` kernel, a chunk and the result, never a copy of
-  the training features. Returns ``coef (k, d)`` (one row per neuron, 64-byte aligned so that a
-  CPU device can use it in place) and ``intercept (k,)``.
-  """
+
+def streamed_dual(flat, rows, y, weights, val_rows, val_y, alphas, *,
+                  chunk_mb: float = 256.0) -> StreamedDual:
+  """Ridge with one penalty per neuron, chosen on validation, in its dual form and in bounded
+  memory: see ``streamed_coef``. Memory: the ``(n, n)`` kernel, a chunk of features and the
+  ``(n, k)`` dual coefficients."""
   alphas = check_alphas(alphas)
   n, d = len(rows), flat.shape[1]
   step = max(1, int(chunk_mb * 2**20 // (4 * max(n, 1))))
@@ -210,7 +216,7 @@ def streamed_coef(flat, rows, y, weights, val_rows, val_y, alphas, *, chunk_mb: 
   kernel = jnp.zeros((n, n), jnp.float32)
   cross = jnp.zeros((len(val_ids), n), jnp.float32)
   means = []
-  for a in range(0, d, step):  # pass 1: the kernel, the validation cross-kernel, the means
+  for a in range(0, d, step):  # the kernel, the validation cross-kernel, the means
     xc = chunk(a, rows)
     mu = _weighted_mean(xc, p)
     xs = (xc - mu) * sw
@@ -225,13 +231,37 @@ def streamed_coef(flat, rows, y, weights, val_rows, val_y, alphas, *, chunk_mb: 
   alpha = alphas[np.argmax(correlations(pred, val_y), axis=0)]  # (k,)
   dual = _matmul(jnp.asarray(u), proj / (jnp.asarray(lam)[:, None]
                                          + jnp.asarray(alpha, jnp.float32)[None, :]))  # (n, k)
-  coef = aligned_empty((ys.shape[1], d), np.float32)
-  offset = np.zeros(ys.shape[1])
-  for a, mu in zip(range(0, d, step), means):  # pass 2: the weights of each chunk of features
-    c = _matmul(dual.T, (chunk(a, rows) - mu) * sw)  # (k, chunk)
-    coef[:, a:a + step] = np.asarray(c)
+  return StreamedDual(dual, means, sw, np.asarray(rows), y_mean, step)
+
+
+def streamed_weights(sol: StreamedDual, flat, neurons=slice(None)):
+  """The primal weights ``coef (k', d)`` (64-byte aligned, so that a CPU device can use them in
+  place) and ``intercept (k',)`` of the ``neurons`` (a slice or indices) of ``sol``: one pass
+  over the training rows of ``flat (N, d)``, chunk by chunk."""
+  dual = sol.dual[:, neurons]  # (n, k')
+  d = flat.shape[1]
+  coef = aligned_empty((dual.shape[1], d), np.float32)
+  offset = np.zeros(dual.shape[1])
+  for a, mu in zip(range(0, d, sol.step), sol.means):
+    xs = (jnp.asarray(np.asarray(flat[sol.rows, a:a + sol.step], np.float32)) - mu) * sol.scale
+    c = _matmul(dual.T, xs)  # (k', chunk)
+    coef[:, a:a + sol.step] = np.asarray(c)
     offset += np.asarray(_matmul(c, jnp.asarray(mu)[:, None]))[:, 0]
-  return coef, (y_mean - offset).astype(np.float32)
+  return coef, (sol.y_mean[neurons] - offset).astype(np.float32)
+
+
+def streamed_coef(flat, rows, y, weights, val_rows, val_y, alphas, *, chunk_mb: float = 256.0):
+  """Ridge weights with one penalty per neuron, chosen on validation, in bounded memory.
+
+  The dual form read in column chunks of ``flat (N, d)`` (e.g. a layer's features, flattened):
+  ``rows (n,)`` training images with responses ``y (n, k)`` and ``weights (n,)``,
+  ``val_rows (v,)`` validation trials with ``val_y (v, k)``; ``alphas`` relative
+  (``relative_alphas``). Memory: the ``(n, n)`` kernel, a chunk and the result, never a copy of
+  the training features. Returns ``coef (k, d)`` (one row per neuron, 64-byte aligned so that a
+  CPU device can use it in place) and ``intercept (k,)``.
+  """
+  sol = streamed_dual(flat, rows, y, weights, val_rows, val_y, alphas, chunk_mb=chunk_mb)
+  return streamed_weights(sol, flat)
 
 
 @jax.jit
