@@ -146,7 +146,7 @@ def _small_full(trained, *, image_shape):
       cadena2019.FULL, layers=("conv1_2", "conv2_2", "conv3_3"), random_seeds=(0,),
       trained=str(trained), readouts=("ridge", "factorized"), image_shape=image_shape,
       grids={"ridge": {"alpha": (0.1, 1.0, 10.0)}, "factorized": {"l1": (1e-2,), "smooth": (1e-2,)}},
-      fit={"max_steps": 100, "eval_every": 50, "patience": 2})
+      fit={"max_steps": 40, "eval_every": 20, "patience": 2})
 
 
 def _check_report(out, areas):
