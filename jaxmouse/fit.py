@@ -567,6 +567,13 @@ def _evaluate(state: FitState, features, val_images, val_inverse, val_resp, neur
   return _constrain(state, spec.mesh), corr
 
 
+@functools.partial(jax.jit, static_argnames="mesh")
+def _initial_state(params, mesh=None):
+  """Adam's moments and the best parameters (a copy) of the initial parameters, made on the
+  devices and split over the mesh as the pairs are (one program per table shape)."""
+  return _constrain((_ADAM.init(params), jax.tree.map(jnp.copy, params)), mesh)
+
+
 # Built on first use and looked up through module globals at trace time, so that a test can wrap
 # ``_train_chunk`` with ``chex.assert_max_traces`` and count compilations.
 @functools.cache
@@ -771,10 +778,7 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
     params = r.init(jax.random.fold_in(key, 0), n_configs=1, n_neurons=k,
                     feature_shape=(h, w, c), bias=bias, first=first_neuron, **init_kw)
   params = _put(jax.tree.map(take, params), mesh)
-  initial = lambda p: (_ADAM.init(p), jax.tree.map(jnp.copy, p))  # moments, best parameters
-  where = None if mesh is None else \
-      jax.tree.map(lambda a: _pair_spec(a, mesh), jax.eval_shape(initial, params))
-  opt_state, best_params = jax.jit(initial, out_shardings=where)(params)
+  opt_state, best_params = _initial_state(params, mesh=mesh)
   state = FitState(
       params=params, opt_state=opt_state, best_params=best_params,
       best_corr=np.full((G, K), -np.inf, np.float32), wait=np.zeros((G, K), np.int32),
