@@ -110,9 +110,9 @@ class FitConfig:
     state_mb: bound for the pairs' parameters, best parameters and Adam moments; a larger
       population is fitted in blocks of neurons, one block after another (every pair's result
       is the same either way: pairs never interact). A step's gradients and penalty terms take
-      about as much again: with the default, a block of the ``full`` readout on conv1_2
-      (36x64, 18 configs x 50 neurons) added up to 2.5 GB to the 5.1 GB that the process held
-      with the layer's 3 GB of features.
+      more again: with the default, a block of the ``full`` readout on conv1_2 (36x64, 18
+      configs x 12 neurons) added up to 1.2 GiB to the 4.8 GiB that a sweep held (the layer's
+      2.8 GiB of features among them).
     warm_start: start every config from the ridge solution on the same features (penalty per
       neuron chosen on validation, as early stopping is), through the readout's
       ``from_linear`` (factorized: each neuron's rank-1 factor). None (default): wherever the
@@ -138,7 +138,7 @@ class FitConfig:
   init_scale: float | None = None
   memory_mb: float = 1024.0
   compact: bool = True
-  state_mb: float = 1024.0
+  state_mb: float = 512.0
   warm_start: bool | None = None
   dtype: str = "float32"
   seed: int = 0
