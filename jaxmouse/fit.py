@@ -1013,26 +1013,36 @@ def _predict_chunk(params, x, *, readout, output):
 
 
 def predict(params, features, images=None, *, readout: str, output: str = "elu",
-            batch_size: int = 256) -> np.ndarray:
+            batch_size: int = 256, block_mb: float = 256.0) -> np.ndarray:
   """Predicted responses of the chosen readouts: leaves ``(k, ...)`` -> ``(m, k)``.
 
   ``output`` must be the one the readouts were fitted with (``FitConfig.output`` after
   ``resolve_loss``: ``linear`` for a Gaussian fit).
 
   ``features`` must be prepared like the training features; ``images (m,)`` selects rows
-  (default: all).
+  (default: all). Neurons are predicted in blocks of at most ``block_mb`` MiB of parameters.
   """
-  one = jax.tree.map(lambda a: jnp.asarray(a)[None], params)  # (1, k, ...)
   images = np.arange(len(features)) if images is None else np.asarray(images)
-  out = []
-  for s in range(0, len(images), batch_size):
-    idx = images[s:s + batch_size]
-    x = np.asarray(features[idx], np.float32)
-    pad = batch_size - len(idx) if len(images) > batch_size else 0
-    if pad:  # one compiled shape for every chunk
-      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], np.float32)])
-    out.append(np.asarray(_predict_chunk(one, x, readout=readout, output=output))[:len(idx)])
-  return np.concatenate(out)
+  # Neurons in blocks of at most ``block_mb`` of parameters: only one block's weights (and the
+  # product's temporaries of the same size) are on the device at a time.
+  leaves = jax.tree.leaves(params)
+  k = leaves[0].shape[0]
+  per_neuron = sum(np.asarray(a[:1]).nbytes for a in leaves)
+  block = int(max(1, min(k, block_mb * 2**20 // max(per_neuron, 1))))
+  cols = []
+  for n in range(0, k, block):
+    one = jax.tree.map(lambda a: jnp.asarray(a[n:n + block])[None], params)  # (1, block, ...)
+    out = []
+    for s in range(0, len(images), batch_size):
+      idx = images[s:s + batch_size]
+      x = np.asarray(features[idx], np.float32)
+      pad = batch_size - len(idx) if len(images) > batch_size else 0
+      if pad:  # one compiled shape for every chunk
+        x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], np.float32)])
+      out.append(np.asarray(_predict_chunk(one, x, readout=readout, output=output))[:len(idx)])
+    cols.append(np.concatenate(out))
+    del one
+  return np.concatenate(cols, axis=1)
 
 
 def scores(predictions, test: Trials) -> dict[str, np.ndarray]:

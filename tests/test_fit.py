@@ -580,3 +580,17 @@ def test_the_to_solution_reference_trains_the_same_model_as_jaxmouse():
   at_last = [np.allclose(ref[i], last[i], atol=2e-3) for i in range(len(ref))]
   assert all(a or np.allclose(ref[i], first[i], atol=1e-5) for i, a in enumerate(at_last))
   assert sum(at_last) >= 1 and np.abs(last - first).max() > 0.1
+
+
+def test_prediction_in_blocks_of_neurons_equals_a_numpy_reference():
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((10, 3, 4, 5)).astype(np.float32)
+  params = {"weight": rng.standard_normal((7, 3, 4, 5)).astype(np.float32),
+            "bias": rng.standard_normal(7).astype(np.float32)}
+  want = x.reshape(10, -1) @ params["weight"].reshape(7, -1).T + params["bias"]  # (10, 7)
+  per_neuron_mb = (3 * 4 * 5 + 1) * 4 / 2**20
+  for block_mb in (256.0, 2 * per_neuron_mb, per_neuron_mb / 2):  # one block; 2 neurons; 1
+    got = fitlib.predict(params, x, readout="full", output="linear", block_mb=block_mb,
+                         batch_size=4)
+    assert got.shape == (10, 7)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
