@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--weights", default=None,
                       help="checkpoint folder (default: random weights of --arch, seed 0)")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+  parser.add_argument("--torch-device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="where the PyTorch side runs (auto: cuda where jax runs on a GPU)")
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -63,9 +65,10 @@ def _median_seconds(fns: dict, repeats: int) -> dict[str, float]:
   return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def torch_forward(weights, layer: str):
-  """A PyTorch forward of ``weights`` up to ``layer``: images -> the layer (NCHW; ViT (n, h, w,
-  d)). VGG is a plain torch.nn Sequential, other networks ``torch_models.forward``."""
+def torch_forward(weights, layer: str, device="cpu"):
+  """A PyTorch forward of ``weights`` up to ``layer`` on ``device``: images -> the layer (NCHW;
+  ViT (n, h, w, d)). VGG is a plain torch.nn Sequential, other networks
+  ``torch_models.forward``."""
   import torch
   from torch import nn
 
@@ -74,7 +77,7 @@ def torch_forward(weights, layer: str):
     from jaxmouse.benchmarks.torch_models import forward as torch_net
     from jaxmouse.weights.torchvision import state_dict_from_params
 
-    sd = {k: torch.from_numpy(v) for k, v in
+    sd = {k: torch.from_numpy(v).to(device) for k, v in
           state_dict_from_params(weights.params, arch=weights.arch).items()}
 
     @torch.inference_mode()
@@ -94,17 +97,18 @@ def torch_forward(weights, layer: str):
       mods += [conv, nn.ReLU(inplace=True)]
     if name == layer:
       break
-  net = nn.Sequential(*mods).eval()
+  net = nn.Sequential(*mods).eval().to(device)
   if weights.normalization == "torchvision":
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
     scale = 1 / (torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
   else:  # caffe; grayscale input, so BGR order does not matter
     mean = torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)
     scale = torch.ones(1, 3, 1, 1)
+  mean, scale = mean.to(device), scale.to(device)
 
   @torch.inference_mode()
   def forward(images: np.ndarray):
-    x = torch.from_numpy(images)[:, None].expand(-1, 3, -1, -1)  # (n, 3, H, W)
+    x = torch.from_numpy(images).to(device)[:, None].expand(-1, 3, -1, -1)  # (n, 3, H, W)
     return net((x - mean) * scale)
   return forward
 
@@ -125,6 +129,9 @@ def run(args) -> list[dict]:
   if torch_ok:
     try:
       import torch
+
+      from jaxmouse.benchmarks.fit import torch_device
+      where = torch_device(torch, args.torch_device)
     except ImportError:
       torch_ok = False
   rows = []
@@ -136,11 +143,11 @@ def run(args) -> list[dict]:
       out["jax"] = np.asarray(jax.block_until_ready(forward(params, images))[layers[0]])
     fns = {"jax": run_jax}
     if torch_ok:
-      tf = torch_forward(weights, layers[0])
+      tf = torch_forward(weights, layers[0], where)
 
       def run_torch():
         y = tf(images)
-        out["torch"] = (y if weights.arch == "vit_b_16" else y.permute(0, 2, 3, 1)).numpy()
+        out["torch"] = (y if weights.arch == "vit_b_16" else y.permute(0, 2, 3, 1)).cpu().numpy()
       fns["torch"] = run_torch
     t = _median_seconds(fns, args.repeats)
     row = {"size": f"{h}x{w}", "jax_img_s": args.batch_size / t["jax"]}
@@ -153,7 +160,9 @@ def run(args) -> list[dict]:
   dev = jax.devices()[0]
   print(f"{weights.arch} features up to {layers[0]} ({weights.metadata.get('source', '?')} "
         f"weights), float32, batch {args.batch_size}, median of {args.repeats} timed calls")
-  threads = f", torch {torch.__version__} with {torch.get_num_threads()} threads" if torch_ok else ""
+  threads = (f", torch {torch.__version__} on {where.type}" + (
+      f" with {torch.get_num_threads()} threads" if where.type == "cpu" else ", TF32 allowed")
+      if torch_ok else "")
   print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__} on "
         f"{dev.platform} ({dev.device_kind}){threads}")
   head = f"{'size':>9} {'jaxmouse img/s':>15}"

@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--repeats", type=int, default=3,
                       help="timed jaxmouse fits when the reference is skipped")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+  parser.add_argument("--torch-device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="where the reference runs (auto: cuda where jax runs on a GPU)")
   parser.add_argument("--ridge-images", type=int, default=2000)
   parser.add_argument("--ridge-features", type=int, default=4096, help="h*w*c of the ridge layer")
   parser.add_argument("--ridge-neurons", type=int, default=500)
@@ -100,6 +102,28 @@ def optional_torch():
     print("torch is not installed: no reference column (pip install torch)")
     return None
   return torch
+
+
+def torch_device(torch, choice: str = "auto"):
+  """The reference's torch device: ``cuda`` where jax runs on a GPU and torch sees one (for
+  ``auto``), else the CPU. On a GPU, TF32 matrix products and convolutions are allowed, as
+  jax's default precision allows them there, so both sides multiply at the same precision."""
+  import jax
+
+  if choice == "auto":
+    choice = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  if choice == "cuda":
+    if not torch.cuda.is_available():
+      raise SystemExit("bench: --torch-device cuda, but torch sees no GPU")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+  return torch.device(choice)
+
+
+def torch_sync(torch, device) -> None:
+  """Waits for the device's queued work, so that a wall-clock time covers it."""
+  if device.type == "cuda":
+    torch.cuda.synchronize(device)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -169,7 +193,7 @@ def jax_runner(feats, train, val, grid, *, steps, batch, seed=0, memory_mb=None)
   return prepared, run
 
 
-def torch_runner(prepared, train, grid, *, steps, batch, seed=0):
+def torch_runner(prepared, train, grid, *, steps, batch, seed=0, device="cpu"):
   """neuralpredictors-style training of the same readout for one config at a time.
 
   Returns ``(train_config, first_loss)``: ``train_config(i)`` runs ``steps`` Adam steps of
@@ -184,26 +208,28 @@ def torch_runner(prepared, train, grid, *, steps, batch, seed=0):
   from jaxmouse.readouts import factorized
 
   torch.manual_seed(seed)
+  device = torch.device(device)
+  on = lambda a: torch.from_numpy(np.array(a)).to(device)  # a writable copy
   n, h, w, c = prepared.shape
   k = train.responses.shape[1]
-  x_all = torch.from_numpy(np.ascontiguousarray(prepared.transpose(0, 3, 1, 2)))  # NCHW
-  y_all = torch.from_numpy(np.asarray(train.responses))
-  image = torch.from_numpy(np.asarray(train.image))
+  x_all = on(prepared.transpose(0, 3, 1, 2))  # NCHW
+  y_all = on(np.asarray(train.responses))
+  image = on(np.asarray(train.image))
   bias0 = fitlib.initial_bias(train.responses.mean(0), "elu")
   init = factorized.init(jax.random.fold_in(jax.random.key(seed), 0), n_configs=1, n_neurons=k,
                          feature_shape=(h, w, c), bias=bias0)
-  lap = torch.tensor([[0., -1, 0], [-1, 4, -1], [0, -1, 0]]).reshape(1, 1, 3, 3)
-  order = fitlib.batch_order(len(train.image), batch, steps, seed=seed)
+  lap = on(np.array([[0., -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32).reshape(1, 1, 3, 3))
+  order = on(fitlib.batch_order(len(train.image), batch, steps, seed=seed))
 
   def train_config(i, n_steps=steps):
-    spatial = torch.nn.Parameter(torch.tensor(np.asarray(init["spatial"][0])))  # (k, h, w)
-    feats = torch.nn.Parameter(torch.tensor(np.asarray(init["features"][0])))  # (k, c)
-    bias = torch.nn.Parameter(torch.tensor(np.asarray(init["bias"][0])))
+    spatial = torch.nn.Parameter(on(np.asarray(init["spatial"][0])))  # (k, h, w)
+    feats = torch.nn.Parameter(on(np.asarray(init["features"][0])))  # (k, c)
+    bias = torch.nn.Parameter(on(np.asarray(init["bias"][0])))
     opt = torch.optim.Adam([spatial, feats, bias], lr=fitlib.DEFAULT_LR["factorized"])
     l1, smooth = float(grid["l1"][i]), float(grid["smooth"][i])
     first = None
     for s in range(n_steps):
-      idx = torch.from_numpy(order[s])
+      idx = order[s]
       x, y = x_all[image[idx]], y_all[idx]
       norm = spatial.pow(2).sum(dim=(1, 2), keepdim=True).sqrt() + 1e-6
       m = spatial / norm
@@ -215,10 +241,11 @@ def torch_runner(prepared, train, grid, *, steps, batch, seed=0):
           m[:, None], lap, padding=1).pow(2).sum()
       loss = poisson + pen
       if first is None:
-        first = (float(loss.detach()), x.numpy(), y.numpy())
+        first = (float(loss.detach()), x.cpu().numpy(), y.cpu().numpy())
       opt.zero_grad()
       loss.backward()
       opt.step()
+    torch_sync(torch, device)
     return first
 
   def first_loss():
@@ -290,7 +317,8 @@ def run(args) -> dict:
   torch = None if args.no_torch else optional_torch()
   if torch is not None:
     train_config, first_loss = torch_runner(prepared, train, grid, steps=args.steps,
-                                            batch=args.batch_size, seed=args.seed)
+                                            batch=args.batch_size, seed=args.seed,
+                                            device=torch_device(torch, args.torch_device))
     loss_gap = first_loss()  # also warms torch up
   # Timed runs alternate between the two sides so that both see the same machine load:
   # jaxmouse fits the whole grid, the reference trains one config; medians are reported and
@@ -320,7 +348,9 @@ def run(args) -> dict:
   if train_config:
     ref = float(np.median(torch_times)) * n_configs
     note = f"median of {len(torch_times)} configs x {n_configs}"
-    rows.append((f"PyTorch {torch.__version__} reference, config after config ({note})",
+    where = torch_device(torch, args.torch_device)
+    rows.append((f"PyTorch {torch.__version__} reference on {where.type}, config after config "
+                 f"({note})",
                  f"{ref:.2f} s", f"{flops / ref / 1e9:.1f} GFLOP/s", ""))
     rows.append(("speed-up (reference / jaxmouse)", f"{ref / ours:.1f}x", "",
                  f"same loss: rel. diff {loss_gap:.1e}"))

@@ -40,12 +40,14 @@ def fit_config(args):
       RULE["eval_every"], patience=args.patience or RULE["patience"], lr_decay=RULE["lr_decay"],
       max_decays=RULE["max_decays"] if args.max_decays is None else args.max_decays,
       batch_size=args.batch_size, seed=args.seed, compact=not args.no_compact,
-      warm_start=False if args.no_warm_start else None, dtype=args.dtype)
+      warm_start=False if args.no_warm_start else None, dtype=args.dtype,
+      memory_mb=args.memory_mb)
 
 
-def torch_to_solution(prepared, train, val, grid, cfg):
+def torch_to_solution(prepared, train, val, grid, cfg, device="cpu", progress=False):
   """The reference: one all-neuron model per config, configs in turn, each early-stopped on the
-  mean validation correlation. Returns ``(steps per config (g,), val_corr (g, k))``."""
+  mean validation correlation (a line per config with ``progress``). Returns ``(steps per
+  config (g,), val_corr (g, k))``."""
   import jax
   import torch
 
@@ -53,19 +55,21 @@ def torch_to_solution(prepared, train, val, grid, cfg):
   from jaxmouse.readouts import factorized
 
   torch.manual_seed(cfg.seed)
+  device = torch.device(device)
+  on = lambda a: torch.from_numpy(np.array(a)).to(device)  # a writable copy
   n, h, w, c = prepared.shape
   k = train.responses.shape[1]
-  x_all = torch.from_numpy(np.ascontiguousarray(prepared.transpose(0, 3, 1, 2)))  # NCHW
-  y_all = torch.from_numpy(np.asarray(train.responses, np.float32))
-  image = torch.from_numpy(np.asarray(train.image))
-  x_val = x_all[torch.from_numpy(np.asarray(val.image))]
-  y_val = torch.from_numpy(np.asarray(val.responses, np.float32))
+  x_all = on(prepared.transpose(0, 3, 1, 2))  # NCHW
+  y_all = on(np.asarray(train.responses, np.float32))
+  image = on(np.asarray(train.image))
+  x_val = x_all[on(np.asarray(val.image))]
+  y_val = on(np.asarray(val.responses, np.float32))
   bias0 = fitlib.initial_bias(train.responses.mean(0), "elu")
   init = factorized.init(jax.random.fold_in(jax.random.key(cfg.seed), 0), n_configs=1,
                          n_neurons=k, feature_shape=(h, w, c), bias=bias0)
-  lap = torch.tensor([[0., -1, 0], [-1, 4, -1], [0, -1, 0]]).reshape(1, 1, 3, 3)
+  lap = on(np.array([[0., -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32).reshape(1, 1, 3, 3))
   batch = min(cfg.batch_size, len(train.image))
-  order = fitlib.batch_order(len(train.image), batch, cfg.max_steps, seed=cfg.seed)
+  order = on(fitlib.batch_order(len(train.image), batch, cfg.max_steps, seed=cfg.seed))
 
   def forward(x, spatial, feats, bias):
     m = spatial / (spatial.pow(2).sum(dim=(1, 2), keepdim=True).sqrt() + 1e-6)
@@ -78,9 +82,9 @@ def torch_to_solution(prepared, train, val, grid, cfg):
     return torch.where(den > 1e-12, (pc * yc).sum(0) / den.clamp_min(1e-12), 0.0)
 
   def one_config(i):
-    spatial = torch.nn.Parameter(torch.tensor(np.asarray(init["spatial"][0])))  # (k, h, w)
-    feats = torch.nn.Parameter(torch.tensor(np.asarray(init["features"][0])))  # (k, c)
-    bias = torch.nn.Parameter(torch.tensor(np.asarray(init["bias"][0])))
+    spatial = torch.nn.Parameter(on(np.asarray(init["spatial"][0])))  # (k, h, w)
+    feats = torch.nn.Parameter(on(np.asarray(init["features"][0])))  # (k, c)
+    bias = torch.nn.Parameter(on(np.asarray(init["bias"][0])))
     params = [spatial, feats, bias]
     lr = fitlib.DEFAULT_LR["factorized"] if cfg.lr is None else cfg.lr
     opt = torch.optim.Adam(params, lr=lr)
@@ -96,7 +100,7 @@ def torch_to_solution(prepared, train, val, grid, cfg):
         [p.detach().clone() for p in params], 0, 0, 0
     while step < cfg.max_steps:
       for _ in range(min(cfg.eval_every, cfg.max_steps - step)):
-        idx = torch.from_numpy(order[step])
+        idx = order[step]
         z, m = forward(x_all[image[idx]], spatial, feats, bias)
         rate = torch.nn.functional.elu(z - 1) + 1
         loss = (rate - y_all[idx] * torch.log(rate + 1e-9)).mean(0).sum()
@@ -122,9 +126,14 @@ def torch_to_solution(prepared, train, val, grid, cfg):
         lr /= cfg.lr_decay
         for group in opt.param_groups:
           group["lr"] = lr
-    return step, best_corr.numpy()
+    return step, best_corr.cpu().numpy()
 
-  out = [one_config(i) for i in range(len(grid["l1"]))]
+  out, start = [], time.perf_counter()
+  for i in range(len(grid["l1"])):
+    out.append(one_config(i))
+    if progress:
+      print(f"  reference config {i + 1}/{len(grid['l1'])}: {out[-1][0]} steps, "
+            f"{time.perf_counter() - start:.1f} s so far", flush=True)
   return np.array([s for s, _ in out]), np.stack([v for _, v in out])
 
 
@@ -182,7 +191,7 @@ def run(args) -> dict:
     return scaling(args)
 
   from jaxmouse import fit as fitlib
-  from jaxmouse.benchmarks.fit import optional_torch, problem
+  from jaxmouse.benchmarks.fit import optional_torch, problem, torch_device
 
   sizes = {name: getattr(args, name) or DEFAULTS[name] for name in DEFAULTS}
   cfg = fit_config(args)
@@ -203,16 +212,21 @@ def run(args) -> dict:
   t = time.perf_counter()
   ours = fit()
   cold = time.perf_counter() - t
+  print(f"jaxmouse cold (with compilation): {cold:.2f} s, {ours.steps} steps", flush=True)
   reference = None if args.no_torch else optional_torch()
+  where = None if reference is None else torch_device(reference, args.torch_device)
   warm, ref_times = [], []
-  for _ in range(max(args.repeats, 1)):
+  for r in range(max(args.repeats, 1)):
     t = time.perf_counter()
     ours = fit()
     warm.append(time.perf_counter() - t)
+    print(f"jaxmouse warm run {r + 1}: {warm[-1]:.2f} s", flush=True)
     if reference is not None:
       t = time.perf_counter()
-      ref_steps, ref_corr = torch_to_solution(prepared, train, val, grid, cfg)
+      ref_steps, ref_corr = torch_to_solution(prepared, train, val, grid, cfg, where,
+                                              progress=r == 0)
       ref_times.append(time.perf_counter() - t)
+      print(f"reference run {r + 1}: {ref_times[-1]:.2f} s", flush=True)
   ours_t = float(np.median(warm))
   quality = lambda corr: float(np.median(np.max(corr, axis=0)))
   g, k = ours.val_corr.shape
@@ -224,7 +238,7 @@ def run(args) -> dict:
             "jax_pair_steps": int(ours.stop_step.sum()), "jax_quality": quality(ours.val_corr)}
   if ref_times:
     ref_t = float(np.median(ref_times))
-    rows.append((f"PyTorch {reference.__version__} reference, config after config",
+    rows.append((f"PyTorch {reference.__version__} reference on {where.type}, config after config",
                  f"{ref_t:.2f} s", f"{ref_steps.sum()} config-steps",
                  f"{quality(ref_corr):.4f}"))
     rows.append(("time to solution: reference / jaxmouse", f"{ref_t / ours_t:.1f}x",

@@ -23,15 +23,15 @@ MOBILENET_V2 = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 
                 [6, 160, 3, 2], [6, 320, 1, 1]]
 
 
-def _input(images) -> torch.Tensor:
-  x = torch.from_numpy(np.asarray(images, np.float32))
+def _input(images, device) -> torch.Tensor:
+  x = torch.from_numpy(np.asarray(images, np.float32)).to(device)
   if x.ndim == 3:
     x = x[..., None].repeat(1, 1, 1, 3)
-  return (x.permute(0, 3, 1, 2) / 255.0 - MEAN) / STD
+  return (x.permute(0, 3, 1, 2) / 255.0 - MEAN.to(device)) / STD.to(device)
 
 
 def _nhwc(x: torch.Tensor) -> np.ndarray:
-  return x.permute(0, 2, 3, 1).numpy().copy()
+  return x.permute(0, 2, 3, 1).cpu().numpy().copy()
 
 
 def _bn(sd, name, x):
@@ -48,15 +48,15 @@ def forward(arch: str, sd: dict[str, torch.Tensor], images, layers=None, *,
             to_numpy: bool = True) -> dict:
   """Every named layer (or those of ``layers``, stopping after the deepest) of ``arch`` with
   the weights ``sd`` (torchvision's keys) for 0-255 images; NHWC numpy arrays, or NCHW (ViT:
-  (n, h, w, d)) tensors with ``to_numpy=False``."""
-  x = _input(images)
+  (n, h, w, d)) tensors with ``to_numpy=False``. Runs on the device of ``sd``'s tensors."""
+  x = _input(images, next(iter(sd.values())).device)
   out = {}
   wanted = None if layers is None else set(layers)
 
   def put(name, value, channels_last=False):
     if wanted is None or name in wanted:
       if to_numpy:
-        value = value.numpy().copy() if channels_last else _nhwc(value)
+        value = value.cpu().numpy().copy() if channels_last else _nhwc(value)
       out[name] = value
       if wanted is not None:
         wanted.discard(name)
