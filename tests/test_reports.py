@@ -426,3 +426,36 @@ def test_the_study_questions_pair_the_trained_network_with_random_weights_of_its
   assert used == {"trained": "vgg", "random": "vgg16 random", "energy": "energy"}
   table = reports.area_table(study, reports.ReportConfig(n_boot=100)).set_index("area")
   np.testing.assert_allclose(table["trained_minus_random"], 0.1, atol=0.03)
+
+
+def test_planted_depth_with_one_chosen_layer_says_so_without_a_warning():
+  """Where every CNN cell's best layer on validation is the same, the rank correlation of
+  planted and recovered depth is undefined: the summary says why instead of printing nan (and
+  SciPy's constant-input warning)."""
+  import types
+  import warnings
+
+  from jaxmouse.reports import planted_vs_recovered
+
+  units = [f"u{i}" for i in range(6)]
+  planted = ["conv1_1", "conv1_1", "conv2_1", "conv2_1", "conv3_1", "conv3_1"]
+  truth = types.SimpleNamespace(unit_ids=units, model=["cnn"] * 6, layer=planted,
+                                areas=["V1"] * 6, weights={"arch": "vgg16", "source": "hed"},
+                                config={})
+  rows = []
+  for chosen in (False, True):
+    for i, u in enumerate(units):
+      for layer in ("conv1_1", "conv2_1", "conv3_1"):
+        # same=True: conv2_1 best for every cell; else each cell's planted layer is best
+        best = "conv2_1" if chosen else planted[i]
+        rows.append(dict(readout="ridge" if chosen else "factorized", weights_kind="trained",
+                         area="V1", layer=layer, neuron=u, feve=0.5,
+                         val_corr=0.6 if layer == best else 0.2))
+  df = pd.DataFrame(rows)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    lines = planted_vs_recovered(df, truth, readouts=["factorized", "ridge"])
+  fact = next(l for l in lines if "| factorized |" in l)
+  ridge = next(l for l in lines if "| ridge |" in l)
+  assert fact.rstrip().endswith("| 1.00 (trained, 6 cells) |")
+  assert "n/a (every cell chose conv2_1; trained, 6 cells)" in ridge

@@ -148,8 +148,11 @@ def planted_vs_recovered(df: pd.DataFrame, truth, *, readouts: Sequence[str]) ->
           if len(nb) > 2 and len(set(layer[u] for u in nb["neuron"])) > 1:
             px = [layer_sort_key(layer[u]) for u in nb["neuron"]]
             py = [layer_sort_key(l) for l in nb["layer"]]
-            r = stats.spearmanr(_order(px), _order(py)).statistic
-            depth = f"{r:.2f} ({kind}, {len(nb)} cells)"
+            if len(set(py)) < 2:  # no rank correlation with a constant
+              depth = f"n/a (every cell chose {nb['layer'].iloc[0]}; {kind}, {len(nb)} cells)"
+            else:
+              r = stats.spearmanr(_order(px), _order(py)).statistic
+              depth = f"{r:.2f} ({kind}, {len(nb)} cells)"
       lines.append(f"| {area} | {planted} | {readout} | {', '.join(chosen) or 'n/a'} | "
                    f"{share(gab, 'energy')} | {cnn_share} | {depth} |")
   return lines
