@@ -440,9 +440,49 @@ class _Spec(NamedTuple):
   eval_batch: int
   mesh: Mesh | None
   loss: str = "poisson"
+  pair_chunk: int = 0  # neurons per block of a step's gradient (0: all at once)
 
 
 _ADAM = optax.scale_by_adam()
+# Bytes of one block's temporaries in a chunked gradient (``_pair_chunk``); measured on 2 cores
+# with 2 MiB of L2 each, 8 MiB did better than 2 or 32 (and than none) at 2,000 neurons.
+_CHUNK_BYTES = 8 * 2**20
+
+
+def _pair_chunk(readout: str, G: int, K: int, microbatch: int, feature_shape,
+                mesh: Mesh | None) -> int:
+  """Neurons per block when a step's gradient is taken one block of the (config, neuron) table
+  at a time (``_chunked_value_and_grad``), or 0 for all at once.
+
+  The factorized readout's gradient is memory-bound: its temporaries grow with the pairs
+  (``microbatch x min(h*w, c)`` floats each), and once they leave the cache the time per pair
+  doubles (``jaxmouse bench fit --to-solution --scaling``). Blocks keep them near ``_CHUNK_BYTES``.
+  The block is a divisor of ``K`` (the table's neurons), at least a quarter of the wanted size;
+  where none is, or on a mesh (whose neuron axis is sharded), the table stays whole.
+  """
+  if readout != "factorized" or mesh is not None:
+    return 0
+  h, w, c = feature_shape
+  per_neuron = 4 * G * (microbatch * min(h * w, c) + h * w + c)
+  want = max(1, _CHUNK_BYTES // per_neuron)
+  if K <= want:
+    return 0
+  best = max(d for d in range(1, want + 1) if K % d == 0)
+  return best if 4 * best >= want else 0
+
+
+def _chunked_value_and_grad(fn, params, y, chunk: int):
+  """``value_and_grad`` of ``fn(params, y)``, a sum over (config, neuron) pairs, taken one block
+  of ``chunk`` neurons at a time (axis 1 of the ``(g, k, ...)`` leaves, the last axis of
+  ``y (m, g, k)``). Pairs do not interact, so every pair's gradient is the one of the whole
+  table; only the temporaries are smaller."""
+  k = y.shape[-1]
+  n = k // chunk
+  split = lambda a: jnp.moveaxis(a.reshape(a.shape[:1] + (n, chunk) + a.shape[2:]), 1, 0)
+  blocks = (jax.tree.map(split, params), jnp.moveaxis(y.reshape(y.shape[:-1] + (n, chunk)), -2, 0))
+  values, grads = jax.lax.map(lambda block: jax.value_and_grad(fn)(*block), blocks)
+  join = lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1:2] + (k,) + a.shape[3:])
+  return values.sum(), jax.tree.map(join, grads)
 
 
 def _pair_spec(x, mesh):
@@ -478,9 +518,12 @@ def step_value_and_grad(params, idx, features, train_image, train_resp, reg, *, 
     x = features[train_image[sub]]  # (m, h, w, c)
     y = train_resp[sub]  # (m, k)
     y = y if neuron is None else y[:, neuron]  # (m, g, k)
-    total = lambda p: jnp.sum(data_loss(p, x, y, readout=spec.readout, output=spec.output,
-                                        key=key, n_total=b, loss=spec.loss))
-    value, g = jax.value_and_grad(total)(params)
+    total = lambda p, y: jnp.sum(data_loss(p, x, y, readout=spec.readout, output=spec.output,
+                                           key=key, n_total=b, loss=spec.loss))
+    if spec.pair_chunk and neuron is not None:
+      value, g = _chunked_value_and_grad(total, params, y, spec.pair_chunk)
+    else:
+      value, g = jax.value_and_grad(total)(params, y)
     return jax.tree.map(jnp.add, acc, (value, g)), None
 
   zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
@@ -793,11 +836,12 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
   val_images, val_inverse = np.unique(np.asarray(validation.image), return_inverse=True)
   eval_batch = min(batch, len(val_images))
   val_images = np.pad(val_images, (0, _pad_to(len(val_images), eval_batch) - len(val_images)))
-  spec = _Spec(readout=readout, output=config.output,
-               microbatch=_microbatch(batch, G * K, (h, w, c), config.memory_mb),
+  micro = _microbatch(batch, G * K, (h, w, c), config.memory_mb)
+  spec = _Spec(readout=readout, output=config.output, microbatch=micro,
                patience=config.patience, lr_decay=float(config.lr_decay),
                max_decays=config.max_decays, tolerance=float(config.tolerance),
-               eval_batch=eval_batch, mesh=mesh, loss=config.loss)
+               eval_batch=eval_batch, mesh=mesh, loss=config.loss,
+               pair_chunk=_pair_chunk(readout, G, K, micro, (h, w, c), mesh))
 
   replicated = (lambda a: jax.device_put(a)) if mesh is None else \
       (lambda a: _place(a, NamedSharding(mesh, P())))
@@ -880,7 +924,9 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
       valid = slot >= 0
       state = state._replace(active=state.active & valid)
       state, reg_d, neuron_d = _put((state, reg_h, neuron_h), mesh)
-      spec = spec._replace(microbatch=_microbatch(batch, pos.size, (h, w, c), config.memory_mb))
+      micro = _microbatch(batch, pos.size, (h, w, c), config.memory_mb)
+      spec = spec._replace(microbatch=micro, pair_chunk=_pair_chunk(
+          readout, shape[0], shape[1], micro, (h, w, c), mesh))
 
   record(corr, with_params=True)
   shaped = lambda a: a.reshape((g, k) + a.shape[1:])

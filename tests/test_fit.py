@@ -594,3 +594,58 @@ def test_prediction_in_blocks_of_neurons_equals_a_numpy_reference():
                          batch_size=4)
     assert got.shape == (10, 7)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_step_taken_in_blocks_of_neurons_gives_the_whole_tables_value_and_gradient(planted):
+  """``_Spec.pair_chunk``: the factorized readout's gradient taken one block of neurons at a
+  time (so that its temporaries stay in cache) is the gradient of the whole table, and a fit
+  with blocks ends where one without them does."""
+  feats, tiers, *_ = planted
+  k, batch = 12, 32
+  small = {t: fitlib.Trials(v.image, v.responses[:, :k]) for t, v in tiers.items()}
+  prepared = fitlib.prepare_features(feats, train_images=small["train"].image)
+  grid = {"l1": [1e-3, 1e-2], "smooth": [0.1, 0.1]}
+  reg = fitlib.readouts_lib.check_grid(grid, fitlib.readouts_lib.get("factorized").penalties,
+                                       readout="factorized")
+  params = fitlib.readouts_lib.get("factorized").init(
+      jax.random.key(3), n_configs=2, n_neurons=k, feature_shape=(H, W, C),
+      bias=np.full(k, 2.0, np.float32), init_scale=0.3)
+  neuron = jnp.asarray(np.tile(np.arange(k, dtype=np.int32), (2, 1)))
+  slot_reg = {n: jnp.broadcast_to(jnp.asarray(v)[:, None], (2, k)) for n, v in reg.items()}
+  idx = jnp.arange(batch, dtype=jnp.int32) * 3
+  out = []
+  for chunk in (0, 3, 4):
+    spec = fitlib._Spec(readout="factorized", output="elu", microbatch=batch, patience=1,
+                        lr_decay=3.0, max_decays=1, tolerance=0.0, eval_batch=1, mesh=None,
+                        pair_chunk=chunk)
+    out.append(fitlib.step_value_and_grad(
+        params, idx, jnp.asarray(prepared), jnp.asarray(small["train"].image, jnp.int32),
+        jnp.asarray(small["train"].responses), slot_reg, spec=spec, neuron=neuron))
+  for v, gr in out[1:]:
+    np.testing.assert_allclose(float(v), float(out[0][0]), rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 gr, out[0][1])
+  # The block is a divisor of the table's neurons near _CHUNK_BYTES; none for other readouts,
+  # on a mesh, or where the table fits in one block.
+  per = 4 * 16 * (64 * 16 + 16 + 32)
+  want = fitlib._CHUNK_BYTES // per
+  assert fitlib._pair_chunk("factorized", 16, 2000, 64, (4, 4, 32), None) == max(
+      d for d in range(1, want + 1) if 2000 % d == 0)
+  assert fitlib._pair_chunk("factorized", 16, want, 64, (4, 4, 32), None) == 0
+  assert fitlib._pair_chunk("full", 16, 2000, 64, (4, 4, 32), None) == 0
+  assert fitlib._pair_chunk("factorized", 16, 2003, 64, (4, 4, 32), None) == 0  # prime
+  # A whole fit with blocks (a small _CHUNK_BYTES) ends with the same table.
+  cfg = fitlib.FitConfig(max_steps=60, eval_every=20, batch_size=batch, lr=1e-2)
+  fit = lambda: fitlib.fit(prepared, train=small["train"], validation=small["validation"],
+                           readout="factorized", grid=grid, config=cfg, prepared=True)
+  whole = fit()
+  saved = fitlib._CHUNK_BYTES
+  try:
+    fitlib._CHUNK_BYTES = 4 * 2 * (batch * min(H * W, C) + H * W + C) * 3  # 3 neurons a block
+    assert fitlib._pair_chunk("factorized", 2, k, batch, (H, W, C), None) == 3
+    blocked = fit()
+  finally:
+    fitlib._CHUNK_BYTES = saved
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               blocked.params, whole.params)
+  np.testing.assert_allclose(blocked.val_corr, whole.val_corr, atol=1e-5)
