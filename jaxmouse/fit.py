@@ -458,14 +458,15 @@ def _pair_chunk(readout: str, G: int, K: int, microbatch: int, feature_shape,
   (``microbatch x min(h*w, c)`` floats each), and once they leave the cache the time per pair
   doubles (``jaxmouse bench fit --to-solution --scaling``). Blocks keep them near ``_CHUNK_BYTES``.
   The block is a divisor of ``K`` (the table's neurons), at least a quarter of the wanted size;
-  where none is, or on a mesh (whose neuron axis is sharded), the table stays whole.
+  where none is, on a mesh (whose neuron axis is sharded), or where the whole table needs fewer
+  than 4 blocks (its time per pair was flat up to there), the table stays whole.
   """
   if readout != "factorized" or mesh is not None:
     return 0
   h, w, c = feature_shape
   per_neuron = 4 * G * (microbatch * min(h * w, c) + h * w + c)
   want = max(1, _CHUNK_BYTES // per_neuron)
-  if K <= want:
+  if K < 4 * want:
     return 0
   best = max(d for d in range(1, want + 1) if K % d == 0)
   return best if 4 * best >= want else 0

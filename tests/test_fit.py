@@ -626,12 +626,12 @@ def test_a_step_taken_in_blocks_of_neurons_gives_the_whole_tables_value_and_grad
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  gr, out[0][1])
   # The block is a divisor of the table's neurons near _CHUNK_BYTES; none for other readouts,
-  # on a mesh, or where the table fits in one block.
+  # on a mesh, or where the table needs fewer than 4 blocks.
   per = 4 * 16 * (64 * 16 + 16 + 32)
   want = fitlib._CHUNK_BYTES // per
   assert fitlib._pair_chunk("factorized", 16, 2000, 64, (4, 4, 32), None) == max(
       d for d in range(1, want + 1) if 2000 % d == 0)
-  assert fitlib._pair_chunk("factorized", 16, want, 64, (4, 4, 32), None) == 0
+  assert fitlib._pair_chunk("factorized", 16, 4 * want - 1, 64, (4, 4, 32), None) == 0
   assert fitlib._pair_chunk("full", 16, 2000, 64, (4, 4, 32), None) == 0
   assert fitlib._pair_chunk("factorized", 16, 2003, 64, (4, 4, 32), None) == 0  # prime
   # A whole fit with blocks (a small _CHUNK_BYTES) ends with the same table.
