@@ -24,9 +24,10 @@ Per pair, as in the studies' training loops (Cadena et al. 2019; neuralpredictor
 Model selection picks one config per neuron (or one per area) by validation correlation; test
 scores come from ``jaxmouse.metrics``.
 
-Sharding: pass ``mesh=make_mesh()`` to split the neuron (and config) axes of parameters,
-optimizer state and responses over devices with ``NamedSharding``; the code is the same on one
-CPU or many accelerators and the numbers agree. After ``jax.distributed.initialize`` the mesh
+Sharding: pass ``mesh=make_mesh()`` to split the neuron (and config) axes of parameters and
+optimizer state over devices with ``NamedSharding``, and the features' images over all of them
+(each device holds its share; a step gathers only its batch); the code is the same on one CPU or
+many accelerators and the numbers agree. After ``jax.distributed.initialize`` the mesh
 spans the devices of every process: each process passes the same inputs, places only its own
 devices' blocks, and reads results (the stopping test, the returned arrays) gathered over all
 processes, so every process takes the same decisions and returns the same ``FitResult``.
@@ -501,6 +502,18 @@ def _constrain(tree, mesh):
   return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, _pair_spec(x, mesh)), tree)
 
 
+def _image_spec(mesh: Mesh) -> NamedSharding:
+  """The features' images split over every device of the mesh (``_place_features``)."""
+  return NamedSharding(mesh, P(mesh.axis_names))
+
+
+def _gathered(x, mesh):
+  """Features of a batch of images, whole on every device: over a mesh the images are split
+  (``_image_spec``), and only the batch crosses between devices (one all-reduce of the rows that
+  each device holds)."""
+  return x if mesh is None else jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P()))
+
+
 def step_value_and_grad(params, idx, features, train_image, train_resp, reg, *, spec: _Spec,
                         key=None, neuron=None):
   """The objective of one step and its gradient, summed over every (config, neuron) pair.
@@ -518,7 +531,7 @@ def step_value_and_grad(params, idx, features, train_image, train_resp, reg, *, 
 
   def micro(acc, i):
     sub = jax.lax.dynamic_slice_in_dim(idx, i * spec.microbatch, spec.microbatch)
-    x = features[train_image[sub]]  # (m, h, w, c)
+    x = _gathered(features[train_image[sub]], spec.mesh)  # (m, h, w, c)
     y = train_resp[sub]  # (m, k)
     y = y if neuron is None else y[:, neuron]  # (m, g, k)
     total = lambda p, y: jnp.sum(data_loss(p, x, y, readout=spec.readout, output=spec.output,
@@ -574,7 +587,8 @@ def _predict_images(params, features, images, spec: _Spec):
   r = readouts_lib.get(spec.readout)
   out = output_fn(spec.output)
   chunks = images.reshape(-1, spec.eval_batch)
-  pred = jax.lax.map(lambda i: out(r.predict(params, features[i])), chunks)  # (n, e, g, k)
+  pred = jax.lax.map(lambda i: out(r.predict(params, _gathered(features[i], spec.mesh))),
+                     chunks)  # (n, e, g, k)
   return pred.reshape((-1,) + pred.shape[2:])
 
 
@@ -656,6 +670,29 @@ def _place(x, sharding):
   if sharding.is_fully_addressable:
     return jax.device_put(x, sharding)
   return jax.make_array_from_callback(np.shape(x), sharding, lambda index: x[index])
+
+
+def _place_features(features: np.ndarray, dtype, mesh: Mesh | None):
+  """The prepared features on the devices, as ``dtype``. Without a mesh, one copy on the default
+  device. Over a mesh, every pair needs every feature of the images it is trained and checked
+  on, but no device needs the images it is not given in a step: the images are split over all
+  the mesh's devices (padded with zero images to a multiple of them, never indexed), so each
+  device holds ``1/devices`` of the features, and a step gathers only its batch
+  (``_gathered``). Each process converts and places the blocks of its own devices only, so no
+  whole-size host copy is made."""
+  if mesh is None:
+    return jax.device_put(features if features.dtype == dtype else features.astype(dtype))
+  n = len(features)
+  shape = (_pad_to(n, mesh.size),) + features.shape[1:]
+
+  def block(index):
+    rows = index[0]
+    start, stop = rows.start or 0, min(rows.stop if rows.stop is not None else shape[0], n)
+    part = np.asarray(features[start:max(start, stop)], dtype)
+    short = (rows.stop if rows.stop is not None else shape[0]) - start - len(part)
+    return np.concatenate([part, np.zeros((short,) + part.shape[1:], dtype)]) if short else part
+
+  return jax.make_array_from_callback(shape, _image_spec(mesh), block)
 
 
 def _to_host(a) -> np.ndarray:
@@ -848,7 +885,7 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
 
   replicated = (lambda a: jax.device_put(a)) if mesh is None else \
       (lambda a: _place(a, NamedSharding(mesh, P())))
-  feats_d = replicated(features if features.dtype == dtype else features.astype(dtype))
+  feats_d = _place_features(features, dtype, mesh)
   train_image_d = replicated(np.asarray(train.image, np.int32))
   train_resp_d = replicated(train_resp)
   val_images_d = replicated(val_images.astype(np.int32))

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent("""
 
   assert len(jax.devices()) == 4, jax.devices()
   rng = np.random.default_rng(0)
-  n, k = 300, 10  # 10 neurons: padded to 12 on the 4-way neuron axis
+  n, k = 302, 10  # 10 neurons padded to 12 on the 4-way neuron axis, 302 images to 304
   feats = rng.standard_normal((n, 6, 6, 8)).astype(np.float32)
   w = rng.standard_normal((6 * 6 * 8, k)) / 20
   rate = np.asarray(fitlib.output_fn("elu")(feats.reshape(n, -1) @ w + 2.0))
@@ -61,6 +61,7 @@ def test_sharded_fit_matches_one_device():
 
 NO_GATHER = textwrap.dedent("""
   import json
+  import re
   import jax
   import numpy as np
   from jaxmouse import fit as fitlib
@@ -69,7 +70,7 @@ NO_GATHER = textwrap.dedent("""
   feats = rng.standard_normal((60, 6, 6, 8)).astype(np.float32)
   y = rng.poisson(2.0, (60, 8)).astype(np.float32)
   train, val = fitlib.Trials(np.arange(48), y[:48]), fitlib.Trials(np.arange(48, 60), y[48:])
-  compiled = {}
+  compiled, held = {}, {}
   jitted = fitlib._jitted
 
   def spy():  # the compiled text of the fit's own train and eval steps
@@ -77,6 +78,8 @@ NO_GATHER = textwrap.dedent("""
     def wrap(f, name):
       def run(*a, spec):
         compiled[name] = f.lower(*a, spec=spec).compile().as_text()
+        feats = a[2] if name == "train" else a[1]
+        held[name] = sorted({s.data.shape for s in feats.addressable_shards})
         return f(*a, spec=spec)
       return run
     return wrap(train_fn, "train"), wrap(eval_fn, "eval")
@@ -87,20 +90,55 @@ NO_GATHER = textwrap.dedent("""
     fitlib.fit(feats, train=train, validation=val, readout=readout, grid={"l1": [0.0, 0.1]},
                config=fitlib.FitConfig(max_steps=2, eval_every=2, batch_size=16),
                mesh=fitlib.make_mesh())
-    out[readout] = {name: [op for op in ("all-gather", "all-to-all", "collective-permute")
-                           if op + "(" in text] for name, text in compiled.items()}
+    out[readout] = {name: {
+        "moved": [op for op in ("all-gather", "all-to-all", "collective-permute")
+                  if op + "(" in text],
+        "summed": sorted(set(re.findall(r"= f32\\[([\\d,]*)\\]\\S* all-reduce\\(", text))),
+        "held": held[name]} for name, text in compiled.items()}
   print(json.dumps(out))
 """)
 
 
 @pytest.mark.slow
 def test_sharded_steps_move_no_parameters_between_devices():
-  """Each device computes its own (config, neuron) pairs: no parameter, prediction or gradient
-  is gathered (only the scalar loss is summed), so a fit too large for one device can be split."""
+  """Each device computes its own (config, neuron) pairs and holds a quarter of the features'
+  images: no parameter, prediction or gradient is gathered or summed; only a batch of features
+  (16 training or 12 validation images of 6x6x8) and scalars cross between devices, so a fit
+  too large for one device can be split."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", NO_GATHER], env=env, capture_output=True,
                         text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert out == {r: {"train": [], "eval": []} for r in ("factorized", "full", "gaussian")}, out
+  for readout, steps in out.items():
+    for name, seen in steps.items():
+      assert seen["moved"] == [], (readout, name, seen)
+      assert seen["held"] == [[15, 6, 6, 8]], (readout, name, seen)  # 60 images over 4 devices
+      batch = "16,6,6,8" if name == "train" else "12,6,6,8"
+      assert set(seen["summed"]) <= {"", batch}, (readout, name, seen)
+      assert batch in seen["summed"], (readout, name, seen)
+
+
+MEMORY = textwrap.dedent("""
+  import json
+  from jaxmouse.benchmarks import fit as bench
+  rows = bench.device_memory(images=302, size=6, channels=8, neurons=10, configs=3, batch=16,
+                             memory_mb=64.0)
+  print(json.dumps(rows))
+""")
+
+
+@pytest.mark.slow
+def test_each_device_holds_its_share_of_the_features():
+  """`bench fit --device-memory`: over 4 devices, splitting the images leaves each device a
+  quarter of the features (302 images padded to 304, 76 per device) and nothing else changes."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", MEMORY], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (_, whole, temp_whole), (_, split, temp_split) = json.loads(proc.stdout.strip().splitlines()[-1])
+  image = 6 * 6 * 8 * 4  # bytes of one image's features
+  assert whole - split == 302 * image - 76 * image, (whole, split)
+  assert temp_split <= temp_whole + 16 * image, (temp_whole, temp_split)

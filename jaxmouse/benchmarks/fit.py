@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="bound on the step's largest intermediate (smaller: micro-batches)")
   parser.add_argument("--peak-size", type=int, default=2048, help="n of the n^3 peak matmul")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--device-memory", action="store_true",
+                      help="compile (not run) one chunk of training steps over a mesh of all "
+                      "devices and print each device's memory with the features replicated "
+                      "and split over images; XLA_FLAGS=--xla_force_host_platform_device_count=8 "
+                      "gives a CPU 8 devices")
   solution = parser.add_argument_group(
       "time to solution", "--to-solution trains every config to the stopping rule on both sides")
   solution.add_argument("--to-solution", action="store_true",
@@ -287,6 +292,59 @@ def bench_ridge(*, images, features, neurons, alphas, seed=0) -> dict:
 PER_STEP = dict(images=1000, size=16, channels=256, neurons=200, configs=16)
 
 
+def device_memory(*, images, size, channels, neurons, configs, batch, memory_mb,
+                  eval_every: int = 25) -> list[tuple[str, int, int]]:
+  """Per-device bytes (arguments, temporaries) of one compiled chunk of ``eval_every``
+  factorized training steps over a mesh of all devices, with the features replicated and split
+  over images (what ``fit.fit`` does). Only shapes are used: nothing is allocated or run."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  from jaxmouse import fit as fitlib
+  from jaxmouse import readouts
+
+  mesh = fitlib.make_mesh()
+  r = readouts.get("factorized")
+  g = fitlib._pad_to(configs, mesh.shape["config"])
+  k = fitlib._pad_to(neurons, mesh.shape["neuron"])
+  shape = (size, size, channels)
+  pair, whole = NamedSharding(mesh, P("config", "neuron")), NamedSharding(mesh, P())
+  spec_of = lambda a: pair if a.ndim >= 2 else whole
+  one = r.init(jax.random.key(0), n_configs=1, n_neurons=1, feature_shape=shape)
+  params = jax.tree.map(lambda a: jax.ShapeDtypeStruct((g, k) + a.shape[2:], a.dtype), one)
+  opt = jax.eval_shape(fitlib._ADAM.init, params)
+  abstract = lambda tree: jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=spec_of(a)), tree)
+  table = lambda dtype: jax.ShapeDtypeStruct((g, k), dtype, sharding=pair)
+  key = jax.eval_shape(lambda: jax.random.key(1))
+  state = fitlib.FitState(
+      params=abstract(params), opt_state=abstract(opt), best_params=abstract(params),
+      best_corr=table(jnp.float32), wait=table(jnp.int32), lr=table(jnp.float32),
+      n_decays=table(jnp.int32), active=table(jnp.bool_), stop_step=table(jnp.int32),
+      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=whole),
+      key=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=whole))
+  n_train = images * 4 // 5
+  micro = fitlib._microbatch(batch, g * k, shape, memory_mb)
+  spec = fitlib._Spec(readout="factorized", output="elu", microbatch=micro, patience=4,
+                      lr_decay=3.0, max_decays=2, tolerance=1e-5, eval_batch=batch, mesh=mesh,
+                      pair_chunk=fitlib._pair_chunk("factorized", g, k, micro, shape, mesh))
+  train, _ = fitlib._jitted()
+  rows = []
+  for name, split in (("features replicated", whole), ("features split over images",
+                                                       fitlib._image_spec(mesh))):
+    n = fitlib._pad_to(images, mesh.size) if split is not whole else images
+    args = (state, jax.ShapeDtypeStruct((eval_every, batch), jnp.int32, sharding=whole),
+            jax.ShapeDtypeStruct((n,) + shape, jnp.float32, sharding=split),
+            jax.ShapeDtypeStruct((n_train,), jnp.int32, sharding=whole),
+            jax.ShapeDtypeStruct((n_train, k), jnp.float32, sharding=whole),
+            {p: table(jnp.float32) for p in r.penalties},
+            jax.ShapeDtypeStruct((g, k), jnp.int32, sharding=pair))
+    stats = train.lower(*args, spec=spec).compile().memory_analysis()
+    rows.append((name, int(stats.argument_size_in_bytes), int(stats.temp_size_in_bytes)))
+  return rows
+
+
 def run(args) -> dict:
   import jax
 
@@ -301,6 +359,16 @@ def run(args) -> dict:
   device = jax.devices()[0]
   print(f"device: {device.platform} {device.device_kind} x{len(jax.devices())}; "
         f"jax {jax.__version__}")
+  if args.device_memory:
+    print(f"memory per device of 25 steps, compiled for a mesh of {len(jax.devices())} "
+          f"devices: {sizes['images']} images, features {sizes['size']}x{sizes['size']}x"
+          f"{sizes['channels']}, {sizes['neurons']} neurons x {sizes['configs']} configs, "
+          f"batch {args.batch_size}")
+    rows = device_memory(batch=args.batch_size, memory_mb=args.memory_mb, **sizes)
+    for name, arguments, temporaries in rows:
+      print(f"  {name:<28} arguments {arguments / 2**30:8.3f} GiB  "
+            f"temporaries {temporaries / 2**30:8.3f} GiB")
+    return {name: {"arguments": a, "temporaries": t} for name, a, t in rows}
   print(f"problem: {sizes['images']} images, features {sizes['size']}x{sizes['size']}x"
         f"{sizes['channels']}, {sizes['neurons']} neurons, {sizes['configs']} penalty configs, "
         f"{args.steps} steps of batch {args.batch_size}")
