@@ -565,12 +565,15 @@ def test_the_to_solution_reference_trains_the_same_model_as_jaxmouse():
   from jaxmouse.benchmarks import to_solution
 
   # Two configs with a light L1 (a strong one makes Adam chaotic at float precision).
-  feats, train, val, grid = bench.problem(images=300, size=5, channels=6, neurons=7, configs=2)
+  feats, train, val, grid, _ = bench.problem(images=300, size=5, channels=6, neurons=7,
+                                             configs=2)
   prepared = fitlib.prepare_features(feats, train_images=train.image)
   # One check after 150 steps, no plateau, random start on both sides: the same training.
   cfg = fitlib.FitConfig(max_steps=150, eval_every=150, patience=100, batch_size=32, lr=2e-2,
                          warm_start=False)
-  steps, ref = to_solution.torch_to_solution(prepared, train, val, grid, cfg)
+  held_out = val.image[:20]  # any images: the reference predicts them with its kept parameters
+  steps, ref, ref_test = to_solution.torch_to_solution(prepared, train, val, grid, cfg,
+                                                       test_images=held_out)
   ours = fitlib.fit(prepared, train=train, validation=val, readout="factorized", grid=grid,
                     config=cfg, prepared=True)
   assert (steps == 150).all() and ours.steps == 150
@@ -580,6 +583,42 @@ def test_the_to_solution_reference_trains_the_same_model_as_jaxmouse():
   at_last = [np.allclose(ref[i], last[i], atol=2e-3) for i in range(len(ref))]
   assert all(a or np.allclose(ref[i], first[i], atol=1e-5) for i, a in enumerate(at_last))
   assert sum(at_last) >= 1 and np.abs(last - first).max() > 0.1
+  # Where it kept step 150, its held-out predictions are jaxmouse's best parameters' (of pairs
+  # whose best is that check).
+  assert ref_test.shape == (2, 20, 7)
+  for i in np.flatnonzero(at_last):
+    pred = fitlib.predict(jax.tree.map(lambda a: a[i], ours.params), prepared, held_out,
+                          readout="factorized", output="elu")
+    best_last = np.isclose(ours.val_corr[i], last[i], atol=1e-6)
+    np.testing.assert_allclose(ref_test[i][:, best_last], pred[:, best_last], rtol=2e-2,
+                               atol=2e-2)
+
+
+def test_the_benchmarks_held_out_images_are_the_planted_truth_and_change_nothing_else():
+  from jaxmouse.benchmarks import fit as bench
+  from jaxmouse.benchmarks import to_solution
+
+  shape = dict(images=600, size=3, channels=16, neurons=6, configs=4)
+  a = bench.problem(**shape, test_images=0)
+  feats, train, val, _, test = bench.problem(**shape, test_images=100)
+  np.testing.assert_array_equal(a[0], feats[:600])  # the first 600 images are unchanged
+  for ta, tb in ((a[1], train), (a[2], val)):
+    np.testing.assert_array_equal(ta.image, tb.image)
+    np.testing.assert_array_equal(ta.responses, tb.responses)
+  assert feats.shape[0] == 700 and list(test.image) == list(range(600, 700))
+  assert test.responses.shape == (100, 6) and (test.responses > 0).all()  # ELU(x - 1) + 1 rates
+  # The held-out rates come from the model that drew the training responses: a linear fit to
+  # those noisy responses predicts them well, and predicts another neuron's rates worse.
+  x = feats.reshape(len(feats), -1)
+  xt = x[train.image] - x[train.image].mean(0)
+  coef = np.linalg.solve(xt.T @ xt + 10.0 * np.eye(x.shape[1]),
+                         xt.T @ (train.responses - train.responses.mean(0)))
+  pred = x[test.image] @ coef
+  own = to_solution.held_out_corr(pred, test.responses)
+  other = to_solution.held_out_corr(pred, np.roll(test.responses, 1, axis=1))
+  assert np.median(own) > 0.6 and np.median(own) > np.median(other) + 0.3, (own, other)
+  np.testing.assert_allclose(to_solution.held_out_corr(test.responses, test.responses), 1.0,
+                             atol=1e-6)
 
 
 def test_prediction_in_blocks_of_neurons_equals_a_numpy_reference():

@@ -148,8 +148,15 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / best
 
 
-def problem(*, images, size, channels, neurons, configs, seed=0):
-  """Features, train/validation trials and the penalty grid of the benchmark."""
+def problem(*, images, size, channels, neurons, configs, seed=0, test_images=None):
+  """Features, train/validation trials, the penalty grid and a held-out test set.
+
+  ``images`` are split 90/10 into training and validation trials (Poisson responses of the
+  planted readout). ``test_images`` (default ``images // 5``) more images follow them in the
+  features; ``test`` holds their indices and the planted (noise-free) rates, so that a fit's
+  prediction on images it never saw can be scored against the truth. They are drawn after
+  everything else, so the training and validation data do not depend on how many there are.
+  """
   from jaxmouse import fit as fitlib
   from jaxmouse import readouts
 
@@ -163,10 +170,12 @@ def problem(*, images, size, channels, neurons, configs, seed=0):
   readout = jax.jit(lambda x, m, wt: jnp.einsum("nhwc,khw,kc->nk", x, m, wt))  # (chunk, k)
   weights = weights.astype(np.float32)
   chunk = max(1, min(images, int(2**26 // max(neurons * channels, 1))))  # bounded intermediates
-  drive = np.concatenate([np.asarray(readout(feats[s:s + chunk], mask, weights))
-                          for s in range(0, images, chunk)])  # (n, k)
-  drive = (drive - drive.mean(0)) / (drive.std(0) + 1e-6)
-  rate = np.asarray(fitlib.output_fn("elu")(drive + 2.0))
+  drives = lambda x: np.concatenate([np.asarray(readout(x[s:s + chunk], mask, weights))
+                                     for s in range(0, len(x), chunk)])  # (n, k)
+  drive = drives(feats)
+  mean, std = drive.mean(0), drive.std(0) + 1e-6
+  rate_of = lambda d: np.asarray(fitlib.output_fn("elu")((d - mean) / std + 2.0))
+  rate = rate_of(drive)
   resp = rng.poisson(rate).astype(np.float32)
   n_train = int(0.9 * images)
   train = fitlib.Trials(np.arange(n_train), resp[:n_train])
@@ -174,7 +183,12 @@ def problem(*, images, size, channels, neurons, configs, seed=0):
   side = int(np.ceil(np.sqrt(configs)))
   grid = readouts.make_grid(l1=np.logspace(-4, -1, side), smooth=np.logspace(-3, 0, side))
   grid = {k: v[:configs] for k, v in grid.items()}
-  return feats, train, val, grid
+  n_test = images // 5 if test_images is None else test_images
+  extra = np.maximum(rng.standard_normal((n_test, size, size, channels), np.float32), 0)
+  test = fitlib.Trials(np.arange(images, images + n_test),
+                       rate_of(drives(extra)).astype(np.float32) if n_test else
+                       np.zeros((0, neurons), np.float32))
+  return np.concatenate([feats, extra]), train, val, grid, test
 
 
 def step_flops(*, batch, size, channels, neurons, configs) -> float:
@@ -373,7 +387,7 @@ def run(args) -> dict:
         f"{sizes['channels']}, {sizes['neurons']} neurons, {sizes['configs']} penalty configs, "
         f"{args.steps} steps of batch {args.batch_size}")
   peak = matmul_peak(args.peak_size)
-  feats, train, val, grid = problem(seed=args.seed, **sizes)
+  feats, train, val, grid, _ = problem(seed=args.seed, **sizes, test_images=0)
   flops = step_flops(batch=args.batch_size, size=sizes["size"], channels=sizes["channels"],
                      neurons=sizes["neurons"], configs=sizes["configs"]) * args.steps
   prepared, run_jax = jax_runner(feats, train, val, grid, steps=args.steps,

@@ -11,8 +11,10 @@ without improvement divide the learning rate by ``lr_decay`` and restore the bes
   factorized readout, loss, penalties, initial parameters, Adam and batches, in PyTorch), configs
   in turn, each stopped on the mean validation correlation over its neurons.
 
-Reported per side: wall time (jaxmouse cold, i.e. with compilation, and warm), steps, and the
-median over neurons of the best config's validation correlation (each neuron's best config).
+Reported per side: wall time (jaxmouse cold, i.e. with compilation, and warm), steps, and two
+qualities, medians over neurons: the validation correlation of each neuron's best config (the
+data both sides also stop on) and, for that same config, the correlation of the prediction
+with the planted rate on held-out images that neither side saw (``problem``'s test set).
 ``--scaling``: jaxmouse alone, time to solution against neurons (500 -> 8,000, 16 configs) and
 configs (1 -> 64, 500 neurons) on a smaller layer (``--scaling-size`` x same, 32 channels; at most
 1,000 steps unless ``--max-steps``; other rows with ``--scaling-rows``), with the time per
@@ -44,10 +46,12 @@ def fit_config(args):
       memory_mb=args.memory_mb)
 
 
-def torch_to_solution(prepared, train, val, grid, cfg, device="cpu", progress=False):
+def torch_to_solution(prepared, train, val, grid, cfg, device="cpu", progress=False,
+                      test_images=None):
   """The reference: one all-neuron model per config, configs in turn, each early-stopped on the
   mean validation correlation (a line per config with ``progress``). Returns ``(steps per
-  config (g,), val_corr (g, k))``."""
+  config (g,), val_corr (g, k), test predictions (g, t, k) of each config's kept parameters
+  on ``test_images (t,)``, or None)``."""
   import jax
   import torch
 
@@ -126,7 +130,14 @@ def torch_to_solution(prepared, train, val, grid, cfg, device="cpu", progress=Fa
         lr /= cfg.lr_decay
         for group in opt.param_groups:
           group["lr"] = lr
-    return step, best_corr.cpu().numpy()
+    test = None
+    if test_images is not None:
+      with torch.no_grad():
+        for p, b in zip(params, best_state):
+          p.copy_(b)
+        z, _ = forward(x_all[on(np.asarray(test_images))], spatial, feats, bias)
+        test = (torch.nn.functional.elu(z - 1) + 1).cpu().numpy()
+    return step, best_corr.cpu().numpy(), test
 
   out, start = [], time.perf_counter()
   for i in range(len(grid["l1"])):
@@ -134,7 +145,8 @@ def torch_to_solution(prepared, train, val, grid, cfg, device="cpu", progress=Fa
     if progress:
       print(f"  reference config {i + 1}/{len(grid['l1'])}: {out[-1][0]} steps, "
             f"{time.perf_counter() - start:.1f} s so far", flush=True)
-  return np.array([s for s, _ in out]), np.stack([v for _, v in out])
+  tests = None if test_images is None else np.stack([t for _, _, t in out])
+  return np.array([s for s, _, _ in out]), np.stack([v for _, v, _ in out]), tests
 
 
 def scaling_rows(text: str) -> list[tuple[int, int]]:
@@ -167,8 +179,9 @@ def scaling(args) -> dict:
         f"{'us/pair':>9} {'relative':>9}", flush=True)
   out, base = {}, None
   for neurons, configs in rows:
-    feats, train, val, grid = problem(images=images, size=size, channels=32, neurons=neurons,
-                                      configs=configs, seed=args.seed)
+    feats, train, val, grid, _ = problem(images=images, size=size, channels=32,
+                                         neurons=neurons, configs=configs, seed=args.seed,
+                                         test_images=0)
     prepared = fitlib.prepare_features(feats, train_images=train.image)
     fit = lambda: fitlib.fit(prepared, train=train, validation=val, readout="factorized",
                              grid=grid, config=cfg, prepared=True)
@@ -205,7 +218,7 @@ def run(args) -> dict:
         f"plateaus, at most {cfg.max_steps} steps")
   print(f"jaxmouse levers: compaction {'on' if cfg.compact else 'off'}, warm start "
         f"{'off' if cfg.warm_start is False else 'on'}, features in {cfg.dtype}")
-  feats, train, val, grid = problem(seed=args.seed, **sizes)
+  feats, train, val, grid, test = problem(seed=args.seed, **sizes)
   prepared = fitlib.prepare_features(feats, train_images=train.image)
   fit = lambda: fitlib.fit(prepared, train=train, validation=val, readout="factorized",
                            grid=grid, config=cfg, prepared=True)
@@ -223,30 +236,50 @@ def run(args) -> dict:
     print(f"jaxmouse warm run {r + 1}: {warm[-1]:.2f} s", flush=True)
     if reference is not None:
       t = time.perf_counter()
-      ref_steps, ref_corr = torch_to_solution(prepared, train, val, grid, cfg, where,
-                                              progress=r == 0)
+      ref_steps, ref_corr, ref_test = torch_to_solution(prepared, train, val, grid, cfg, where,
+                                                        progress=r == 0,
+                                                        test_images=test.image)
       ref_times.append(time.perf_counter() - t)
       print(f"reference run {r + 1}: {ref_times[-1]:.2f} s", flush=True)
   ours_t = float(np.median(warm))
   quality = lambda corr: float(np.median(np.max(corr, axis=0)))
+  choice = fitlib.select_configs(ours.val_corr)  # each neuron's config, on validation
+  ours_pred = fitlib.predict(fitlib.take_configs(ours.params, choice), prepared, test.image,
+                             readout="factorized", output="elu")
+  held = lambda pred: float(np.median(held_out_corr(pred, test.responses)))
   g, k = ours.val_corr.shape
   rows = [("jaxmouse, all pairs in one program, warm (median of %d)" % len(warm),
            f"{ours_t:.2f} s", f"{ours.steps} steps; {ours.stop_step.sum() / k:.0f} config-steps",
-           f"{quality(ours.val_corr):.4f}"),
-          ("  cold (with compilation)", f"{cold:.2f} s", "", "")]
+           f"{quality(ours.val_corr):.4f}", f"{held(ours_pred):.4f}"),
+          ("  cold (with compilation)", f"{cold:.2f} s", "", "", "")]
   result = {"jax": ours_t, "jax_cold": cold, "jax_steps": ours.steps,
-            "jax_pair_steps": int(ours.stop_step.sum()), "jax_quality": quality(ours.val_corr)}
+            "jax_pair_steps": int(ours.stop_step.sum()), "jax_quality": quality(ours.val_corr),
+            "jax_held_out": held(ours_pred)}
   if ref_times:
     ref_t = float(np.median(ref_times))
+    ref_choice = fitlib.select_configs(ref_corr)
+    ref_pred = ref_test[ref_choice, :, np.arange(k)].T  # (t, k)
     rows.append((f"PyTorch {reference.__version__} reference on {where.type}, config after config",
                  f"{ref_t:.2f} s", f"{ref_steps.sum()} config-steps",
-                 f"{quality(ref_corr):.4f}"))
+                 f"{quality(ref_corr):.4f}", f"{held(ref_pred):.4f}"))
     rows.append(("time to solution: reference / jaxmouse", f"{ref_t / ours_t:.1f}x",
                  f"cold {ref_t / cold:.1f}x",
-                 f"quality diff {quality(ours.val_corr) - quality(ref_corr):+.4f}"))
+                 f"{quality(ours.val_corr) - quality(ref_corr):+.4f}",
+                 f"{held(ours_pred) - held(ref_pred):+.4f}"))
     result.update(torch=ref_t, torch_steps=int(ref_steps.sum()), torch_quality=quality(ref_corr),
-                  ratio=ref_t / ours_t)
-  print(f"{'':<58}  {'wall':>9}  {'steps':<28}  median best val corr")
-  for name, t, steps, q in rows:
-    print(f"{name:<58}  {t:>9}  {steps:<28}  {q}")
+                  torch_held_out=held(ref_pred), ratio=ref_t / ours_t)
+  print(f"quality: each neuron's config chosen on validation (both sides); its best validation "
+        f"correlation, and its correlation with the planted rate on {len(test.image)} held-out "
+        f"images; medians over neurons")
+  print(f"{'':<58}  {'wall':>9}  {'steps':<32}  {'validation':>10}  {'held out':>9}")
+  for name, t, steps, q, h in rows:
+    print(f"{name:<58}  {t:>9}  {steps:<32}  {q:>10}  {h:>9}")
   return result
+
+
+def held_out_corr(pred, rate) -> np.ndarray:
+  """Per neuron, the correlation over held-out images of a prediction ``(t, k)`` with the
+  planted rate ``(t, k)`` (0 where either is constant)."""
+  pc, rc = pred - pred.mean(0), rate - rate.mean(0)
+  den = np.sqrt((pc**2).sum(0) * (rc**2).sum(0))
+  return np.where(den > 1e-12, (pc * rc).sum(0) / np.maximum(den, 1e-12), 0.0)
