@@ -174,6 +174,8 @@ class SweepConfig:
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     d["fit"] = dataclasses.asdict(self.fit)
+    if d["fit"]["stop_on"] == "pair":
+      del d["fit"]["stop_on"]  # as before the option existed: older run folders still resume
     if not d["features"]:
       del d["features"]  # the manifest of a sweep without them is what it always was
     return json.loads(json.dumps(d))

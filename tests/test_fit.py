@@ -594,6 +594,42 @@ def test_the_to_solution_reference_trains_the_same_model_as_jaxmouse():
                                atol=2e-2)
 
 
+def test_stopping_per_config_is_the_references_rule_check_for_check():
+  """``stop_on="config"``: from the same start and batches, every config stops at the step the
+  neuralpredictors-style reference stops it (plateaus, decays and all), and keeps the same
+  check, neuron for neuron; per pair, the same grid stops otherwise."""
+  pytest.importorskip("torch")
+  from jaxmouse.benchmarks import fit as bench
+  from jaxmouse.benchmarks import to_solution
+
+  feats, train, val, grid, _ = bench.problem(images=300, size=5, channels=6, neurons=7,
+                                             configs=3, test_images=0)
+  grid = {"l1": np.array([1e-4, 1e-3, 1e-4]), "smooth": np.array([1e-3, 1e-2, 1e-1])}
+  prepared = fitlib.prepare_features(feats, train_images=train.image)
+  cfg = fitlib.FitConfig(max_steps=1500, eval_every=25, patience=2, max_decays=1, batch_size=32,
+                         lr=2e-2, warm_start=False, stop_on="config")
+  steps, ref, _ = to_solution.torch_to_solution(prepared, train, val, grid, cfg)
+  ours = fitlib.fit(prepared, train=train, validation=val, readout="factorized", grid=grid,
+                    config=cfg, prepared=True)
+  assert (steps < 1500).all() and len(set(steps)) > 1, steps  # stopped by the rule, not the cap
+  for i in range(3):  # a config's neurons stop together, where the reference stops the config
+    assert set(ours.stop_step[i]) == {steps[i]}, (i, ours.stop_step[i], steps)
+  np.testing.assert_allclose(ours.val_corr, ref, atol=2e-3)
+  per_pair = fitlib.fit(prepared, train=train, validation=val, readout="factorized", grid=grid,
+                        config=dataclasses.replace(cfg, stop_on="pair"), prepared=True)
+  assert any(len(set(per_pair.stop_step[i])) > 1 for i in range(3)), per_pair.stop_step
+
+
+def test_stopping_per_config_needs_a_configs_neurons_in_one_fit(planted):
+  feats, tiers = planted[:2]
+  cfg = fitlib.FitConfig(max_steps=10, eval_every=5, stop_on="config", state_mb=1e-4)
+  with pytest.raises(ValueError, match=r"stop_on='config'.*must be fitted together.*state_mb"):
+    fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"], readout="factorized",
+               grid={"l1": [0.0, 0.1]}, config=cfg)
+  with pytest.raises(ValueError, match="stop_on must be one of"):
+    fitlib.FitConfig(stop_on="neuron")
+
+
 def test_the_benchmarks_held_out_images_are_the_planted_truth_and_change_nothing_else():
   from jaxmouse.benchmarks import fit as bench
   from jaxmouse.benchmarks import to_solution

@@ -89,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="feature map height = width of the --scaling problem (32 channels)")
   solution.add_argument("--no-warm-start", action="store_true",
                         help="start from small random weights (FitConfig.warm_start=False)")
+  solution.add_argument("--stop-on", choices=("pair", "config"), default="pair",
+                        help="jaxmouse's stopping rule per (config, neuron) pair or per config "
+                        "on the mean over its neurons, as the reference (FitConfig.stop_on)")
   solution.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="how jaxmouse holds and multiplies the features (FitConfig.dtype)")
 
@@ -334,7 +337,8 @@ def device_memory(*, images, size, channels, neurons, configs, batch, memory_mb,
   key = jax.eval_shape(lambda: jax.random.key(1))
   state = fitlib.FitState(
       params=abstract(params), opt_state=abstract(opt), best_params=abstract(params),
-      best_corr=table(jnp.float32), wait=table(jnp.int32), lr=table(jnp.float32),
+      best_corr=table(jnp.float32), best_score=table(jnp.float32), wait=table(jnp.int32),
+      lr=table(jnp.float32),
       n_decays=table(jnp.int32), active=table(jnp.bool_), stop_step=table(jnp.int32),
       step=jax.ShapeDtypeStruct((), jnp.int32, sharding=whole),
       key=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=whole))

@@ -6,7 +6,8 @@ without improvement divide the learning rate by ``lr_decay`` and restore the bes
 ``max_decays`` such plateaus end training, and the best parameters are kept.
 
 - jaxmouse: ``fit.fit`` with every (config, neuron) pair in one program, each pair stopped on its
-  own; stopped pairs leave the table (``FitConfig.compact``) unless ``--no-compact``.
+  own (``--stop-on config``: each config on its neurons' mean, the reference's rule); stopped
+  pairs leave the table (``FitConfig.compact``) unless ``--no-compact``.
 - reference: the neuralpredictors / Cadena et al. loop: one all-neuron model per config (the same
   factorized readout, loss, penalties, initial parameters, Adam and batches, in PyTorch), configs
   in turn, each stopped on the mean validation correlation over its neurons.
@@ -43,7 +44,7 @@ def fit_config(args):
       max_decays=RULE["max_decays"] if args.max_decays is None else args.max_decays,
       batch_size=args.batch_size, seed=args.seed, compact=not args.no_compact,
       warm_start=False if args.no_warm_start else None, dtype=args.dtype,
-      memory_mb=args.memory_mb)
+      memory_mb=args.memory_mb, stop_on=args.stop_on)
 
 
 def torch_to_solution(prepared, train, val, grid, cfg, device="cpu", progress=False,
@@ -217,7 +218,8 @@ def run(args) -> dict:
         f"{cfg.patience}, lr / {cfg.lr_decay:g} on a plateau, stop after {cfg.max_decays + 1} "
         f"plateaus, at most {cfg.max_steps} steps")
   print(f"jaxmouse levers: compaction {'on' if cfg.compact else 'off'}, warm start "
-        f"{'off' if cfg.warm_start is False else 'on'}, features in {cfg.dtype}")
+        f"{'off' if cfg.warm_start is False else 'on'}, features in {cfg.dtype}, stopping per "
+        f"{cfg.stop_on} (the reference: per config)")
   feats, train, val, grid, test = problem(seed=args.seed, **sizes)
   prepared = fitlib.prepare_features(feats, train_images=train.image)
   fit = lambda: fitlib.fit(prepared, train=train, validation=val, readout="factorized",
