@@ -138,7 +138,12 @@ def test_stopped_pairs_leave_the_table_without_changing_any_result(planted, monk
       grid=grid, config=dataclasses.replace(cfg, compact=compact))
   packed, plain = run(True), run(False)
   assert len(np.unique(plain.stop_step)) > 3  # pairs stop at different times
-  assert calls and all(np.prod(s) <= 5 * K // 2 for s in calls)  # the table shrank
+  # The table shrank, each time by at least a quarter, onto bucketed sizes (2^j or 1.5 * 2^j).
+  sizes = [25 * K] + [int(np.prod(s)) for s in calls]
+  assert len(sizes) > 2 and all(4 * b <= 3 * a for a, b in zip(sizes, sizes[1:])), sizes
+  assert all(n & (n - 1) == 0 or (n % 3 == 0 and (n // 3) & (n // 3 - 1) == 0)
+             for n in sizes[1:]), sizes
+  assert [fitlib._compact_shape(n, None)[1] for n in (1, 3, 5, 7, 9, 700)] == [1, 3, 6, 8, 12, 768]
   np.testing.assert_array_equal(packed.stop_step, plain.stop_step)
   assert packed.steps == plain.steps
   np.testing.assert_allclose(packed.val_corr, plain.val_corr, atol=1e-5)
