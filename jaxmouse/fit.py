@@ -991,10 +991,10 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
     report(steps, active)
     shape = _compact_shape(int(active.sum()), mesh)
     if compact and active.any() and steps < config.max_steps and \
-        4 * shape[0] * shape[1] <= 3 * valid.size:
-      # Stopped pairs leave the table once it can shrink by a quarter: their best parameters go
-      # to the host, the active ones move onto a table of (bucketed) size ``shape``, and the
-      # step recompiles for it.
+        _worth_compacting(shape[0] * shape[1], valid.size):
+      # Stopped pairs leave the table once it can shrink enough (``_worth_compacting``): their
+      # best parameters go to the host, the active ones move onto a table of (bucketed) size
+      # ``shape``, and the step recompiles for it.
       record(corr, with_params=True)
       stopped = valid & ~active
       last_corr[slot[stopped]] = out_corr[slot[stopped]]  # a stopped pair rests at its best
@@ -1099,8 +1099,8 @@ def _stop_groups(slot: np.ndarray, k: int, stop_on: str) -> np.ndarray:
 def _compact_shape(n_active: int, mesh: Mesh | None) -> tuple[int, int]:
   """The table for ``n_active`` pairs: one row per config shard of the mesh, and columns the
   neuron shards times a bucketed size, a power of two or 1.5 times one (1, 2, 3, 4, 6, 8, 12,
-  ...), so that a fit compiles at most 2 log2(pairs) programs and a table is never more than a
-  third larger than its pairs need (with powers of two alone, 700 active pairs of 1,600 kept a
+  ...), so that a fit compiles at most 2 log2(pairs) programs and a table need not be more than
+  a third larger than its pairs (with powers of two alone, 700 active pairs of 1,600 kept a
   table of 1,600: ``jaxmouse bench fit --to-solution --stop-on config`` spent most of its time
   there)."""
   rows = 1 if mesh is None else mesh.shape["config"]
@@ -1109,6 +1109,20 @@ def _compact_shape(n_active: int, mesh: Mesh | None) -> tuple[int, int]:
   while rows * unit * size < n_active:  # 1 -> 2 -> 3 -> 4 -> 6 -> 8 -> 12 -> ...
     size = size // 3 * 4 if size % 3 == 0 else max(2, size * 3 // 2)
   return rows, unit * size
+
+
+# A table shrinks by a quarter only where that frees this many slots; otherwise by half. Each new
+# table compiles a program (about 1.5 s on 2 CPU cores at the bench's default size), while a
+# slot costs about 0.5 ms per check of 25 steps there: shrinking small tables by a quarter cost
+# more compilation than it saved (to-solution per pair: 20 tables, 56.6 s cold, against 10
+# tables and 42.8 s with halving only).
+_COMPACT_MIN_SLOTS = 256
+
+
+def _worth_compacting(new: int, old: int) -> bool:
+  """Whether a table of ``old`` slots moves onto one of ``new``: at least half the size, or a
+  quarter smaller where that frees ``_COMPACT_MIN_SLOTS``."""
+  return 2 * new <= old or (4 * new <= 3 * old and old - new >= _COMPACT_MIN_SLOTS)
 
 
 def _gather_slots(tree, pos, shape):
