@@ -18,8 +18,12 @@ Per pair, as in the studies' training loops (Cadena et al. 2019; neuralpredictor
     Gaussian; bias initialised so that the output equals the mean response;
   - validation correlation every ``eval_every`` steps; after ``patience`` checks without
     improvement the pair's best parameters are restored and its learning rate divided by
-    ``lr_decay``; after ``max_decays`` such decays the pair stops (its updates become zero);
-  - the returned parameters are each pair's best on validation.
+    ``lr_decay``; after ``max_decays`` such decays the pair stops (its updates become zero).
+    The studies apply this rule to one all-neuron model, on the mean over neurons:
+    ``FitConfig.stop_on="config"`` does the same for each config; the default applies it to
+    each pair on its own correlation (``FitConfig.stop_on``);
+  - the returned parameters are each pair's best on validation (per config: at the config's
+    best check).
 
 Model selection picks one config per neuron (or one per area) by validation correlation; test
 scores come from ``jaxmouse.metrics``.
