@@ -205,6 +205,7 @@ def run(args) -> dict:
     return scaling(args)
 
   from jaxmouse import fit as fitlib
+  from jaxmouse import metrics
   from jaxmouse.benchmarks.fit import optional_torch, problem, torch_device
 
   sizes = {name: getattr(args, name) or DEFAULTS[name] for name in DEFAULTS}
@@ -248,7 +249,7 @@ def run(args) -> dict:
   choice = fitlib.select_configs(ours.val_corr)  # each neuron's config, on validation
   ours_pred = fitlib.predict(fitlib.take_configs(ours.params, choice), prepared, test.image,
                              readout="factorized", output="elu")
-  held = lambda pred: float(np.median(held_out_corr(pred, test.responses)))
+  held = lambda pred: float(np.median(metrics.corr(pred, test.responses)))
   g, k = ours.val_corr.shape
   rows = [("jaxmouse, all pairs in one program, warm (median of %d)" % len(warm),
            f"{ours_t:.2f} s", f"{ours.steps} steps; {ours.stop_step.sum() / k:.0f} config-steps",
@@ -278,10 +279,3 @@ def run(args) -> dict:
     print(f"{name:<58}  {t:>9}  {steps:<32}  {q:>10}  {h:>9}")
   return result
 
-
-def held_out_corr(pred, rate) -> np.ndarray:
-  """Per neuron, the correlation over held-out images of a prediction ``(t, k)`` with the
-  planted rate ``(t, k)`` (0 where either is constant)."""
-  pc, rc = pred - pred.mean(0), rate - rate.mean(0)
-  den = np.sqrt((pc**2).sum(0) * (rc**2).sum(0))
-  return np.where(den > 1e-12, (pc * rc).sum(0) / np.maximum(den, 1e-12), 0.0)
