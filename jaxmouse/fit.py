@@ -723,10 +723,9 @@ def _place_features(features: np.ndarray, dtype, mesh: Mesh | None):
   shape = (_pad_to(n, mesh.size),) + features.shape[1:]
 
   def block(index):
-    rows = index[0]
-    start, stop = rows.start or 0, min(rows.stop if rows.stop is not None else shape[0], n)
-    part = np.asarray(features[start:max(start, stop)], dtype)
-    short = (rows.stop if rows.stop is not None else shape[0]) - start - len(part)
+    start, stop, _ = index[0].indices(shape[0])
+    part = np.asarray(features[min(start, n):min(stop, n)], dtype)
+    short = stop - start - len(part)  # rows of zero images past the last real one
     return np.concatenate([part, np.zeros((short,) + part.shape[1:], dtype)]) if short else part
 
   return jax.make_array_from_callback(shape, _image_spec(mesh), block)
@@ -1118,8 +1117,8 @@ def _compact_shape(n_active: int, mesh: Mesh | None) -> tuple[int, int]:
 # A table shrinks by a quarter only where that frees this many slots; otherwise by half. Each new
 # table compiles a program (about 1.5 s on 2 CPU cores at the bench's default size), while a
 # slot costs about 0.5 ms per check of 25 steps there: shrinking small tables by a quarter cost
-# more compilation than it saved (to-solution per pair: 20 tables, 56.6 s cold, against 10
-# tables and 42.8 s with halving only).
+# more compilation than it saved (a cold per-pair to-solution fit, one run each: 20 tables and
+# 56.6 s with a quarter at every size, 12 tables and 48.7 s with this floor).
 _COMPACT_MIN_SLOTS = 256
 
 

@@ -25,8 +25,12 @@ SCRIPT = textwrap.dedent("""
   val = fitlib.Trials(va, rng.poisson(rate[va]).astype(np.float32))
   cfg = fitlib.FitConfig(max_steps=60, eval_every=20, batch_size=40, patience=1, max_decays=1)
   out = {}
-  for readout, grid in (("factorized", {"l1": [0.0, 0.01, 0.1], "smooth": [0.1, 0.0, 0.01]}),
-                        ("gaussian", {"l1": [0.0, 0.01, 0.1]})):
+  per_config = fitlib.FitConfig(max_steps=60, eval_every=20, batch_size=40, patience=1,
+                                max_decays=1, stop_on="config")
+  for name, readout, grid, cfg in (
+      ("factorized", "factorized", {"l1": [0.0, 0.01, 0.1], "smooth": [0.1, 0.0, 0.01]}, cfg),
+      ("factorized per config", "factorized", {"l1": [0.0, 0.01, 0.1]}, per_config),
+      ("gaussian", "gaussian", {"l1": [0.0, 0.01, 0.1]}, cfg)):
     ref = fitlib.fit(feats, train=train, validation=val, readout=readout, grid=grid, config=cfg)
     for shards in (1, 2):
       mesh = fitlib.make_mesh(config_shards=shards)
@@ -34,7 +38,7 @@ SCRIPT = textwrap.dedent("""
                        config=cfg, mesh=mesh)
       err = max(float(np.max(np.abs(a - b))) for a, b in
                 zip(jax.tree.leaves(got.params), jax.tree.leaves(ref.params)))
-      out[f"{readout}/{shards}"] = {
+      out[f"{name}/{shards}"] = {
           "params": err,
           "val_corr": float(np.max(np.abs(got.val_corr - ref.val_corr))),
           "stop_step_equal": bool(np.array_equal(got.stop_step, ref.stop_step)),
