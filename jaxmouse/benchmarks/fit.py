@@ -89,9 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="feature map height = width of the --scaling problem (32 channels)")
   solution.add_argument("--no-warm-start", action="store_true",
                         help="start from small random weights (FitConfig.warm_start=False)")
-  solution.add_argument("--stop-on", choices=("pair", "config"), default="pair",
-                        help="jaxmouse's stopping rule per (config, neuron) pair or per config "
-                        "on the mean over its neurons, as the reference (FitConfig.stop_on)")
+  solution.add_argument("--stop-on", choices=("pair", "config"), default="config",
+                        help="jaxmouse's stopping rule: per config on the mean over its neurons, "
+                        "the reference's rule (default), or per (config, neuron) pair "
+                        "(FitConfig.stop_on)")
+  solution.add_argument("--lr", type=float,
+                        help="jaxmouse's initial learning rate (FitConfig.lr; default the "
+                        "factorized readout's 5e-3); the reference keeps 5e-3, the rate of "
+                        "Cadena et al. from its random start")
   solution.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="how jaxmouse holds and multiplies the features (FitConfig.dtype)")
 

@@ -5,11 +5,13 @@ the same stopping rule: a validation check every ``eval_every`` steps, ``patienc
 without improvement divide the learning rate by ``lr_decay`` and restore the best parameters,
 ``max_decays`` such plateaus end training, and the best parameters are kept.
 
-- jaxmouse: ``fit.fit`` with every (config, neuron) pair in one program, each pair stopped on its
-  own (``--stop-on config``: each config on its neurons' mean, the reference's rule); stopped
-  pairs leave the table (``FitConfig.compact``) unless ``--no-compact``.
+- jaxmouse: ``fit.fit`` with every (config, neuron) pair in one program, each config stopped on
+  its neurons' mean, the reference's rule (``--stop-on pair``: each pair on its own); stopped
+  pairs leave the table (``FitConfig.compact``) unless ``--no-compact``; from the ridge warm
+  start unless ``--no-warm-start``; ``--lr`` sets its learning rate (default 5e-3).
 - reference: the neuralpredictors / Cadena et al. loop: one all-neuron model per config (the same
-  factorized readout, loss, penalties, initial parameters, Adam and batches, in PyTorch), configs
+  factorized readout, loss, penalties, Adam and batches, in PyTorch; the random start and the
+  5e-3 learning rate of Cadena et al., which jaxmouse takes with ``--no-warm-start``), configs
   in turn, each stopped on the mean validation correlation over its neurons.
 
 Reported per side: wall time (jaxmouse cold, i.e. with compilation, and warm), steps, and two
@@ -44,7 +46,7 @@ def fit_config(args):
       max_decays=RULE["max_decays"] if args.max_decays is None else args.max_decays,
       batch_size=args.batch_size, seed=args.seed, compact=not args.no_compact,
       warm_start=False if args.no_warm_start else None, dtype=args.dtype,
-      memory_mb=args.memory_mb, stop_on=args.stop_on)
+      memory_mb=args.memory_mb, stop_on=args.stop_on, lr=args.lr)
 
 
 def torch_to_solution(prepared, train, val, grid, cfg, device="cpu", progress=False,
@@ -199,6 +201,8 @@ def scaling(args) -> dict:
 
 
 def run(args) -> dict:
+  import dataclasses
+
   import jax
 
   if args.scaling:
@@ -218,9 +222,12 @@ def run(args) -> dict:
         f"batch {cfg.batch_size}; stopping rule: check every {cfg.eval_every} steps, patience "
         f"{cfg.patience}, lr / {cfg.lr_decay:g} on a plateau, stop after {cfg.max_decays + 1} "
         f"plateaus, at most {cfg.max_steps} steps")
+  ref_cfg = dataclasses.replace(cfg, lr=None)  # the reference's own rate
+  lr = fitlib.DEFAULT_LR["factorized"]
   print(f"jaxmouse levers: compaction {'on' if cfg.compact else 'off'}, warm start "
-        f"{'off' if cfg.warm_start is False else 'on'}, features in {cfg.dtype}, stopping per "
-        f"{cfg.stop_on} (the reference: per config)")
+        f"{'off' if cfg.warm_start is False else 'on'}, learning rate {cfg.lr or lr:g}, features "
+        f"in {cfg.dtype}, stopping per {cfg.stop_on} (the reference: random start, learning rate "
+        f"{lr:g}, per config)")
   feats, train, val, grid, test = problem(seed=args.seed, **sizes)
   prepared = fitlib.prepare_features(feats, train_images=train.image)
   fit = lambda: fitlib.fit(prepared, train=train, validation=val, readout="factorized",
@@ -239,7 +246,7 @@ def run(args) -> dict:
     print(f"jaxmouse warm run {r + 1}: {warm[-1]:.2f} s", flush=True)
     if reference is not None:
       t = time.perf_counter()
-      ref_steps, ref_corr, ref_test = torch_to_solution(prepared, train, val, grid, cfg, where,
+      ref_steps, ref_corr, ref_test = torch_to_solution(prepared, train, val, grid, ref_cfg, where,
                                                         progress=r == 0,
                                                         test_images=test.image)
       ref_times.append(time.perf_counter() - t)
