@@ -189,7 +189,8 @@ def test_planted_energy_cells_are_predicted_by_the_energy_model():
   tiers = dict(train=fitlib.Trials(train, draw(train)), validation=fitlib.Trials(val, draw(val)),
                test=fitlib.Trials(ti, draw(ti)))
   assert np.all(np.abs(fitlib.scores(rates[ti], tiers["test"])["feve"] - 1) < 0.03)
-  cfg = fitlib.FitConfig(max_steps=2500, eval_every=100, batch_size=256, lr=2e-2, patience=5)
+  # From the ridge warm start, 800 steps reach FEVE >= 0.95 for each cell (0.96-0.97 at 2,500).
+  cfg = fitlib.FitConfig(max_steps=800, eval_every=100, batch_size=256, lr=2e-2, patience=5)
   res = fitlib.fit_and_score(feats, readout="factorized", config=cfg,
                              grid={"l1": [1e-4], "smooth": [1e-3]}, **tiers)
   assert np.all(res.scores["feve"] >= 0.9), res.scores["feve"]
