@@ -19,9 +19,9 @@ Per pair, as in the studies' training loops (Cadena et al. 2019; neuralpredictor
   - validation correlation every ``eval_every`` steps; after ``patience`` checks without
     improvement the pair's best parameters are restored and its learning rate divided by
     ``lr_decay``; after ``max_decays`` such decays the pair stops (its updates become zero).
-    The studies apply this rule to one all-neuron model, on the mean over neurons:
-    ``FitConfig.stop_on="config"`` does the same for each config; the default applies it to
-    each pair on its own correlation (``FitConfig.stop_on``);
+    The studies apply this rule to one all-neuron model, on the mean over neurons, and so does
+    ``FitConfig.stop_on="config"`` (the default) for each config (and each area: ``fit``'s
+    ``stop_groups``); ``"pair"`` applies it to each pair on its own correlation;
   - the returned parameters are each pair's best on validation (per config: at the config's
     best check).
 
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import mmap
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -75,6 +76,8 @@ DEFAULT_LR = {"factorized": 5e-3, "gaussian": 5e-3, "full": 1e-4}
 _LOG_EPS = 1e-9
 DTYPES = ("float32", "bfloat16")
 STOP_ON = ("pair", "config")
+
+_log = logging.getLogger(__name__)
 
 
 # ---- configuration and inputs ---------------------------------------------------------------
@@ -114,8 +117,8 @@ class FitConfig:
       that stopped pairs cost nothing (every pair's result is the same either way; the step
       recompiles for each new table size, a power of two). Stochastic readouts keep one table.
     state_mb: bound for the pairs' parameters, best parameters and Adam moments; a larger
-      population is fitted in blocks of neurons, one block after another (every pair's result
-      is the same either way: pairs never interact). A step's gradients and penalty terms take
+      grid is fitted in blocks, one after another: of whole configs per config (``stop_on``),
+      of neurons per pair (every pair's result is the same either way). A step's gradients and penalty terms take
       more again: with the default, a block of the ``full`` readout on conv1_2 (36x64, 18
       configs x 12 neurons) added up to 1.2 GiB to the 4.8 GiB that a sweep held (the layer's
       2.8 GiB of features among them).
@@ -129,15 +132,17 @@ class FitConfig:
       multiplied (with float32 accumulation; parameters, gradients and Adam stay float32).
       bfloat16 halves the features' memory and uses the faster bf16 matmul units.
     stop_on: what the stopping rule (improvement, plateau, decay, stop, kept check) is applied
-      to. ``"pair"`` (default): each (config, neuron) pair on its own validation correlation, so
-      that a pair stops as soon as it has converged. ``"config"``: all neurons of a config
-      together, on their mean validation correlation, as one all-neuron model per config is
-      stopped in neuralpredictors and Cadena et al.; it needs every neuron of a config in one
-      fit (within ``state_mb``). One neuron's correlation on a validation set of a few hundred
-      images is noisy, so per pair the rule stops sooner and keeps checks that were lucky on
-      validation: on the planted problem of ``jaxmouse bench fit --to-solution`` (100
-      validation images) a neuron's chosen config predicted held-out images worse per pair
-      than per config.
+      to. ``"config"`` (default): all neurons of a config together (of each of ``fit``'s
+      ``stop_groups``, e.g. areas), on their mean validation correlation, as one all-neuron
+      model per config is stopped in neuralpredictors and Cadena et al. Where the grid's state
+      is over ``state_mb``, whole configs are fitted one block after another (the same
+      results); where even one config's neurons are over it, blocks of neurons, each config
+      stopping on a block's mean (a warning says so). ``"pair"``: each (config, neuron) pair on
+      its own validation correlation, so that a pair stops as soon as it has converged. One
+      neuron's correlation on a validation set of a few hundred images is noisy, so per pair
+      the rule stops sooner and keeps checks that were lucky on validation: on the planted
+      problem of ``jaxmouse bench fit --to-solution`` (100 validation images) a neuron's chosen
+      config predicted held-out images worse per pair than per config.
     seed: initialisation and minibatch order.
   """
   loss: str = "auto"
@@ -157,7 +162,7 @@ class FitConfig:
   state_mb: float = 512.0
   warm_start: bool | None = None
   dtype: str = "float32"
-  stop_on: str = "pair"
+  stop_on: str = "config"
   seed: int = 0
 
   def __post_init__(self):
@@ -802,7 +807,7 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
         grid: Mapping[str, Sequence[float]] | None = None, config: FitConfig = FitConfig(),
         mesh: Mesh | None = None, prepared: bool = False,
         progress: Callable[[FitProgress], None] | None = None,
-        first_neuron: int = 0, start=None, keep: str = "all") -> FitResult:
+        first_neuron: int = 0, start=None, keep: str = "all", stop_groups=None) -> FitResult:
   """Trains one readout for every (config, neuron) pair of a penalty grid.
 
   Args:
@@ -824,10 +829,23 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
       neuron's best config (``select_configs``), chosen within each block of neurons
       (``FitConfig.state_mb``), so that the result never holds a whole grid of a large
       population (the ``full`` readout's grid for 2,000 neurons of conv1_2 is 21 GB).
+    stop_groups: ``(k,)`` labels (e.g. each neuron's area) of the neurons that stop together
+      under ``FitConfig.stop_on="config"``: each config's neurons of each label, on their mean,
+      so that fitting several areas at once equals fitting each on its own. None: all of a
+      config's neurons. Unused per pair.
 
   Returns:
     FitResult with every pair's best parameters (chosen on validation).
   """
+  return _fit(features, train=train, validation=validation, readout=readout, grid=grid,
+              config=config, mesh=mesh, prepared=prepared, progress=progress,
+              first_neuron=first_neuron, start=start, keep=keep, stop_groups=stop_groups,
+              announce=True)
+
+
+def _fit(features, *, train, validation, readout, grid, config, mesh, prepared, progress,
+         first_neuron, start, keep, stop_groups, announce) -> FitResult:
+  """``fit``; ``announce``: log how the grid is split into blocks (the outermost call only)."""
   if keep not in ("all", "best"):
     raise ValueError(f"keep must be 'all' or 'best', got {keep!r}")
   r = readouts_lib.get(readout)
@@ -847,14 +865,27 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
   if warm and start is None:
     start = _RidgeStart(ridge_lib.streamed_dual(*_ridge_problem(features, train, validation)),
                         features)
+  if stop_groups is not None:
+    stop_groups = np.asarray(stop_groups)
+    if stop_groups.shape != (k,):
+      raise ValueError(f"stop_groups must be one label per neuron, shape ({k},), got shape "
+                       f"{stop_groups.shape}")
   block = _neuron_block(r, g, k, (h, w, c), config.state_mb)
-  if block < k and config.stop_on == "config":
-    need = 4 * 4 * g * k * _pair_size(r, (h, w, c)) / 2**20
-    raise ValueError(
-        f"FitConfig.stop_on='config' stops each config on the mean over all its neurons, so the "
-        f"{k} neurons x {g} configs of this {readout} fit on features {(h, w, c)} must be fitted "
-        f"together: {need:.0f} MiB of state, over state_mb={config.state_mb:g}; raise state_mb "
-        "or use stop_on='pair'")
+  per_config = _config_block(r, k, (h, w, c), config.state_mb)
+  if block < k and config.stop_on == "config" and announce and per_config < 1:
+    _log.warning(
+        "stop_on='config': one config of the %d neurons of this %s fit on features %s needs "
+        "%.0f MiB of state, over state_mb=%g; each config is fitted in blocks of %d neurons "
+        "and stops on each block's mean (raise state_mb to stop on all of them)", k, readout,
+        (h, w, c), 4 * 4 * k * _pair_size(r, (h, w, c)) / 2**20, config.state_mb,
+        _neuron_block(r, 1, k, (h, w, c), config.state_mb))
+  if block < k and config.stop_on == "config" and g > 1:
+    # A config's neurons stop together, so the blocks are of whole configs: each block is the
+    # fit of a part of the grid, and every pair's result is the one of the whole fit. Where not
+    # even one config's neurons fit, each config alone is fitted in blocks of neurons.
+    return _fit_config_blocks(features, train, validation, readout, reg, config, mesh, progress,
+                              first_neuron, _start_of(start, slice(None)) if per_config else start,
+                              keep, stop_groups, max(per_config, 1))
   if block < k:
     # One block after another; each block's start weights are made just before it, and its
     # result is copied into the population's as soon as it is fitted.
@@ -862,10 +893,11 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
     parts, params = [], None
     for a in range(0, k, block):
       s = slice(a, min(a + block, k))
-      res = fit(features, train=part(train, s), validation=part(validation, s),
-                readout=readout, grid=grid, config=config, mesh=mesh, prepared=True,
-                progress=progress, first_neuron=first_neuron + a, start=_start_of(start, s),
-                keep=keep)
+      res = _fit(features, train=part(train, s), validation=part(validation, s),
+                 readout=readout, grid=grid, config=config, mesh=mesh, prepared=True,
+                 progress=progress, first_neuron=first_neuron + a, start=_start_of(start, s),
+                 keep=keep, stop_groups=None if stop_groups is None else stop_groups[s],
+                 announce=False)
       axis = 0 if keep == "best" else 1  # leaves (k, ...) or (g, k, ...)
       if params is None:
         params = jax.tree.map(
@@ -873,7 +905,7 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
       for out, x in zip(jax.tree.leaves(params), jax.tree.leaves(res.params)):
         out[(slice(None),) * axis + (s,)] = x
       parts.append(res._replace(params=None))
-    return _concat_blocks(parts)._replace(params=params)
+    return _concat_blocks(parts, axis=1)._replace(params=params)
   if isinstance(start, _RidgeStart):
     start = start.weights(slice(None))
 
@@ -940,7 +972,7 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
   # is compacted and at the end; ``last_corr`` is each pair's latest validation correlation.
   out_params = jax.tree.map(lambda a: np.zeros((g * k,) + a.shape[2:], a.dtype), params)
   state, reg_d, neuron_d, group_d = _put(
-      (state, slot_reg, slot_neuron, _stop_groups(slot, k, config.stop_on)), mesh)
+      (state, slot_reg, slot_neuron, _stop_groups(slot, k, config.stop_on, stop_groups)), mesh)
   del params, opt_state  # the host's copies of the initial state (the devices hold theirs)
   out_corr = np.full(g * k, -np.inf, np.float32)
   out_stop = np.full(g * k, config.max_steps, np.int32)
@@ -1011,7 +1043,7 @@ def fit(features, *, train: Trials, validation: Trials, readout: str = "factoriz
       valid = slot >= 0
       state = state._replace(active=state.active & valid)
       state, reg_d, neuron_d, group_d = _put(
-          (state, reg_h, neuron_h, _stop_groups(slot, k, config.stop_on)), mesh)
+          (state, reg_h, neuron_h, _stop_groups(slot, k, config.stop_on, stop_groups)), mesh)
       micro = _microbatch(batch, pos.size, (h, w, c), config.memory_mb)
       spec = spec._replace(microbatch=micro, pair_chunk=_pair_chunk(
           readout, shape[0], shape[1], micro, (h, w, c), mesh))
@@ -1041,22 +1073,64 @@ def _neuron_block(r, g: int, k: int, feature_shape, state_mb: float) -> int:
   return int(min(k, max(1, state_mb * 2**20 // per_neuron)))
 
 
-def _concat_blocks(parts: Sequence[FitResult]) -> FitResult:
-  """One FitResult (without parameters) from fits of consecutive blocks of neurons: learning
-  curves of blocks that stopped sooner are continued at their last check (where every pair
-  rests at its best)."""
+def _config_block(r, k: int, feature_shape, state_mb: float) -> int:
+  """Configs whose ``k`` neurons are fitted together within ``state_mb`` (0: not one)."""
+  per_config = 4 * 4 * k * _pair_size(r, feature_shape)
+  return int(state_mb * 2**20 // per_config)
+
+
+def _concat_blocks(parts: Sequence[FitResult], axis: int) -> FitResult:
+  """One FitResult (without parameters or choice) from fits of consecutive blocks of neurons
+  (``axis=1``) or of configs (``axis=0``): learning curves of blocks that stopped sooner are
+  continued at each pair's best, where a stopped pair rests (as on one table)."""
   longest = max(parts, key=lambda p: len(p.check_steps))
   n = len(longest.check_steps)
-  hist = [np.concatenate([p.val_history, np.repeat(p.val_history[-1:], n - len(p.val_history),
+  hist = [np.concatenate([p.val_history, np.repeat(p.val_corr[None], n - len(p.val_history),
                                                    axis=0)]) for p in parts]
-  cat = lambda *a: np.concatenate(a, axis=1)
-  kept = parts[0].choice is not None
+  cat = lambda *a: np.concatenate(a, axis=axis)
+  kept = axis == 1 and parts[0].choice is not None
   return FitResult(readout=parts[0].readout, params=None,
                    val_corr=cat(*[p.val_corr for p in parts]),
                    stop_step=cat(*[p.stop_step for p in parts]),
-                   steps=max(p.steps for p in parts), val_history=np.concatenate(hist, axis=2),
+                   steps=max(p.steps for p in parts),
+                   val_history=np.concatenate(hist, axis=axis + 1),
                    check_steps=longest.check_steps,
                    choice=np.concatenate([p.choice for p in parts]) if kept else None)
+
+
+def _fit_config_blocks(features, train, validation, readout, reg, config, mesh, progress,
+                       first_neuron, start, keep, stop_groups, per_block) -> FitResult:
+  """``fit`` of every neuron, ``per_block`` configs of the grid ``reg`` at a time (the blocks of
+  ``FitConfig.state_mb`` under ``stop_on="config"``; a block of one config may itself be fitted
+  in blocks of neurons). Every block starts from the same ``start``; with ``keep="best"`` only
+  each neuron's best config so far is held."""
+  g = readouts_lib.grid_size(reg)
+  parts, params, best_corr, choice = [], None, None, None
+  for a in range(0, g, per_block):
+    s = slice(a, min(a + per_block, g))
+    res = _fit(features, train=train, validation=validation, readout=readout,
+               grid={n: v[s] for n, v in reg.items()}, config=config, mesh=mesh, prepared=True,
+               progress=progress, first_neuron=first_neuron, start=start, keep=keep,
+               stop_groups=stop_groups, announce=False)
+    if keep == "best":
+      # The running choice: a later config wins only where strictly better on validation, as
+      # ``select_configs``' argmax keeps the first of equals.
+      corr = np.nan_to_num(res.val_corr[res.choice, np.arange(len(res.choice))], nan=-np.inf)
+      if params is None:
+        params, best_corr, choice = res.params, corr, res.choice + a
+      else:
+        better = corr > best_corr
+        params = jax.tree.map(lambda o, x: np.where(better.reshape((-1,) + (1,) * (o.ndim - 1)),
+                                                    x, o), params, res.params)
+        best_corr = np.where(better, corr, best_corr)
+        choice = np.where(better, res.choice + a, choice)
+    else:
+      if params is None:
+        params = jax.tree.map(lambda x: np.empty((g,) + x.shape[1:], x.dtype), res.params)
+      for out, x in zip(jax.tree.leaves(params), jax.tree.leaves(res.params)):
+        out[s] = x
+    parts.append(res._replace(params=None))
+  return _concat_blocks(parts, axis=0)._replace(params=params, choice=choice)
 
 
 def _ridge_problem(features, train: Trials, validation: Trials):
@@ -1089,14 +1163,17 @@ def _start_of(start, neurons: slice):
   return start[0][neurons], start[1][neurons]
 
 
-def _stop_groups(slot: np.ndarray, k: int, stop_on: str) -> np.ndarray:
+def _stop_groups(slot: np.ndarray, k: int, stop_on: str, labels=None) -> np.ndarray:
   """``(G, K)`` int32 ids of the slots that stop together, dense (below ``G * K``): each slot
-  alone (``"pair"``), or the slots of one config (``"config"``; padding is a group of its own,
-  never active)."""
+  alone (``"pair"``), or the slots of one config (``"config"``) whose neurons share a label of
+  ``labels (k,)`` (None: all of them); padding is a group of its own, never active."""
   if stop_on == "pair":
     return np.arange(slot.size, dtype=np.int32).reshape(slot.shape)
-  configs = np.where(slot >= 0, slot // k, -1)
-  return np.unique(configs, return_inverse=True)[1].reshape(slot.shape).astype(np.int32)
+  codes = np.zeros(k, np.int64) if labels is None else np.unique(labels, return_inverse=True)[1]
+  n_labels = int(codes.max()) + 1 if k else 1
+  pair = np.maximum(slot, 0)
+  groups = np.where(slot >= 0, pair // k * n_labels + codes.reshape(-1)[pair % k], -1)
+  return np.unique(groups, return_inverse=True)[1].reshape(slot.shape).astype(np.int32)
 
 
 def _compact_shape(n_active: int, mesh: Mesh | None) -> tuple[int, int]:
@@ -1310,6 +1387,9 @@ def fit_and_score(features, *, train: Trials, validation: Trials, test: Trials,
   """Fits a readout over its grid, picks a config per neuron (``select="neuron"``) or per group
   (``"area"``, with ``groups (k,)``), and scores the chosen readouts on the test trials.
 
+  ``groups (k,)`` (e.g. each neuron's area) are also the neurons that stop together under
+  ``FitConfig.stop_on="config"`` (``fit``'s ``stop_groups``), whatever ``select``.
+
   For ``readout="ridge"`` the grid is ``{"alpha": (a,)}`` multiples of the mean eigenvalue
   (least squares, whatever ``config.loss``). ``progress``: see ``fit`` (never called for ridge,
   which has no steps).
@@ -1323,6 +1403,7 @@ def fit_and_score(features, *, train: Trials, validation: Trials, test: Trials,
   if not prepared:
     features = prepare_features(features, train_images=train.image, batch_norm=config.batch_norm)
   k = np.asarray(train.responses).shape[1]
+  stop_groups = None if groups is None else np.asarray(groups)
   if select == "area":
     groups = np.zeros(k) if groups is None else np.asarray(groups)
   else:
@@ -1347,7 +1428,7 @@ def fit_and_score(features, *, train: Trials, validation: Trials, test: Trials,
     # the choice needs every neuron's validation correlations first.
     res = fit(features, train=train, validation=validation, readout=readout, grid=grid,
               config=config, mesh=mesh, prepared=True, progress=progress,
-              keep="best" if groups is None else "all")
+              keep="best" if groups is None else "all", stop_groups=stop_groups)
     if groups is None:
       choice, params = res.choice, res.params
     else:
@@ -1371,7 +1452,8 @@ def fit_and_score(features, *, train: Trials, validation: Trials, test: Trials,
 
 def memory_bytes(*, readout: str, feature_shape: Sequence[int], n_images: int,
                  n_train_images: int, n_neurons: int, n_configs: int,
-                 state_mb: float = FitConfig.state_mb, select: str = "neuron") -> int:
+                 state_mb: float = FitConfig.state_mb, select: str = "neuron",
+                 stop_on: str = FitConfig.stop_on) -> int:
   """A lower bound on the memory (bytes) that ``fit_and_score`` of one feature space needs.
 
   Counts only the largest arrays. For trained readouts: the normalized features
@@ -1380,7 +1462,9 @@ def memory_bytes(*, readout: str, feature_shape: Sequence[int], n_images: int,
   of the (config, neuron) pairs fitted together (at most ``state_mb``, see
   ``FitConfig.state_mb``); the result, one config per neuron (``select="neuron"``) or the
   whole grid (``"area"``, chosen once every neuron is fitted); and the warm start's linear
-  weights ``(neurons, h * w * c)`` of one block of neurons, for readouts that have one. For ridge: the features twice,
+  weights ``(neurons, h * w * c)`` of one block of neurons (of all neurons where
+  ``stop_on="config"`` blocks whole configs), for readouts that have one. For ridge: the
+  features twice,
   the training features' copies in the decomposition and the ``(n_neurons, h * w * c)``
   coefficients.
   """
@@ -1394,5 +1478,10 @@ def memory_bytes(*, readout: str, feature_shape: Sequence[int], n_images: int,
   state = 4 * 4 * int(n_configs) * int(n_neurons) * pair
   result = 4 * int(n_neurons) * pair * (int(n_configs) if select == "area" else 1)
   block = _neuron_block(r, int(n_configs), int(n_neurons), (h, w, c), state_mb)
+  if stop_on == "config" and block < int(n_neurons):
+    # blocks of whole configs share one start of every neuron; else each config alone is
+    # fitted in blocks of neurons
+    whole = _config_block(r, int(n_neurons), (h, w, c), state_mb) >= 1
+    block = int(n_neurons) if whole else _neuron_block(r, 1, int(n_neurons), (h, w, c), state_mb)
   start = 4 * block * d if r.from_linear is not None else 0
   return feats + min(state, int(state_mb * 2**20)) + result + start

@@ -253,7 +253,8 @@ def _fit_layers(ds, layers: Mapping[str, np.ndarray], config, *, name: str, kind
     _io.check_memory(fitlib.memory_bytes(readout=readout, feature_shape=a.shape[1:],
                                          n_images=len(a), n_train_images=n_train,
                                          n_neurons=len(neurons), n_configs=g,
-                                         state_mb=config.fit.state_mb, select=config.select),
+                                         state_mb=config.fit.state_mb, select=config.select,
+                                         stop_on=config.fit.stop_on),
                      what=f"fitting the {readout} readout on {layer} {a.shape}",
                      hint="fewer layers or areas at a time")
   neuron_area = ds.areas[neurons]

@@ -485,10 +485,22 @@ def _check_manifest(run: Path, manifest: dict) -> None:
     _io.create_once(path, (json.dumps(manifest, indent=2) + "\n").encode())
   old = _io.read_json(path, what="the manifest of a jaxmouse sweep")
   if old != manifest:
-    diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
     raise FileExistsError(
-        f"{run} holds a different sweep (differs in {diff}); use a new --out folder, or "
-        "delete it to start over")
+        f"{run} holds a different sweep (differs in {_differences(old, manifest)}); use a new "
+        "--out folder, or delete it to start over")
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+  """The dotted keys (``config.fit.stop_on``) where two manifests differ; a key one of them
+  lacks counts."""
+  out = []
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _differences(a, b, f"{prefix}{k}.")
+    elif a != b:
+      out.append(f"{prefix}{k}")
+  return out
 
 
 class _Claims:
@@ -719,7 +731,8 @@ def _check_memory(ds, config: SweepConfig, spaces: Mapping, layers: Mapping, are
     g = 1 if readout == "ridge" else len(next(iter(config.grid(readout).values())))
     n = fitlib.memory_bytes(readout=readout, feature_shape=shape, n_images=ds.n_images,
                             n_train_images=n_train, n_neurons=n_neurons, n_configs=g,
-                            state_mb=config.fit.state_mb, select=config.select)
+                            state_mb=config.fit.state_mb, select=config.select,
+                            stop_on=config.fit.stop_on)
     if n > need:
       need = n
       what = (f"fitting the {readout} readout on {label} {layer} ({ds.n_images} images x "

@@ -77,13 +77,17 @@ def test_planted_factorized_readouts_are_recovered(planted, fitted):
   assert np.nanmean(got["corr"]) > 0.9 * np.nanmean(true["corr"])
 
 
-def test_best_parameters_are_kept_per_pair(fitted):
+def test_best_parameters_are_kept_at_each_configs_best_check(fitted):
   hist = fitted.val_history  # (checks, g, k)
   assert hist.shape[1:] == fitted.val_corr.shape
-  # The kept correlation is the best check up to the tolerance, never the last one by default.
-  best = hist.max(axis=0)
-  assert np.all(fitted.val_corr >= best - CONFIG.tolerance - 1e-6)
-  assert np.all(fitted.val_corr <= best + 1e-6)
+  # Per config (the default), each neuron keeps its correlation at its config's best check: the
+  # check of the highest mean over neurons (up to the tolerance), never the last one by default.
+  means = hist.mean(axis=2)  # (checks, g)
+  for i in range(hist.shape[1]):
+    kept = [t for t in range(len(hist)) if np.allclose(hist[t, i], fitted.val_corr[i], atol=1e-6)]
+    assert kept, i
+    assert means[kept[0], i] >= means[:, i].max() - CONFIG.tolerance - 1e-6
+  assert not np.allclose(fitted.val_corr, hist[-1])
   # The strongest L1 config is worse on validation than the light ones for most neurons.
   assert np.mean(fitted.val_corr[2] < fitted.val_corr[:2].max(axis=0)) > 0.5
 
@@ -132,7 +136,7 @@ def test_stopped_pairs_leave_the_table_without_changing_any_result(planted, monk
   monkeypatch.setattr(fitlib, "_gather_slots", lambda *a: calls.append(a[1].shape) or gather(*a))
   grid = {"l1": [0.0, 1e-3, 1e-2, 1e-1, 0.3], "smooth": [1e-3, 1e-2, 1e-1, 1.0, 3.0]}
   cfg = fitlib.FitConfig(max_steps=600, eval_every=10, batch_size=64, lr=2e-2, patience=2,
-                         max_decays=1, tolerance=1e-3)
+                         max_decays=1, tolerance=1e-3, stop_on="pair")
   run = lambda compact: fitlib.fit(
       feats, train=tiers["train"], validation=tiers["validation"], readout="factorized",
       grid=grid, config=dataclasses.replace(cfg, compact=compact))
@@ -150,6 +154,10 @@ def test_stopped_pairs_leave_the_table_without_changing_any_result(planted, monk
   np.testing.assert_allclose(packed.val_history, plain.val_history, atol=1e-5)
   for a, b in zip(jax.tree.leaves(packed.params), jax.tree.leaves(plain.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # Per pair, each pair keeps its own best check, up to the tolerance.
+  best = plain.val_history.max(axis=0)
+  assert np.all(plain.val_corr >= best - cfg.tolerance - 1e-6)
+  assert np.all(plain.val_corr <= best + 1e-6)
 
 
 @pytest.mark.parametrize("output", fitlib.RATE_OUTPUTS)
@@ -625,12 +633,90 @@ def test_stopping_per_config_is_the_references_rule_check_for_check():
   assert any(len(set(per_pair.stop_step[i])) > 1 for i in range(3)), per_pair.stop_step
 
 
-def test_stopping_per_config_needs_a_configs_neurons_in_one_fit(planted):
+@pytest.mark.parametrize("warm", [False, True])
+def test_stopping_per_config_in_blocks_of_configs_changes_no_result(planted, warm):
+  """Where a grid's state is over ``state_mb`` but one config's neurons fit, the blocks are of
+  whole configs: the same stops, checks and parameters as one fit of the grid."""
+  feats, tiers, *_ = planted
+  grid = {"l1": [0.0, 1e-3, 1e-2], "smooth": [1e-3, 1e-2, 1e-1]}
+  cfg = fitlib.FitConfig(max_steps=400, eval_every=25, batch_size=64, patience=2, max_decays=1,
+                         lr=2e-2, warm_start=warm, stop_on="config")
+  r = fitlib.readouts_lib.get("factorized")
+  per_config_mb = 16 * K * fitlib._pair_size(r, (H, W, C)) / 2**20
+  run = lambda state_mb, keep="all": fitlib.fit(
+      feats, train=tiers["train"], validation=tiers["validation"], readout="factorized",
+      grid=grid, config=dataclasses.replace(cfg, state_mb=state_mb), keep=keep)
+  whole, blocks = run(1e3), run(2.5 * per_config_mb)  # 3 configs: blocks of 2 and 1
+  assert fitlib._neuron_block(r, 3, K, (H, W, C), 2.5 * per_config_mb) < K
+  assert (whole.stop_step < 400).all()  # the rule stopped every config
+  np.testing.assert_array_equal(blocks.stop_step, whole.stop_step)
+  np.testing.assert_allclose(blocks.val_corr, whole.val_corr, atol=1e-5)
+  np.testing.assert_allclose(blocks.val_history, whole.val_history, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(blocks.params), jax.tree.leaves(whole.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  best = run(1.2 * per_config_mb, keep="best")  # blocks of one config
+  np.testing.assert_array_equal(best.choice, fitlib.select_configs(blocks.val_corr))
+  for a, b in zip(jax.tree.leaves(best.params),
+                  jax.tree.leaves(fitlib.take_configs(blocks.params, best.choice))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_stopping_per_config_and_area_equals_fitting_each_area_alone(planted):
+  """``stop_groups``: a config's neurons of each area stop on their own mean, so one fit of two
+  areas gives each area what a fit of that area alone gives; pooled, the areas' stops differ."""
+  feats, tiers, *_ = planted
+  area = np.where(np.arange(K) % 3 == 0, "AL", "V1")
+  # AL's neurons answer with half their planted signal: their curves peak at other checks
+  rng = np.random.default_rng(1)
+  noisy = {t: fitlib.Trials(tr.image, np.where(area == "AL", rng.permutation(tr.responses),
+                                               tr.responses).astype(np.float32))
+           for t, tr in tiers.items()}
+  noisy = {t: fitlib.Trials(tr.image, (tr.responses + noisy[t].responses) / 2)
+           for t, tr in tiers.items()}
+  grid = {"l1": [0.0, 1e-2]}
+  cfg = fitlib.FitConfig(max_steps=600, eval_every=25, batch_size=64, patience=2, max_decays=1,
+                         stop_on="config")  # each neuron's ridge start is its own
+  run = lambda idx, **kw: fitlib.fit(
+      feats, train=fitlib.Trials(noisy["train"].image, noisy["train"].responses[:, idx]),
+      validation=fitlib.Trials(noisy["validation"].image, noisy["validation"].responses[:, idx]),
+      readout="factorized", grid=grid, config=cfg, **kw)
+  together = run(np.arange(K), stop_groups=area)
+  pooled = run(np.arange(K))
+  alone_stops = []
+  for name in ("AL", "V1"):
+    idx = np.flatnonzero(area == name)
+    alone = run(idx)
+    np.testing.assert_array_equal(together.stop_step[:, idx], alone.stop_step)
+    np.testing.assert_allclose(together.val_corr[:, idx], alone.val_corr, atol=1e-5)
+    alone_stops.append(alone.stop_step[:, 0])
+  assert not np.array_equal(alone_stops[0], alone_stops[1]), alone_stops
+  assert (pooled.stop_step == pooled.stop_step[:, :1]).all()  # one stop per config, pooled
+  with pytest.raises(ValueError, match=r"stop_groups must be one label per neuron, shape \(12,\)"):
+    run(np.arange(K), stop_groups=area[:5])
+
+
+def test_stopping_per_config_beyond_the_state_bound_stops_each_block_on_its_mean(planted,
+                                                                                caplog):
+  """Where not even one config's neurons fit in ``state_mb``, each config is fitted alone in
+  blocks of neurons and stops on each block's mean, which a warning says."""
   feats, tiers = planted[:2]
-  cfg = fitlib.FitConfig(max_steps=10, eval_every=5, stop_on="config", state_mb=1e-4)
-  with pytest.raises(ValueError, match=r"stop_on='config'.*must be fitted together.*state_mb"):
-    fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"], readout="factorized",
-               grid={"l1": [0.0, 0.1]}, config=cfg)
+  r = fitlib.readouts_lib.get("factorized")
+  pair_mb = 16 * fitlib._pair_size(r, (H, W, C)) / 2**20
+  cfg = fitlib.FitConfig(max_steps=300, eval_every=25, patience=2, max_decays=1, batch_size=64,
+                         lr=2e-2, warm_start=False, stop_on="config", state_mb=5.5 * pair_mb)
+  grid = {"l1": [0.0, 0.1]}
+  with caplog.at_level("WARNING", logger="jaxmouse.fit"):
+    res = fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"],
+                     readout="factorized", grid=grid, config=cfg)
+  assert caplog.text.count("fitted in blocks of 5 neurons") == 1, caplog.text
+  for i, l1 in enumerate(grid["l1"]):
+    for s in (slice(0, 5), slice(5, 10), slice(10, 12)):  # blocks of 5, 5 and 2 neurons
+      part = lambda t: fitlib.Trials(t.image, t.responses[:, s])
+      alone = fitlib.fit(feats, train=part(tiers["train"]), validation=part(tiers["validation"]),
+                         readout="factorized", grid={"l1": [l1]}, first_neuron=s.start,
+                         config=dataclasses.replace(cfg, state_mb=1e3))
+      np.testing.assert_array_equal(res.stop_step[i, s], alone.stop_step[0])
+      np.testing.assert_allclose(res.val_corr[i, s], alone.val_corr[0], atol=1e-5)
   with pytest.raises(ValueError, match="stop_on must be one of"):
     fitlib.FitConfig(stop_on="neuron")
 

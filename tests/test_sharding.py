@@ -90,13 +90,16 @@ NO_GATHER = textwrap.dedent("""
 
   fitlib._jitted = spy
   out = {}
-  for readout in ("factorized", "full", "gaussian"):
+  for readout, stop_on in (("factorized", "pair"), ("full", "pair"), ("gaussian", "pair"),
+                           ("factorized", "config")):
     fitlib.fit(feats, train=train, validation=val, readout=readout, grid={"l1": [0.0, 0.1]},
-               config=fitlib.FitConfig(max_steps=2, eval_every=2, batch_size=16),
+               config=fitlib.FitConfig(max_steps=2, eval_every=2, batch_size=16,
+                                       stop_on=stop_on),
                mesh=fitlib.make_mesh())
-    out[readout] = {name: {
+    out[readout + " " + stop_on] = {name: {
         "moved": [op for op in ("all-gather", "all-to-all", "collective-permute")
                   if op + "(" in text],
+        "gathered": sorted(set(re.findall(r"= \\w+\\[([\\d,]*)\\]\\S* all-gather\\(", text))),
         "summed": sorted(set(re.findall(r"= f32\\[([\\d,]*)\\]\\S* all-reduce\\(", text))),
         "held": held[name]} for name, text in compiled.items()}
   print(json.dumps(out))
@@ -107,8 +110,9 @@ NO_GATHER = textwrap.dedent("""
 def test_sharded_steps_move_no_parameters_between_devices():
   """Each device computes its own (config, neuron) pairs and holds a quarter of the features'
   images: no parameter, prediction or gradient is gathered or summed; only a batch of features
-  (16 training or 12 validation images of 6x6x8) and scalars cross between devices, so a fit
-  too large for one device can be split."""
+  (16 training or 12 validation images of 6x6x8), scalars and, to stop a config on the mean
+  over its neurons, each pair's validation correlation cross between devices, so a fit too
+  large for one device can be split."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", NO_GATHER], env=env, capture_output=True,
@@ -117,7 +121,12 @@ def test_sharded_steps_move_no_parameters_between_devices():
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   for readout, steps in out.items():
     for name, seen in steps.items():
-      assert seen["moved"] == [], (readout, name, seen)
+      if readout == "factorized config" and name == "eval":
+        # a config's mean over its neurons: the (configs, neurons) table of correlations, one
+        # number per pair, is gathered, and nothing else
+        assert seen["moved"] == ["all-gather"] and seen["gathered"] == ["2,8"], seen
+      else:
+        assert seen["moved"] == [], (readout, name, seen)
       assert seen["held"] == [[15, 6, 6, 8]], (readout, name, seen)  # 60 images over 4 devices
       batch = "16,6,6,8" if name == "train" else "12,6,6,8"
       assert set(seen["summed"]) <= {"", batch}, (readout, name, seen)

@@ -377,12 +377,20 @@ def test_memory_estimates_count_the_largest_arrays():
   assert fitlib.memory_bytes(readout="full", feature_shape=(9, 16, 64), n_images=100,
                              n_train_images=80, n_neurons=10, n_configs=3) == \
       feats + 16 * 3 * 10 * (d + 1) + 4 * 10 * (d + 1) + 4 * 10 * d
-  # Blocks of neurons bound the pairs' state and the start: a population of any size needs at
-  # most state_mb for its state, and one block's start weights (its result grows with it).
+  # Blocks bound the pairs' state and the start: a population of any size needs at most
+  # state_mb for its state, and one block's start weights (its result grows with it). Per pair,
+  # blocks of neurons of every config; per config, where one config's neurons are over state_mb,
+  # blocks of neurons of one config; where they fit, blocks of whole configs from one start.
+  full = lambda **kw: fitlib.memory_bytes(readout="full", feature_shape=(9, 16, 64),
+                                          n_images=100, n_train_images=80, n_configs=3, **kw)
   block = 64 * 2**20 // (16 * 3 * (d + 1))
-  assert fitlib.memory_bytes(readout="full", feature_shape=(9, 16, 64), n_images=100,
-                             n_train_images=80, n_neurons=10**6, n_configs=3, state_mb=64) == \
+  assert full(n_neurons=10**6, state_mb=64, stop_on="pair") == \
       feats + 64 * 2**20 + 4 * 10**6 * (d + 1) + 4 * block * d
+  block = 64 * 2**20 // (16 * (d + 1))
+  assert full(n_neurons=10**6, state_mb=64, stop_on="config") == \
+      feats + 64 * 2**20 + 4 * 10**6 * (d + 1) + 4 * block * d
+  assert full(n_neurons=400, state_mb=64, stop_on="config") == \
+      feats + 64 * 2**20 + 4 * 400 * (d + 1) + 4 * 400 * d
   assert fitlib.memory_bytes(readout="ridge", feature_shape=(9, 16, 64), n_images=100,
                              n_train_images=80, n_neurons=10, n_configs=3) == \
       feats + 3 * 4 * 80 * 9 * 16 * 64 + 4 * 10 * 9 * 16 * 64
@@ -421,3 +429,15 @@ def test_extraction_that_cannot_fit_is_refused(tmp_path, monkeypatch, capsys):
   err = capsys.readouterr().err
   assert len(err.splitlines()) == 1 and "extracting conv1_1" in err and "50 MiB" in err, err
   assert not (tmp_path / "f.npz").exists()
+
+
+def test_the_sweep_command_stops_per_config_unless_told_per_pair():
+  from jaxmouse.cli import build_parser
+  from jaxmouse.cli.sweep import config_from_args
+
+  base = ["sweep", "--data", "x.npz", "--energy", "--out", "r"]
+  parse = lambda *extra: config_from_args(build_parser().parse_args(base + list(extra)))
+  assert parse().fit.stop_on == "config"
+  assert parse("--stop-on", "pair").fit.stop_on == "pair"
+  with pytest.raises(SystemExit):
+    build_parser().parse_args(base + ["--stop-on", "neuron"])
