@@ -143,6 +143,15 @@ class FitConfig:
       the rule stops sooner and keeps checks that were lucky on validation: on the planted
       problem of ``jaxmouse bench fit --to-solution`` (100 validation images) a neuron's chosen
       config predicted held-out images worse per pair than per config.
+    warmup: steps over which each pair's learning rate rises linearly from ``lr / warmup`` to
+      ``lr`` (then the rule's decays apply). Adam's first steps move every parameter by about
+      the learning rate whatever its gradient, which throws much of a warm start away. None
+      (default): 100 steps where a fit starts from the ridge solution and stops per config, 0
+      otherwise (random starts, as in Cadena et al.; per pair, where it cost on the tests'
+      strong-signal problem). Measured with ``jaxmouse bench fit --to-solution``'s rule on its
+      planted problems: 37-49% fewer config-steps and better held-out predictions, and the
+      same test FEVE on the strong-signal problem of the tests; no change that matters on the
+      full readout (README).
     seed: initialisation and minibatch order.
   """
   loss: str = "auto"
@@ -163,6 +172,7 @@ class FitConfig:
   warm_start: bool | None = None
   dtype: str = "float32"
   stop_on: str = "config"
+  warmup: int | None = None
   seed: int = 0
 
   def __post_init__(self):
@@ -192,8 +202,22 @@ class FitConfig:
       raise ValueError(f"FitConfig.stop_on must be one of {STOP_ON}, got {self.stop_on!r}")
     if self.dtype not in DTYPES:
       raise ValueError(f"FitConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
+    if self.warmup is not None and not (isinstance(self.warmup, (int, np.integer))
+                                        and self.warmup >= 0):
+      raise ValueError(f"FitConfig.warmup must be an integer >= 0 or None, got {self.warmup!r}")
     if self.init_scale is not None and not self.init_scale > 0:
       raise ValueError(f"FitConfig.init_scale must be positive or None, got {self.init_scale!r}")
+
+
+WARM_START_WARMUP = 100  # FitConfig.warmup's default from the warm start, per config
+
+
+def resolve_warmup(config: FitConfig, warm: bool) -> int:
+  """The warm-up steps of a fit: ``config.warmup``, or where None, ``WARM_START_WARMUP`` for a
+  fit from the warm start that stops per config, else 0."""
+  if config.warmup is not None:
+    return int(config.warmup)
+  return WARM_START_WARMUP if warm and config.stop_on == "config" else 0
 
 
 def resolve_loss(config: FitConfig, train_responses) -> tuple[FitConfig, str]:
@@ -468,6 +492,7 @@ class _Spec(NamedTuple):
   loss: str = "poisson"
   pair_chunk: int = 0  # neurons per block of a step's gradient (0: all at once)
   stop_on: str = "pair"
+  warmup: int = 0  # steps over which the learning rate rises to its value
 
 
 _ADAM = optax.scale_by_adam()
@@ -596,6 +621,8 @@ def _train_chunk(state: FitState, batches, features, train_image, train_resp, re
                                        reg, spec=spec, key=key, neuron=neuron)
     direction, opt_state = _ADAM.update(grads, state.opt_state, state.params)
     rate = state.lr * state.active  # (g, k); stopped pairs get no update
+    if spec.warmup:  # linear warm-up: step s (from 0) at (s + 1) / warmup of the rate
+      rate = rate * jnp.minimum(1.0, (state.step + 1) / spec.warmup)
 
     def apply(p, d):
       return p - rate.reshape(rate.shape + (1,) * (p.ndim - 2)) * d
@@ -958,7 +985,7 @@ def _fit(features, *, train, validation, readout, grid, config, mesh, prepared, 
                max_decays=config.max_decays, tolerance=float(config.tolerance),
                eval_batch=eval_batch, mesh=mesh, loss=config.loss,
                pair_chunk=_pair_chunk(readout, G, K, micro, (h, w, c), mesh),
-               stop_on=config.stop_on)
+               stop_on=config.stop_on, warmup=resolve_warmup(config, warm))
 
   replicated = (lambda a: jax.device_put(a)) if mesh is None else \
       (lambda a: _place(a, NamedSharding(mesh, P())))

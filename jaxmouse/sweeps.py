@@ -176,6 +176,8 @@ class SweepConfig:
     d["fit"] = dataclasses.asdict(self.fit)
     if d["fit"]["stop_on"] == "pair":
       del d["fit"]["stop_on"]  # as before the option existed: older run folders still resume
+    if d["fit"]["warmup"] is None:
+      del d["fit"]["warmup"]  # likewise (per pair, None is no warm-up, as before)
     if not d["features"]:
       del d["features"]  # the manifest of a sweep without them is what it always was
     return json.loads(json.dumps(d))

@@ -501,6 +501,31 @@ def test_a_warm_start_begins_near_the_answer_and_ends_no_worse(planted):
                config=dataclasses.replace(cfg, warm_start=True))
 
 
+def test_warm_up_scales_the_learning_rate_of_the_first_steps(planted):
+  """Step s (from 0) of a warm-up of w steps takes (s + 1) / w of the learning rate: one step of
+  a 4-step warm-up at 1e-2 is one step at 2.5e-3, and not one at 1e-2."""
+  feats, tiers = planted[:2]
+  run = lambda **kw: fitlib.fit(
+      feats, train=tiers["train"], validation=tiers["validation"], readout="factorized",
+      grid={"l1": [0.0, 1e-2]}, config=fitlib.FitConfig(max_steps=1, eval_every=1,
+                                                         batch_size=64, **kw))
+  warmed, slow, plain = run(lr=1e-2, warmup=4), run(lr=2.5e-3, warmup=0), run(lr=1e-2, warmup=0)
+  start = fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"],
+                     readout="factorized", grid={"l1": [0.0, 1e-2]},
+                     config=fitlib.FitConfig(max_steps=1, eval_every=1, lr=1e-30))  # no move
+  for a, b, c, s in zip(*(jax.tree.leaves(r.params) for r in (warmed, slow, plain, start))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(a - s, (c - s) / 4, rtol=1e-3, atol=1e-7)
+  # defaults: from the ridge start per config only
+  assert fitlib.resolve_warmup(fitlib.FitConfig(), True) == fitlib.WARM_START_WARMUP == 100
+  assert fitlib.resolve_warmup(fitlib.FitConfig(), False) == 0
+  assert fitlib.resolve_warmup(fitlib.FitConfig(stop_on="pair"), True) == 0
+  assert fitlib.resolve_warmup(fitlib.FitConfig(warmup=7, stop_on="pair"), False) == 7
+  for bad in (-1, 2.5):
+    with pytest.raises(ValueError, match="FitConfig.warmup must be an integer >= 0"):
+      fitlib.FitConfig(warmup=bad)
+
+
 def test_bfloat16_features_change_no_neurons_feve_by_more_than_half_a_percent(planted):
   feats, tiers, *_ = planted
   grid = {"l1": [0.0, 1e-3], "smooth": [1e-3, 1e-2]}

@@ -23,10 +23,11 @@ SCRIPT = textwrap.dedent("""
   tr, va = np.arange(240), np.arange(240, n)
   train = fitlib.Trials(tr, rng.poisson(rate[tr]).astype(np.float32))
   val = fitlib.Trials(va, rng.poisson(rate[va]).astype(np.float32))
-  cfg = fitlib.FitConfig(max_steps=60, eval_every=20, batch_size=40, patience=1, max_decays=1)
+  cfg = fitlib.FitConfig(max_steps=60, eval_every=20, batch_size=40, patience=1, max_decays=1,
+                         stop_on="pair")
   out = {}
   per_config = fitlib.FitConfig(max_steps=60, eval_every=20, batch_size=40, patience=1,
-                                max_decays=1, stop_on="config")
+                                max_decays=1, stop_on="config", warmup=0)
   for name, readout, grid, cfg in (
       ("factorized", "factorized", {"l1": [0.0, 0.01, 0.1], "smooth": [0.1, 0.0, 0.01]}, cfg),
       ("factorized per config", "factorized", {"l1": [0.0, 0.01, 0.1]}, per_config),

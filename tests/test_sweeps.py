@@ -262,7 +262,8 @@ def test_fit_reports_progress_after_every_check(planted):
   seen = []
   res = fitlib.fit(feats, train=fitlib.Trials(*tr), validation=fitlib.Trials(*va),
                    readout="factorized", grid={"l1": [1e-3, 1e-2]},
-                   config=fitlib.FitConfig(max_steps=150, eval_every=50, batch_size=32, lr=1e-2),
+                   config=fitlib.FitConfig(max_steps=150, eval_every=50, batch_size=32, lr=1e-2,
+                                           stop_on="pair"),
                    progress=seen.append)
   assert [p.step for p in seen] == list(res.check_steps) == [50, 100, 150]
   assert all(p.pairs == 2 * ds.n_neurons and p.max_steps == 150 for p in seen)

@@ -431,13 +431,14 @@ def test_extraction_that_cannot_fit_is_refused(tmp_path, monkeypatch, capsys):
   assert not (tmp_path / "f.npz").exists()
 
 
-def test_the_sweep_command_stops_per_config_unless_told_per_pair():
+def test_the_sweep_command_stops_per_config_unless_told_per_pair_and_sets_the_warm_up():
   from jaxmouse.cli import build_parser
   from jaxmouse.cli.sweep import config_from_args
 
   base = ["sweep", "--data", "x.npz", "--energy", "--out", "r"]
   parse = lambda *extra: config_from_args(build_parser().parse_args(base + list(extra)))
-  assert parse().fit.stop_on == "config"
+  assert parse().fit.stop_on == "config" and parse().fit.warmup is None
   assert parse("--stop-on", "pair").fit.stop_on == "pair"
+  assert parse("--warmup", "0").fit.warmup == 0
   with pytest.raises(SystemExit):
     build_parser().parse_args(base + ["--stop-on", "neuron"])

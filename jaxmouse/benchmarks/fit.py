@@ -97,6 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="jaxmouse's initial learning rate (FitConfig.lr; default the "
                         "factorized readout's 5e-3); the reference keeps 5e-3, the rate of "
                         "Cadena et al. from its random start")
+  solution.add_argument("--warmup", type=int,
+                        help="jaxmouse's warm-up steps (FitConfig.warmup; default 100 from the "
+                        "warm start per config, else 0); the reference has none")
   solution.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="how jaxmouse holds and multiplies the features (FitConfig.dtype)")
 

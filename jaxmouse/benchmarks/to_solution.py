@@ -8,7 +8,8 @@ without improvement divide the learning rate by ``lr_decay`` and restore the bes
 - jaxmouse: ``fit.fit`` with every (config, neuron) pair in one program, each config stopped on
   its neurons' mean, the reference's rule (``--stop-on pair``: each pair on its own); stopped
   pairs leave the table (``FitConfig.compact``) unless ``--no-compact``; from the ridge warm
-  start unless ``--no-warm-start``; ``--lr`` sets its learning rate (default 5e-3).
+  start unless ``--no-warm-start``; ``--lr`` sets its learning rate (default 5e-3), ``--warmup``
+  its warm-up steps (``FitConfig.warmup``).
 - reference: the neuralpredictors / Cadena et al. loop: one all-neuron model per config (the same
   factorized readout, loss, penalties, Adam and batches, in PyTorch; the random start and the
   5e-3 learning rate of Cadena et al., which jaxmouse takes with ``--no-warm-start``), configs
@@ -46,7 +47,7 @@ def fit_config(args):
       max_decays=RULE["max_decays"] if args.max_decays is None else args.max_decays,
       batch_size=args.batch_size, seed=args.seed, compact=not args.no_compact,
       warm_start=False if args.no_warm_start else None, dtype=args.dtype,
-      memory_mb=args.memory_mb, stop_on=args.stop_on, lr=args.lr)
+      memory_mb=args.memory_mb, stop_on=args.stop_on, lr=args.lr, warmup=args.warmup)
 
 
 def torch_to_solution(prepared, train, val, grid, cfg, device="cpu", progress=False,
@@ -224,8 +225,10 @@ def run(args) -> dict:
         f"plateaus, at most {cfg.max_steps} steps")
   ref_cfg = dataclasses.replace(cfg, lr=None)  # the reference's own rate
   lr = fitlib.DEFAULT_LR["factorized"]
+  warmup = fitlib.resolve_warmup(cfg, cfg.warm_start is not False)
   print(f"jaxmouse levers: compaction {'on' if cfg.compact else 'off'}, warm start "
-        f"{'off' if cfg.warm_start is False else 'on'}, learning rate {cfg.lr or lr:g}, features "
+        f"{'off' if cfg.warm_start is False else 'on'}, learning rate {cfg.lr or lr:g}"
+        f"{f' after {warmup} warm-up steps' if warmup else ''}, features "
         f"in {cfg.dtype}, stopping per {cfg.stop_on} (the reference: random start, learning rate "
         f"{lr:g}, per config)")
   feats, train, val, grid, test = problem(seed=args.seed, **sizes)

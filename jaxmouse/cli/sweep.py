@@ -122,6 +122,9 @@ def register(sub, *, name: str, help: str) -> None:
                  help="Adam learning rate (default per readout: factorized/gaussian 5e-3, full 1e-4)")
   p.add_argument("--eval-every", type=int, default=100, help="steps between validation checks")
   p.add_argument("--patience", type=int, default=10, help="checks without improvement per decay")
+  p.add_argument("--warmup", type=int, default=None,
+                 help="steps over which the learning rate rises to its value (default: 100 from "
+                 "the warm start when stopping per config, else 0)")
   p.add_argument("--stop-on", choices=("config", "pair"), default="config",
                  help="apply the stopping rule to each config's neurons of an area on their mean "
                  "(default, as the studies stop one all-neuron model) or to each (config, "
@@ -180,7 +183,8 @@ def config_from_args(args):
   fit = fitlib.FitConfig(loss=args.loss, output=args.output, lr=args.lr,
                          batch_size=args.batch_size, max_steps=args.steps,
                          eval_every=args.eval_every, patience=args.patience,
-                         batch_norm=args.batch_norm, stop_on=args.stop_on, seed=args.seed)
+                         batch_norm=args.batch_norm, stop_on=args.stop_on, warmup=args.warmup,
+                         seed=args.seed)
   return sweeps.SweepConfig(weights=args.weights, layers=args.layers, readouts=args.readout,
                             features=args.features,
                             energy=args.energy, areas=args.areas,
