@@ -118,10 +118,10 @@ class FitConfig:
       recompiles for each new table size, a power of two). Stochastic readouts keep one table.
     state_mb: bound for the pairs' parameters, best parameters and Adam moments; a larger
       grid is fitted in blocks, one after another: of whole configs per config (``stop_on``),
-      of neurons per pair (every pair's result is the same either way). A step's gradients and penalty terms take
-      more again: with the default, a block of the ``full`` readout on conv1_2 (36x64, 18
-      configs x 12 neurons) added up to 1.2 GiB to the 4.8 GiB that a sweep held (the layer's
-      2.8 GiB of features among them).
+      of neurons per pair (every pair's result is the same either way). A step's gradients
+      and penalty terms take more again: with the default, a block of the ``full`` readout on
+      conv1_2 (36x64, 18 configs x 12 neurons) added up to 1.2 GiB to the 4.8 GiB that a sweep
+      held (the layer's 2.8 GiB of features among them).
     warm_start: start every config from the ridge solution on the same features (penalty per
       neuron chosen on validation, as early stopping is), through the readout's
       ``from_linear`` (factorized: each neuron's rank-1 factor). None (default): wherever the
