@@ -113,6 +113,25 @@ def test_run_folder_refuses_another_config(tmp_path):
     cadena2019._check_run_folder(tmp_path, cadena2019.QUICK, None)
 
 
+def test_a_run_folder_of_the_per_pair_default_resumes_per_pair_only(tmp_path):
+  """A folder recorded before stop_on existed (no such key: per pair) takes
+  ``--set fit.stop_on=pair`` and refuses the per-config default."""
+  from jaxmouse import fit as fitlib
+  from jaxmouse import sweeps
+
+  old = cadena2019.resolve_config("quick").to_dict()  # as a run records it
+  assert "stop_on" not in old["fit"]
+  (tmp_path / "study.json").write_text(json.dumps({"config": old, "data": None}))
+  per_pair = cadena2019.resolve_config("quick", sets=["fit.stop_on=pair"])
+  cadena2019._check_run_folder(tmp_path, per_pair, None)  # the same record
+  assert per_pair.fit["stop_on"] == "pair"
+  sweep = sweeps.SweepConfig(energy=True, fit=fitlib.FitConfig(**per_pair.fit))
+  assert "stop_on" not in sweep.to_dict()["fit"]  # nor in its sweeps' manifests
+  per_config = cadena2019.resolve_config("quick", sets=["fit.stop_on=config"])
+  with pytest.raises(ValueError, match="another config"):
+    cadena2019._check_run_folder(tmp_path, per_config, None)
+
+
 def test_config_errors():
   with pytest.raises(ValueError, match="unknown layer"):
     cadena2019.StudyConfig(name="x", layers=("conv9_9",))

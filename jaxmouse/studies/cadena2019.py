@@ -258,6 +258,10 @@ class StudyConfig:
     d = json.loads(json.dumps(dataclasses.asdict(self)))
     if d["arch"] == "vgg16":
       del d["arch"]  # the record of a VGG16 run is what it always was
+    if d["fit"].get("stop_on") == "pair":
+      # the default when the record had no such key: a run folder of that time resumes with
+      # --set fit.stop_on=pair (its sweeps' manifests likewise leave it out)
+      del d["fit"]["stop_on"]
     return d
 
 
