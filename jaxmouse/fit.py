@@ -889,14 +889,14 @@ def _fit(features, *, train, validation, readout, grid, config, mesh, prepared, 
   if warm and r.from_linear is None:
     raise ValueError(f"warm_start needs a readout with a closed-form start (factorized, full); "
                      f"the {readout} readout has none")
-  if warm and start is None:
-    start = _RidgeStart(ridge_lib.streamed_dual(*_ridge_problem(features, train, validation)),
-                        features)
   if stop_groups is not None:
     stop_groups = np.asarray(stop_groups)
     if stop_groups.shape != (k,):
       raise ValueError(f"stop_groups must be one label per neuron, shape ({k},), got shape "
                        f"{stop_groups.shape}")
+  if warm and start is None:
+    start = _RidgeStart(ridge_lib.streamed_dual(*_ridge_problem(features, train, validation)),
+                        features)
   block = _neuron_block(r, g, k, (h, w, c), config.state_mb)
   per_config = _config_block(r, k, (h, w, c), config.state_mb)
   if block < k and config.stop_on == "config" and announce and per_config < 1:
@@ -906,13 +906,16 @@ def _fit(features, *, train, validation, readout, grid, config, mesh, prepared, 
         "and stops on each block's mean (raise state_mb to stop on all of them)", k, readout,
         (h, w, c), 4 * 4 * k * _pair_size(r, (h, w, c)) / 2**20, config.state_mb,
         _neuron_block(r, 1, k, (h, w, c), config.state_mb))
-  if block < k and config.stop_on == "config" and g > 1:
-    # A config's neurons stop together, so the blocks are of whole configs: each block is the
-    # fit of a part of the grid, and every pair's result is the one of the whole fit. Where not
-    # even one config's neurons fit, each config alone is fitted in blocks of neurons.
-    return _fit_config_blocks(features, train, validation, readout, reg, config, mesh, progress,
-                              first_neuron, _start_of(start, slice(None)) if per_config else start,
-                              keep, stop_groups, max(per_config, 1))
+  if block < k and config.stop_on == "config":
+    if per_config >= 1:
+      # A config's neurons stop together, so the blocks are of whole configs: each block is the
+      # fit of a part of the grid, and every pair's result is the one of the whole fit.
+      return _fit_config_blocks(features, train, validation, readout, reg, config, mesh,
+                                progress, first_neuron, _start_of(start, slice(None)), keep,
+                                stop_groups, per_config)
+    # Not even one config's neurons fit: blocks of as many neurons as one config's state holds,
+    # each block's configs then fitted in turn from the block's start (made once per block).
+    block = _neuron_block(r, 1, k, (h, w, c), config.state_mb)
   if block < k:
     # One block after another; each block's start weights are made just before it, and its
     # result is copied into the population's as soon as it is fitted.
@@ -1128,9 +1131,8 @@ def _concat_blocks(parts: Sequence[FitResult], axis: int) -> FitResult:
 def _fit_config_blocks(features, train, validation, readout, reg, config, mesh, progress,
                        first_neuron, start, keep, stop_groups, per_block) -> FitResult:
   """``fit`` of every neuron, ``per_block`` configs of the grid ``reg`` at a time (the blocks of
-  ``FitConfig.state_mb`` under ``stop_on="config"``; a block of one config may itself be fitted
-  in blocks of neurons). Every block starts from the same ``start``; with ``keep="best"`` only
-  each neuron's best config so far is held."""
+  ``FitConfig.state_mb`` under ``stop_on="config"``). Every block starts from the same
+  ``start``; with ``keep="best"`` only each neuron's best config so far is held."""
   g = readouts_lib.grid_size(reg)
   parts, params, best_corr, choice = [], None, None, None
   for a in range(0, g, per_block):

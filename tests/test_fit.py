@@ -720,8 +720,8 @@ def test_stopping_per_config_and_area_equals_fitting_each_area_alone(planted):
     run(np.arange(K), stop_groups=area[:5])
 
 
-def test_stopping_per_config_beyond_the_state_bound_stops_each_block_on_its_mean(planted,
-                                                                                caplog):
+def test_stopping_per_config_beyond_the_state_bound_stops_each_block_on_its_mean(
+    planted, caplog, monkeypatch):
   """Where not even one config's neurons fit in ``state_mb``, each config is fitted alone in
   blocks of neurons and stops on each block's mean, which a warning says."""
   feats, tiers = planted[:2]
@@ -742,6 +742,14 @@ def test_stopping_per_config_beyond_the_state_bound_stops_each_block_on_its_mean
                          config=dataclasses.replace(cfg, state_mb=1e3))
       np.testing.assert_array_equal(res.stop_step[i, s], alone.stop_step[0])
       np.testing.assert_allclose(res.val_corr[i, s], alone.val_corr[0], atol=1e-5)
+  # From the warm start, each block's start weights are made once for all its configs.
+  made = []
+  weights = fitlib._RidgeStart.weights
+  monkeypatch.setattr(fitlib._RidgeStart, "weights",
+                      lambda self, neurons: made.append(neurons) or weights(self, neurons))
+  fitlib.fit(feats, train=tiers["train"], validation=tiers["validation"], readout="factorized",
+             grid=grid, config=dataclasses.replace(cfg, warm_start=None, max_steps=50))
+  assert made == [slice(0, 5), slice(5, 10), slice(10, 12)], made
   with pytest.raises(ValueError, match="stop_on must be one of"):
     fitlib.FitConfig(stop_on="neuron")
 
