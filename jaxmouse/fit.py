@@ -501,6 +501,11 @@ _ADAM = optax.scale_by_adam()
 # beat none at 2,000 neurons, 8 MiB was best at 500 and 32 MiB at 2,000; timings there varied
 # by up to 2x between repeats, so this is a reasonable size, not a measured optimum.
 _CHUNK_BYTES = 8 * 2**20
+# Each block reads the micro-batch's features again, so a block's temporaries are also at least
+# this many times those features' bytes. At 16x16x256, 16 configs, batch 64 (medians of 9 and 5
+# interleaved steps, 2 cores): 200 neurons 71 -> 107 GFLOP/s (blocks of 5 -> 25 neurons),
+# 2,000 neurons 115 -> 125 (10 -> 25); the 4x4x32 features of the scaling table are unchanged.
+_CHUNK_FEATURE_READS = 2
 
 
 def _pair_chunk(readout: str, G: int, K: int, microbatch: int, feature_shape,
@@ -510,7 +515,9 @@ def _pair_chunk(readout: str, G: int, K: int, microbatch: int, feature_shape,
 
   The factorized readout's gradient is memory-bound: its temporaries grow with the pairs
   (``microbatch x min(h*w, c)`` floats each), and once they leave the cache the time per pair
-  doubles (``jaxmouse bench fit --to-solution --scaling``). Blocks keep them near ``_CHUNK_BYTES``.
+  doubles (``jaxmouse bench fit --to-solution --scaling``). Blocks keep them near ``_CHUNK_BYTES``,
+  or near ``_CHUNK_FEATURE_READS`` times the micro-batch's features where those are larger (every
+  block reads them again).
   The block is a divisor of ``K`` (the table's neurons), at least a quarter of the wanted size;
   where none is, on a mesh (whose neuron axis is sharded), or where the whole table needs fewer
   than 4 blocks (its time per pair was flat up to there), the table stays whole.
@@ -519,7 +526,8 @@ def _pair_chunk(readout: str, G: int, K: int, microbatch: int, feature_shape,
     return 0
   h, w, c = feature_shape
   per_neuron = 4 * G * (microbatch * min(h * w, c) + h * w + c)
-  want = max(1, _CHUNK_BYTES // per_neuron)
+  block_bytes = max(_CHUNK_BYTES, _CHUNK_FEATURE_READS * 4 * microbatch * h * w * c)
+  want = max(1, block_bytes // per_neuron)
   if K < 4 * want:
     return 0
   best = max(d for d in range(1, want + 1) if K % d == 0)
@@ -701,6 +709,35 @@ def _initial_state(params, mesh=None):
   """Adam's moments and the best parameters (a copy) of the initial parameters, made on the
   devices and split over the mesh as the pairs are (one program per table shape)."""
   return _constrain((_ADAM.init(params), jax.tree.map(jnp.copy, params)), mesh)
+
+
+def _start_state(params, active: np.ndarray, *, lr: float, max_steps: int, seed: int,
+                 mesh=None) -> FitState:
+  """The FitState before the first step: ``params`` (placed on the devices; ``(G, K, ...)``
+  leaves), fresh Adam moments, no check yet; ``active (G, K)`` marks the slots that train."""
+  opt_state, best_params = _initial_state(params, mesh=mesh)
+  shape = active.shape
+  return FitState(
+      params=params, opt_state=opt_state, best_params=best_params,
+      best_corr=np.full(shape, -np.inf, np.float32), best_score=np.full(shape, -np.inf, np.float32),
+      wait=np.zeros(shape, np.int32), lr=np.full(shape, lr, np.float32),
+      n_decays=np.zeros(shape, np.int32), active=active,
+      stop_step=np.full(shape, max_steps, np.int32), step=np.zeros((), np.int32),
+      key=jax.random.fold_in(jax.random.key(seed), 1))
+
+
+def _step_spec(readout: str, config: FitConfig, table, feature_shape, *, batch: int,
+               eval_batch: int, mesh=None, warm: bool = False) -> _Spec:
+  """The static part of the steps of a ``(G, K)`` table: its micro-batches and gradient blocks
+  follow from the table's size, the rest from ``config``."""
+  G, K = table
+  micro = _microbatch(batch, G * K, feature_shape, config.memory_mb)
+  return _Spec(readout=readout, output=config.output, microbatch=micro,
+               patience=config.patience, lr_decay=float(config.lr_decay),
+               max_decays=config.max_decays, tolerance=float(config.tolerance),
+               eval_batch=eval_batch, mesh=mesh, loss=config.loss,
+               pair_chunk=_pair_chunk(readout, G, K, micro, feature_shape, mesh),
+               stop_on=config.stop_on, warmup=resolve_warmup(config, warm))
 
 
 # Built on first use and looked up through module globals at trace time, so that a test can wrap
@@ -966,15 +1003,8 @@ def _fit(features, *, train, validation, readout, grid, config, mesh, prepared, 
     params = r.init(jax.random.fold_in(key, 0), n_configs=1, n_neurons=k,
                     feature_shape=(h, w, c), bias=bias, first=first_neuron, **init_kw)
   params = _put(jax.tree.map(take, params), mesh)
-  opt_state, best_params = _initial_state(params, mesh=mesh)
-  state = FitState(
-      params=params, opt_state=opt_state, best_params=best_params,
-      best_corr=np.full((G, K), -np.inf, np.float32),
-      best_score=np.full((G, K), -np.inf, np.float32), wait=np.zeros((G, K), np.int32),
-      lr=np.full((G, K), DEFAULT_LR[readout] if config.lr is None else config.lr, np.float32),
-      n_decays=np.zeros((G, K), np.int32), active=slot >= 0,
-      stop_step=np.full((G, K), config.max_steps, np.int32),
-      step=np.zeros((), np.int32), key=jax.random.fold_in(key, 1))
+  state = _start_state(params, slot >= 0, lr=DEFAULT_LR[readout] if config.lr is None else
+                       config.lr, max_steps=config.max_steps, seed=config.seed, mesh=mesh)
   slot_reg = {n: take(v[:, None]).astype(np.float32) for n, v in reg.items()}  # (G, K)
   slot_neuron = take(np.arange(k, dtype=np.int32)[None, :])  # (G, K)
 
@@ -982,13 +1012,8 @@ def _fit(features, *, train, validation, readout, grid, config, mesh, prepared, 
   val_images, val_inverse = np.unique(np.asarray(validation.image), return_inverse=True)
   eval_batch = min(batch, len(val_images))
   val_images = np.pad(val_images, (0, _pad_to(len(val_images), eval_batch) - len(val_images)))
-  micro = _microbatch(batch, G * K, (h, w, c), config.memory_mb)
-  spec = _Spec(readout=readout, output=config.output, microbatch=micro,
-               patience=config.patience, lr_decay=float(config.lr_decay),
-               max_decays=config.max_decays, tolerance=float(config.tolerance),
-               eval_batch=eval_batch, mesh=mesh, loss=config.loss,
-               pair_chunk=_pair_chunk(readout, G, K, micro, (h, w, c), mesh),
-               stop_on=config.stop_on, warmup=resolve_warmup(config, warm))
+  spec = _step_spec(readout, config, (G, K), (h, w, c), batch=batch, eval_batch=eval_batch,
+                    mesh=mesh, warm=warm)
 
   replicated = (lambda a: jax.device_put(a)) if mesh is None else \
       (lambda a: _place(a, NamedSharding(mesh, P())))
@@ -1003,7 +1028,7 @@ def _fit(features, *, train, validation, readout, grid, config, mesh, prepared, 
   out_params = jax.tree.map(lambda a: np.zeros((g * k,) + a.shape[2:], a.dtype), params)
   state, reg_d, neuron_d, group_d = _put(
       (state, slot_reg, slot_neuron, _stop_groups(slot, k, config.stop_on, stop_groups)), mesh)
-  del params, opt_state  # the host's copies of the initial state (the devices hold theirs)
+  del params  # the host's reference to the initial parameters (the state holds them)
   out_corr = np.full(g * k, -np.inf, np.float32)
   out_stop = np.full(g * k, config.max_steps, np.int32)
   last_corr = np.zeros(g * k, np.float32)

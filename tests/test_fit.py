@@ -833,18 +833,25 @@ def test_a_step_taken_in_blocks_of_neurons_gives_the_whole_tables_value_and_grad
   assert fitlib._pair_chunk("factorized", 16, 4 * want - 1, 64, (4, 4, 32), None) == 0
   assert fitlib._pair_chunk("full", 16, 2000, 64, (4, 4, 32), None) == 0
   assert fitlib._pair_chunk("factorized", 16, 2003, 64, (4, 4, 32), None) == 0  # prime
+  # Where the micro-batch's features are large, a block holds twice their bytes: at 16x16x256
+  # and batch 64, 32 MiB in blocks of 1.08 MB a neuron: 31 -> 25 neurons (8 MiB alone: 5).
+  big = 4 * 16 * (64 * 256 + 256 + 256)
+  assert fitlib._CHUNK_FEATURE_READS * 4 * 64 * 16 * 16 * 256 // big == 31
+  assert fitlib._pair_chunk("factorized", 16, 200, 64, (16, 16, 256), None) == 25
+  assert fitlib._pair_chunk("factorized", 16, 2000, 32, (16, 16, 256), None) == 25
   # A whole fit with blocks (a small _CHUNK_BYTES) ends with the same table.
   cfg = fitlib.FitConfig(max_steps=60, eval_every=20, batch_size=batch, lr=1e-2)
   fit = lambda: fitlib.fit(prepared, train=small["train"], validation=small["validation"],
                            readout="factorized", grid=grid, config=cfg, prepared=True)
   whole = fit()
-  saved = fitlib._CHUNK_BYTES
+  saved = fitlib._CHUNK_BYTES, fitlib._CHUNK_FEATURE_READS
   try:
     fitlib._CHUNK_BYTES = 4 * 2 * (batch * min(H * W, C) + H * W + C) * 3  # 3 neurons a block
+    fitlib._CHUNK_FEATURE_READS = 0
     assert fitlib._pair_chunk("factorized", 2, k, batch, (H, W, C), None) == 3
     blocked = fit()
   finally:
-    fitlib._CHUNK_BYTES = saved
+    fitlib._CHUNK_BYTES, fitlib._CHUNK_FEATURE_READS = saved
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                blocked.params, whole.params)
   np.testing.assert_allclose(blocked.val_corr, whole.val_corr, atol=1e-5)
