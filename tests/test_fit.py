@@ -307,6 +307,29 @@ def test_benchmark_runs_and_its_reference_computes_the_same_loss(capsys):
   assert gap < 1e-5
 
 
+@pytest.mark.parametrize("memory_mb", [None, 0.01])
+def test_the_per_step_benchmark_times_the_same_steps_on_both_sides(memory_mb):
+  """`bench fit` times fit's own training program against the reference's loop: from the same
+  start and batches both end at the same parameters, per config, with or without micro-batches
+  (``memory_mb``); a second call goes on from the first one's end."""
+  pytest.importorskip("torch")
+  from jaxmouse.benchmarks import fit as bench
+
+  feats, train, _, grid, _ = bench.problem(images=120, size=5, channels=6, neurons=7, configs=3,
+                                           test_images=0)
+  prepared = fitlib.prepare_features(feats, train_images=train.image)
+  run = bench.jax_runner(prepared, train, grid, steps=4, batch=16, memory_mb=memory_mb)
+  ours = jax.tree.map(np.asarray, run())
+  train_config, _ = bench.torch_runner(prepared, train, grid, steps=4, batch=16)
+  for i in range(3):
+    _, ref = train_config(i)
+    for name, value in ref.items():
+      np.testing.assert_allclose(ours[name][i], value.detach().numpy(), rtol=1e-4, atol=1e-5)
+  assert not np.allclose(ours["features"][0], ours["features"][2])  # the configs differ
+  again = jax.tree.map(np.asarray, run())
+  assert not np.allclose(again["features"], ours["features"])
+
+
 def test_fit_and_score_ridge_keeps_per_neuron_weights_that_reproduce_its_scores(planted):
   feats, tiers, *_ = planted
   res = fitlib.fit_and_score(feats, train=tiers["train"], validation=tiers["validation"],
