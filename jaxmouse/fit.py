@@ -1099,9 +1099,8 @@ def _fit(features, *, train, validation, readout, grid, config, mesh, prepared, 
       state = state._replace(active=state.active & valid)
       state, reg_d, neuron_d, group_d = _put(
           (state, reg_h, neuron_h, _stop_groups(slot, k, config.stop_on, stop_groups)), mesh)
-      micro = _microbatch(batch, pos.size, (h, w, c), config.memory_mb)
-      spec = spec._replace(microbatch=micro, pair_chunk=_pair_chunk(
-          readout, shape[0], shape[1], micro, (h, w, c), mesh))
+      spec = _step_spec(readout, config, shape, (h, w, c), batch=batch, eval_batch=eval_batch,
+                        mesh=mesh, warm=warm)
 
   record(corr, with_params=True)
   shaped = lambda a: a.reshape((g, k) + a.shape[1:])

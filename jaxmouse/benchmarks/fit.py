@@ -380,10 +380,9 @@ def device_memory(*, images, size, channels, neurons, configs, batch, memory_mb,
       step=jax.ShapeDtypeStruct((), jnp.int32, sharding=whole),
       key=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=whole))
   n_train = images * 4 // 5
-  micro = fitlib._microbatch(batch, g * k, shape, memory_mb)
-  spec = fitlib._Spec(readout="factorized", output="elu", microbatch=micro, patience=4,
-                      lr_decay=3.0, max_decays=2, tolerance=1e-5, eval_batch=batch, mesh=mesh,
-                      pair_chunk=fitlib._pair_chunk("factorized", g, k, micro, shape, mesh))
+  config = fitlib.FitConfig(batch_size=batch, memory_mb=memory_mb, loss="poisson", output="elu")
+  spec = fitlib._step_spec("factorized", config, (g, k), shape, batch=batch, eval_batch=batch,
+                           mesh=mesh)
   train, _ = fitlib._jitted()
   rows = []
   for name, split in (("features replicated", whole), ("features split over images",
