@@ -213,15 +213,16 @@ def step_flops(*, batch, size, channels, neurons, configs) -> float:
 
 def jax_runner(prepared, train, grid, *, steps, batch, seed=0, memory_mb=None):
   """``run()``: ``steps`` steps of ``fit``'s training program on every (config, neuron) of the
-  grid, from the reference's start (``torch_runner``); returns the parameters ``(g, k, ...)``.
-  Each call goes on from where the last one ended (the time of a step does not depend on it)."""
+  grid, from the reference's start (``torch_runner``); returns the parameters ``(g, k, ...)``,
+  valid until the next call (which donates them). Each call goes on from where the last one
+  ended (the time of a step does not depend on it)."""
   import jax
   import jax.numpy as jnp
 
   from jaxmouse import fit as fitlib
   from jaxmouse.readouts import factorized
 
-  n, h, w, c = prepared.shape
+  h, w, c = prepared.shape[1:]
   k = train.responses.shape[1]
   reg = fitlib.readouts_lib.check_grid(grid, factorized.PENALTIES, readout="factorized")
   g = fitlib.readouts_lib.grid_size(reg)
